@@ -1,0 +1,1 @@
+"""Device-mapper stacks on hypervisor hosts: dm-cache read cache, write-back cache, dm-clone."""

@@ -1,0 +1,1 @@
+"""OpenNebula hooks and host-boot activation for tm_iscsi."""
