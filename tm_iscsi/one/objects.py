@@ -114,7 +114,7 @@ class _XmlView:
         try:
             return enum_class(number)
         except ValueError:
-            raise self._bad(path, number, "a %s this driver knows" % what)
+            raise self._bad(path, number, what + " this driver knows")
 
     def _cache_mode(self, path):
         value = self.text(path)
@@ -440,19 +440,19 @@ class VirtualMachine(_Document):
 
     @property
     def state(self):
-        return self._enum("STATE", VmState, "VM state")
+        return self._enum("STATE", VmState, "a VM state")
 
     @property
     def lcm_state(self):
-        return self._enum("LCM_STATE", LcmState, "LCM state")
+        return self._enum("LCM_STATE", LcmState, "an LCM state")
 
     @property
     def prev_state(self):
-        return self._enum("PREV_STATE", VmState, "VM state")
+        return self._enum("PREV_STATE", VmState, "a VM state")
 
     @property
     def prev_lcm_state(self):
-        return self._enum("PREV_LCM_STATE", LcmState, "LCM state")
+        return self._enum("PREV_LCM_STATE", LcmState, "an LCM state")
 
     @property
     def state_name(self):
@@ -523,6 +523,11 @@ class VirtualMachine(_Document):
         records = self.history
         return records[-2] if len(records) > 1 else None
 
+    @property
+    def error(self):
+        """The last error oned recorded for the VM (USER_TEMPLATE/ERROR), if any."""
+        return self.text("USER_TEMPLATE/ERROR")
+
     def user_template_attr(self, name):
         return self.text("USER_TEMPLATE/" + name)
 
@@ -555,7 +560,7 @@ class Datastore(_Document):
 
     @property
     def type(self):
-        return self._enum("TYPE", DatastoreType, "datastore type")
+        return self._enum("TYPE", DatastoreType, "a datastore type")
 
     @property
     def is_system(self):
@@ -644,11 +649,11 @@ class Image(_Document):
 
     @property
     def type(self):
-        return self._enum("TYPE", ImageType, "image type")
+        return self._enum("TYPE", ImageType, "an image type")
 
     @property
     def state(self):
-        return self._enum("STATE", ImageState, "image state")
+        return self._enum("STATE", ImageState, "an image state")
 
     @property
     def persistent(self):
@@ -725,6 +730,11 @@ class Image(_Document):
     @property
     def running_vms(self):
         return self.integer("RUNNING_VMS") or 0
+
+    @property
+    def error(self):
+        """Why the image is in ERROR (TEMPLATE/ERROR), if it is."""
+        return self.template_attr("ERROR")
 
     @property
     def md5(self):
