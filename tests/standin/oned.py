@@ -1,0 +1,305 @@
+"""An oned stand-in: the XML-RPC calls the driver makes, answered from registered XML documents.
+
+It speaks oned's wire protocol as pyone sees it: method names ``one.<object>.<verb>``, the session
+string as first parameter, replies ``[True, payload, 0]`` or ``[False, message, errcode]`` with
+OpenNebula's error codes and message style. It serves only on 127.0.0.1, on a free port, from a
+thread, for the life of a ``with`` block.
+
+Documents are registered as XML text (typically the captures in shared/fixtures) and can be
+edited between calls, so a test can put a VM into another LCM state or on another host.
+"""
+
+import re
+import socketserver
+import tempfile
+import threading
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
+
+# OpenNebula XML-RPC error codes.
+AUTHENTICATION = 0x0100
+AUTHORIZATION = 0x0200
+NO_EXISTS = 0x0400
+ACTION = 0x0800
+XML_RPC_API = 0x1000
+INTERNAL = 0x2000
+
+# Object kind -> (root tag, noun oned uses in its messages)
+_KINDS = {
+    "vm": ("VM", "virtual machine"),
+    "datastore": ("DATASTORE", "datastore"),
+    "image": ("IMAGE", "image"),
+}
+_KIND_OF_ROOT = {root: kind for kind, (root, _noun) in _KINDS.items()}
+
+_TEMPLATE_LINE = re.compile(r'^\s*([A-Za-z0-9_]+)\s*=\s*"?(.*?)"?\s*$')
+
+
+class _QuietHandler(SimpleXMLRPCRequestHandler):
+    rpc_paths = ("/RPC2", "/")
+
+    def log_message(self, *args):
+        pass
+
+
+class _Server(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
+    # A request held by an injected delay must not keep the test (or shutdown) waiting.
+    daemon_threads = True
+    block_on_close = False
+
+    def handle_error(self, request, client_address):
+        # The client gave up (timeout tests): nothing to report.
+        pass
+
+
+class OnedStandIn:
+    """``with OnedStandIn() as oned:`` ... ``oned.endpoint``, ``oned.env(tmp_path)``."""
+
+    def __init__(self, session="oneadmin:stand-in-password", version="7.4.0"):
+        self.session = session
+        self.version = version
+        self.calls = []  # (method, params after the session), in arrival order
+        self.allocated_images = []  # (image id, template, ds id)
+        self.allocated_hooks = []  # (hook id, template)
+        self._documents = {kind: {} for kind in _KINDS}
+        self._failures = {}  # method -> [code, message, remaining count or None]
+        self._delays = {}  # method -> seconds
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._server = None
+        self._thread = None
+        self._next_hook_id = 0
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    def start(self):
+        self._server = _Server(("127.0.0.1", 0), requestHandler=_QuietHandler, logRequests=False, allow_none=True)
+        for name, handler in self._handlers().items():
+            self._server.register_function(handler, name)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05})
+        self._thread.daemon = True
+        self._thread.start()
+        return self
+
+    def stop(self):
+        if self._server is None:
+            return
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+        self._server = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    @property
+    def port(self):
+        return self._server.server_address[1]
+
+    @property
+    def endpoint(self):
+        return "http://127.0.0.1:%d/RPC2" % self.port
+
+    def write_auth_file(self, directory):
+        """Write the session to ``<directory>/one_auth`` the way oneadmin's file looks."""
+        path = Path(directory) / "one_auth"
+        path.write_text(self.session + "\n", encoding="utf-8")
+        return path
+
+    def env(self, directory=None):
+        """Environment pointing the Ruby-OCA resolution (and so the driver) at this stand-in."""
+        directory = directory or tempfile.mkdtemp(prefix="oned-standin-")
+        return {
+            "ONE_XMLRPC": self.endpoint,
+            "ONE_AUTH": str(self.write_auth_file(directory)),
+            # requests would send 127.0.0.1 through a configured proxy otherwise
+            "NO_PROXY": "127.0.0.1,localhost",
+            "no_proxy": "127.0.0.1,localhost",
+        }
+
+    # -- documents -----------------------------------------------------------------------------
+
+    def put_xml(self, xml):
+        """Register (or replace) a VM, DATASTORE or IMAGE document; returns (kind, id)."""
+        root = ET.fromstring(xml)
+        kind = _KIND_OF_ROOT.get(root.tag)
+        if kind is None:
+            raise ValueError("cannot serve a <%s> document" % root.tag)
+        object_id = int(root.findtext("ID"))
+        with self._lock:
+            self._documents[kind][object_id] = xml if isinstance(xml, str) else xml.decode("utf-8")
+        return kind, object_id
+
+    def put_file(self, path):
+        return self.put_xml(Path(path).read_text(encoding="utf-8"))
+
+    def put_driver_action(self, xml):
+        """Register the IMAGE and DATASTORE held in a decoded DS driver action."""
+        root = ET.fromstring(xml)
+        registered = []
+        for tag in ("IMAGE", "DATASTORE"):
+            node = root.find(tag)
+            if node is not None and node.findtext("ID"):
+                registered.append(self.put_xml(ET.tostring(node, encoding="unicode")))
+        return registered
+
+    def xml(self, kind, object_id):
+        with self._lock:
+            return self._documents[kind][object_id]
+
+    def ids(self, kind):
+        with self._lock:
+            return sorted(self._documents[kind])
+
+    def remove(self, kind, object_id):
+        with self._lock:
+            del self._documents[kind][object_id]
+
+    def edit(self, kind, object_id, path, value):
+        """Set the text of the element at ``path`` (ElementTree syntax, e.g.
+        ``"HISTORY_RECORDS/HISTORY[last()]/HOSTNAME"``); the element must exist."""
+
+        def change(root):
+            node = root.find(path)
+            if node is None:
+                raise KeyError("%s %d has no element %s" % (kind, object_id, path))
+            node.text = str(value)
+
+        self.edit_with(kind, object_id, change)
+
+    def edit_with(self, kind, object_id, change):
+        """Apply ``change(root_element)`` to a document."""
+        with self._lock:
+            root = ET.fromstring(self._documents[kind][object_id])
+            change(root)
+            self._documents[kind][object_id] = ET.tostring(root, encoding="unicode")
+
+    # -- fault injection -----------------------------------------------------------------------
+
+    def fail(self, method, code, message, times=1):
+        """Answer the next ``times`` calls of ``method`` (None: all) with ``[False, message, code]``."""
+        with self._lock:
+            self._failures[method] = [code, message, times]
+
+    def delay(self, method, seconds):
+        """Hold replies to ``method`` for ``seconds`` (for client timeout tests)."""
+        with self._lock:
+            self._delays[method] = seconds
+
+    # -- XML-RPC methods -------------------------------------------------------------------------
+
+    def _handlers(self):
+        handlers = {
+            "one.system.version": self._guarded("one.system.version", lambda: [True, self.version, 0]),
+            "one.image.allocate": self._guarded("one.image.allocate", self._image_allocate),
+            "one.hook.allocate": self._guarded("one.hook.allocate", self._hook_allocate),
+        }
+        for kind in _KINDS:
+            method = "one.%s.info" % kind
+            handlers[method] = self._guarded(method, self._info_for(kind, method))
+        return handlers
+
+    def _guarded(self, method, body):
+        def handler(session, *params):
+            with self._lock:
+                self.calls.append((method, params))
+                delay = self._delays.get(method)
+                failure = self._failures.get(method)
+                if failure:
+                    if failure[2] is not None:
+                        failure[2] -= 1
+                        if failure[2] <= 0:
+                            del self._failures[method]
+            if delay:
+                self._stopping.wait(delay)
+            if session != self.session:
+                return [False, "[%s] User couldn't be authenticated, aborting call." % method, AUTHENTICATION]
+            if failure:
+                return [False, failure[1], failure[0]]
+            try:
+                return body(*params)
+            except TypeError:
+                return [False, "[%s] Wrong number or type of parameters." % method, XML_RPC_API]
+
+        return handler
+
+    def _info_for(self, kind, method):
+        noun = _KINDS[kind][1]
+
+        def info(object_id, *_decrypt):
+            if isinstance(object_id, bool) or not isinstance(object_id, int):
+                raise TypeError(object_id)
+            with self._lock:
+                xml = self._documents[kind].get(object_id)
+            if xml is None:
+                return [False, "[%s] Error getting %s [%d]." % (method, noun, object_id), NO_EXISTS]
+            return [True, xml, 0]
+
+        return info
+
+    def _image_allocate(self, template, ds_id, *_no_capacity_check):
+        if not isinstance(template, str) or isinstance(ds_id, bool) or not isinstance(ds_id, int):
+            raise TypeError(template)
+        with self._lock:
+            ds_xml = self._documents["datastore"].get(ds_id)
+            if ds_xml is None:
+                return [False, "[one.image.allocate] Error getting datastore [%d]." % ds_id, NO_EXISTS]
+            attributes = _template_attributes(template)
+            if "NAME" not in attributes:
+                return [False, "[one.image.allocate] No NAME in template for Image.", ACTION]
+            image_id = max(self._documents["image"], default=-1) + 1
+            ds_name = ET.fromstring(ds_xml).findtext("NAME") or ""
+            self._documents["image"][image_id] = _new_image_xml(image_id, attributes, ds_id, ds_name)
+            self.allocated_images.append((image_id, template, ds_id))
+        return [True, image_id, 0]
+
+    def _hook_allocate(self, template):
+        if not isinstance(template, str):
+            raise TypeError(template)
+        attributes = _template_attributes(template)
+        missing = [name for name in ("NAME", "TYPE", "COMMAND") if name not in attributes]
+        if missing:
+            return [False, "[one.hook.allocate] Error allocating hook: missing %s." % missing[0], INTERNAL]
+        with self._lock:
+            hook_id = self._next_hook_id
+            self._next_hook_id += 1
+            self.allocated_hooks.append((hook_id, template))
+        return [True, hook_id, 0]
+
+
+def _template_attributes(template):
+    """Top-level ``KEY = "value"`` pairs of an OpenNebula template (enough for NAME checks)."""
+    attributes = {}
+    for line in template.splitlines():
+        match = _TEMPLATE_LINE.match(line)
+        if match:
+            attributes[match.group(1).upper()] = match.group(2)
+    return attributes
+
+
+def _new_image_xml(image_id, attributes, ds_id, ds_name):
+    """A freshly allocated image as oned shows it before the DS cp/mkfs answered: LOCKED, no SOURCE."""
+    image = ET.Element("IMAGE")
+    for tag, value in (
+        ("ID", image_id),
+        ("NAME", attributes["NAME"]),
+        ("TYPE", {"OS": 0, "CDROM": 1, "DATABLOCK": 2}.get(attributes.get("TYPE", "OS").upper(), 0)),
+        ("PERSISTENT", 1 if attributes.get("PERSISTENT", "").upper() == "YES" else 0),
+        ("SOURCE", ""),
+        ("PATH", attributes.get("PATH", "")),
+        ("FORMAT", attributes.get("FORMAT", "")),
+        ("SIZE", attributes.get("SIZE", "")),
+        ("STATE", 4),
+        ("DATASTORE_ID", ds_id),
+        ("DATASTORE", ds_name),
+    ):
+        ET.SubElement(image, tag).text = str(value)
+    template = ET.SubElement(image, "TEMPLATE")
+    for key, value in attributes.items():
+        ET.SubElement(template, key).text = value
+    return ET.tostring(image, encoding="unicode")
