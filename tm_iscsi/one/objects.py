@@ -44,7 +44,7 @@ def parse_xml(xml, expected_root, what):
 class _XmlView:
     """Typed reads of child elements of one XML element.
 
-    ``_where`` is how error messages name the element (``VM 3``, ``VM 3 disk 1``).
+    ``_where`` is how error messages name the element: ("VM", "3"), ("VM 3 disk", "1").
     """
 
     def __init__(self, element):
@@ -55,17 +55,21 @@ class _XmlView:
         """The underlying element, for reads this view does not offer."""
         return self._element
 
-    # Subclasses name themselves for messages.
     def _where(self):
+        """(kind, id or None) naming this element in messages."""
         raise NotImplementedError
 
+    def _name(self):
+        kind, ident = self._where()
+        return kind if ident is None else "%s %s" % (kind, ident)
+
     def _missing(self, attribute, hint=""):
-        kind, _, ident = self._where().rpartition(" ")
-        return MissingAttribute(kind or ident, ident if kind else None, attribute, hint)
+        kind, ident = self._where()
+        return MissingAttribute(kind, ident, attribute, hint)
 
     def _bad(self, attribute, value, expected):
-        kind, _, ident = self._where().rpartition(" ")
-        return BadAttribute(kind or ident, ident if kind else None, attribute, value, expected)
+        kind, ident = self._where()
+        return BadAttribute(kind, ident, attribute, value, expected)
 
     def text(self, path):
         """Text of the element at ``path``, stripped; None when absent or empty."""
@@ -152,8 +156,7 @@ class _Document(_XmlView):
         return self._xml
 
     def _where(self):
-        ident = self.text("ID")
-        return self.KIND if ident is None else "%s %s" % (self.KIND, ident)
+        return self.KIND, self.text("ID")
 
     @property
     def id(self):
@@ -207,7 +210,7 @@ class _SnapshotView(_XmlView):
         self._owner = owner
 
     def _where(self):
-        return "%s snapshot %s" % (self._owner._where(), self.text("ID") or "?")
+        return self._owner._name() + " snapshot", self.text("ID") or "?"
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,7 +226,7 @@ class Disk(_XmlView):
         self._vm_where = vm_where
 
     def _where(self):
-        return "%s disk %s" % (self._vm_where, self.text("DISK_ID") or "?")
+        return self._vm_where + " disk", self.text("DISK_ID") or "?"
 
     def __repr__(self):
         return "<Disk %s source=%s>" % (self.text("DISK_ID"), self.text("SOURCE"))
@@ -389,7 +392,7 @@ class HistoryRecord(_XmlView):
         self._vm_where = vm_where
 
     def _where(self):
-        return "%s history %s" % (self._vm_where, self.text("SEQ") or "?")
+        return self._vm_where + " history", self.text("SEQ") or "?"
 
     def __repr__(self):
         return "<HistoryRecord seq=%s host=%s ds=%s>" % (
@@ -464,9 +467,8 @@ class VirtualMachine(_Document):
         return self.text("DEPLOY_ID")
 
     @property
-    def disks(self):
-        # type: () -> Tuple[Disk, ...]
-        where = self._where()
+    def disks(self) -> Tuple[Disk, ...]:
+        where = self._name()
         return tuple(Disk(node, where) for node in self._element.findall("TEMPLATE/DISK"))
 
     def disk(self, disk_id):
@@ -494,15 +496,14 @@ class VirtualMachine(_Document):
     def disk_snapshots(self, disk_id):
         """Snapshots of one disk (``/VM/SNAPSHOTS[DISK_ID=n]``)."""
         for node in self._element.findall("SNAPSHOTS"):
-            holder = _SnapshotsOfDisk(node, self._where())
+            holder = _SnapshotsOfDisk(node, self._name())
             if holder.integer("DISK_ID") == disk_id:
                 return _snapshots(holder, "SNAPSHOT")
         return ()
 
     @property
-    def history(self):
-        # type: () -> Tuple[HistoryRecord, ...]
-        where = self._where()
+    def history(self) -> Tuple[HistoryRecord, ...]:
+        where = self._name()
         return tuple(HistoryRecord(n, where) for n in self._element.findall("HISTORY_RECORDS/HISTORY"))
 
     @property
@@ -541,7 +542,7 @@ class _SnapshotsOfDisk(_XmlView):
         self._vm_where = vm_where
 
     def _where(self):
-        return "%s disk %s" % (self._vm_where, self.text("DISK_ID") or "?")
+        return self._vm_where + " disk", self.text("DISK_ID") or "?"
 
 
 # --------------------------------------------------------------------------------------------

@@ -878,15 +878,13 @@ _PARSERS = {
 assert set(_PARSERS) == set(TM_ACTIONS) == set(_USAGE)
 
 
-def parse_tm_args(action, args):
-    # type: (str, Sequence[str]) -> TmArgs
+def parse_tm_args(action: str, args: Sequence[str]) -> TmArgs:
     """Parse the words after the script path for ``action`` (``"clone"``, ``"CLONE.ssh"``...)."""
     name, system_tm = split_action_name(action)
     return _PARSERS[name](_Argv(name, args), system_tm)
 
 
-def parse_tm_argv(argv):
-    # type: (Sequence[str]) -> TmArgs
+def parse_tm_argv(argv: Sequence[str]) -> TmArgs:
     """Parse a whole ``sys.argv``: the action comes from the script name in ``argv[0]``."""
     if not argv:
         raise UsageError("empty argv: cannot tell which TM action was called")
