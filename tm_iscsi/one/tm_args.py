@@ -8,7 +8,9 @@ lists them and the oned 7.4.0 captures in shared/fixtures confirm them.
 Everything parsed here is later pasted into ssh command lines and LVM / LIO names, so values are
 checked against small character sets instead of being quoted later: a path, host or name with
 whitespace, a shell metacharacter or a control character is refused with a `UsageError` whose
-message names the action, the argument and what was expected.
+message names the action, the argument and what was expected. Hosts are names or IPv4
+addresses: the ``host:path`` form cannot carry an IPv6 literal, and a leading ``-`` (an ssh
+option) is refused.
 """
 
 import os
