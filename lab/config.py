@@ -8,17 +8,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SOURCE_DIR = Path(__file__).resolve().parent.parent
-RUN_DIR = Path(os.environ.get("TM_ISCSI_LAB_RUN", SOURCE_DIR / "lab" / "run"))
+# Several labs can run side by side on one machine (one per developer working in parallel):
+# TM_ISCSI_LAB_ID=N gives lab N its own namespace, subnet and run folder. Lab 0 is the default.
+LAB_ID = int(os.environ.get("TM_ISCSI_LAB_ID", "0"))
+_SUFFIX = "" if LAB_ID == 0 else str(LAB_ID)
+RUN_DIR = Path(os.environ.get("TM_ISCSI_LAB_RUN", SOURCE_DIR / "lab" / f"run{_SUFFIX}"))
 # The root image outlives a checkout: rebuilding it costs a minute, so it is keyed and kept.
 CACHE_DIR = Path(os.environ.get("TM_ISCSI_LAB_CACHE", "/var/tmp/tm_iscsi-lab"))
 
-NETNS = "tm-iscsi-lab"
+NETNS = f"tm-iscsi-lab{_SUFFIX}"
 BRIDGE = "labbr0"
-SUBNET_PREFIX = "10.213.77"
+SUBNET_PREFIX = f"10.213.{77 + LAB_ID}"
 PREFIX_LEN = 24
 # The machine's end of a veth into the lab bridge: the front-end role (tests, demo, benchmarks)
 # reaches the nodes from here, and nothing in the namespace routes anywhere else.
-UPLINK_HOST_SIDE = "tmiscsi-lab0"
+UPLINK_HOST_SIDE = f"tmiscsi-lab{LAB_ID}"
 UPLINK_NS_SIDE = "uplink0"
 FRONTEND_IP = f"{SUBNET_PREFIX}.1"
 

@@ -1,0 +1,73 @@
+"""Deterministic names of everything tm_iscsi creates, derived from OpenNebula ids only.
+
+Stateless naming is what makes every action re-runnable: a retried clone finds the LV, the target
+and the serial it made the first time. The front-end and the node helper both import this module,
+so it uses the standard library only."""
+import re
+import uuid
+
+DEFAULT_IQN_BASE = "iqn.2026-11.io.tm-iscsi"
+THIN_POOL = "tpool"
+# uuid5 namespace of LUN serials: same (vg, lv) -> same serial on every storage node and run.
+_SERIAL_NAMESPACE = uuid.UUID("6f1c3a52-7d0e-4f55-9a1e-2b8e4c1d9a07")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+_.-]*$")
+
+
+def default_vg(ds_id):
+    return f"vg-one-{int(ds_id)}"
+
+
+def image_lv(image_id):
+    return f"img-{int(image_id)}"
+
+
+def disk_lv(vm_id, disk_id):
+    """A VM's own disk: a non-persistent clone or a volatile disk."""
+    return f"vm-{int(vm_id)}-disk-{int(disk_id)}"
+
+
+def snapshot_lv(lv, snap_id):
+    return f"{lv}-snap-{int(snap_id)}"
+
+
+def source(vg, lv):
+    """The SOURCE oned stores for an image: self-describing, `<vg>/<lv>`."""
+    return f"{vg}/{lv}"
+
+
+def parse_source(value):
+    """`<vg>/<lv>` -> (vg, lv); raises ValueError with a one-line reason."""
+    parts = str(value).split("/")
+    if len(parts) != 2 or not all(valid_name(p) for p in parts):
+        raise ValueError(f"SOURCE {value!r} is not <vg>/<lv> as tm_iscsi writes it")
+    return parts[0], parts[1]
+
+
+def valid_name(name):
+    return bool(_NAME_RE.match(str(name))) and len(str(name)) <= 120
+
+
+def target_iqn(vg, lv, base=DEFAULT_IQN_BASE):
+    """One iSCSI target per exported LV. IQNs are lower-case; `_`/`+` are not allowed in them."""
+    suffix = f"{vg}.{lv}".lower().replace("_", "-").replace("+", "-")
+    return f"{base}:{suffix}"
+
+
+def lun_serial(vg, lv):
+    """The unit serial LIO reports for the LV (SCSI VPD page 0x80). The host checks it before it
+    links a device for a VM, so a stale or reordered LUN is never handed to the wrong VM."""
+    return str(uuid.uuid5(_SERIAL_NAMESPACE, f"{vg}/{lv}"))
+
+
+def backstore_name(vg, lv):
+    return f"{vg}.{lv}"
+
+
+def lv_tags(**owner):
+    """LV tags saying who owns an LV, e.g. lv_tags(kind="clone", vm=42, disk=0, image=7, ds=100)
+    -> ["tm_iscsi", "tm_iscsi.kind=clone", ...]. LVM allows [A-Za-z0-9_+.-/=!:&#] in tags."""
+    tags = ["tm_iscsi"]
+    for key, value in sorted(owner.items()):
+        if value is not None:
+            tags.append(f"tm_iscsi.{key}={value}")
+    return tags
