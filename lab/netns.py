@@ -55,6 +55,6 @@ def leftovers():
         found.append(f"link {config.UPLINK_HOST_SIDE}")
     with open("/proc/mounts") as mounts:
         for line in mounts:
-            if f"/run/netns/{config.NETNS}" in line:
+            if line.split()[1] == f"/run/netns/{config.NETNS}":
                 found.append(f"mount {line.split()[1]}")
     return found

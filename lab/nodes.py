@@ -140,7 +140,9 @@ def lab_processes():
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
         except (FileNotFoundError, ProcessLookupError):
             continue
-        if b"linux.uml" in cmdline and f"lab.run={config.RUN_DIR}".encode() in cmdline:
+        args = cmdline.split(b"\0")
+        if any(a.endswith(b"linux.uml") for a in args) and \
+                f"lab.run={config.RUN_DIR}".encode() in args:
             found.append(int(entry))
     return found
 
