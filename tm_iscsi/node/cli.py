@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _load_commands():
     # Storage commands need rtslib_fb only when they run; hosts do not have it.
-    from . import cmd_host, cmd_storage  # noqa: F401
+    from . import cmd_host, cmd_storage, cmd_vmdir  # noqa: F401
 
 
 def build_parser():
@@ -56,6 +56,10 @@ def main(argv=None):
         json.dump(result, sys.stdout, sort_keys=True)
         sys.stdout.write("\n")
     return 0
+
+
+def console():
+    sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,155 @@
+"""A small OpenNebula cloud around the lab, as oned would drive it: the oned stand-in serving the
+captured VM / datastore / image XML, one_tm and one_datastore stand-ins running the real
+remotes/ scripts on this machine (the front-end), and the nodes reached over the lab's SSH."""
+import base64
+import hashlib
+import os
+import re
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from lab import config as lab_config
+from tests.standin import fixtures
+from tests.standin.oned import OnedStandIn
+from tests.standin.transfer import DatastoreManager, TransferManager
+
+REPO = Path(__file__).resolve().parents[2]
+REMOTES = REPO / "remotes"
+IMAGE_VG = "vg-one-100"
+SYSDIR = "/var/lib/one/datastores/101"
+
+
+def driver_env(oned_env):
+    env = dict(oned_env)
+    env.update({
+        "PYTHONPATH": str(REPO),
+        "TM_ISCSI_PYTHON": sys.executable,
+        "TM_ISCSI_SSH_OPTS": f"-F {lab_config.SSH_CONFIG}",
+        "TM_ISCSI_NODE_CMD": "env PYTHONPATH=/opt/tm_iscsi /opt/tm_iscsi-venv/bin/python "
+                             "-m tm_iscsi.node",
+        "TM_ISCSI_FRONTEND": "frontend",
+        "TM_ISCSI_CONF": "/nonexistent",
+    })
+    return env
+
+
+class Cloud:
+    def __init__(self, lab, oned, workdir):
+        self.lab = lab
+        self.oned = oned
+        self.workdir = Path(workdir)
+        self.env = driver_env(oned.env(str(self.workdir)))
+        self.tm = TransferManager(REMOTES, drivers=["iscsi_lvm"], env=self.env, timeout=600)
+        self.ds = DatastoreManager(REMOTES, ds_drivers=["iscsi_lvm"], system_tms=["iscsi_lvm"],
+                                   env=self.env, timeout=900)
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def prepare_storage(self):
+        self.lab.sh("storage", f"pvcreate -q /dev/ubdb && vgcreate -q {IMAGE_VG} /dev/ubdb")
+        self.lab.node_helper("storage", "pool-ensure", "--vg", IMAGE_VG)
+
+    def load_datastores(self):
+        root = fixtures.folder("00-datastores")
+        self.oned.put_file(root / "ds-100.after-monitor.xml")
+        self.oned.put_file(root / "ds-101.after-monitor.xml")
+        # The system datastore allocates volatile disks from the image datastore's pool.
+        self.set_template_attr("datastore", 101, "VG_NAME", IMAGE_VG)
+
+    def set_template_attr(self, kind, object_id, name, value):
+        def change(root):
+            template = root.find("TEMPLATE")
+            node = template.find(name)
+            if node is None:
+                node = ET.SubElement(template, name)
+            node.text = str(value)
+        self.oned.edit_with(kind, object_id, change)
+
+    def load_vm(self, folder, capture):
+        """Serve the VM XML captured with call `capture` (e.g. "01-tm-clone") of `folder`."""
+        return self.oned.put_file(fixtures.folder(folder) / f"{capture}.vm.xml")
+
+    # -- driving -------------------------------------------------------------------------------
+
+    def transfer(self, text):
+        result = self.tm.run_transfer_text(text)
+        assert result.success, f"transfer failed: {result.info}\n" + "\n".join(
+            r.stderr for r in result.results)
+        return result
+
+    def transfer_file(self, folder, name):
+        return self.transfer((fixtures.folder(folder) / "transfer" / name).read_text())
+
+    def tm_action(self, line, stdin=None):
+        return self.tm.run_action(line, stdin=stdin)
+
+    def ds_action(self, action, object_id, xml):
+        return self.ds.run(action, object_id, xml)
+
+    def ds_xml(self, folder, capture, **image_fields):
+        """The captured driver action, with IMAGE fields replaced (e.g. PATH)."""
+        xml = (fixtures.folder(folder) / f"{capture}.stdin.xml").read_text()
+        root = ET.fromstring(xml)
+        for name, value in image_fields.items():
+            root.find(f"IMAGE/{name}").text = str(value)
+        return ET.tostring(root, encoding="unicode")
+
+    # -- checking ------------------------------------------------------------------------------
+
+    def sha_on(self, node, path, offset_mib=0, mib=1):
+        return self.lab.sh(node, f"dd if={path} bs=1M skip={offset_mib} count={mib} "
+                                 "iflag=direct status=none | sha256sum | cut -d' ' -f1").strip()
+
+    def write_on(self, node, path, pattern, offset_mib=0):
+        """Write 1 MiB of `pattern` (bytes) at offset; return its sha256."""
+        data = (pattern * ((1 << 20) // len(pattern) + 1))[: 1 << 20]
+        self.lab.sh(node, f"dd of={path} bs=1M seek={offset_mib} count=1 iflag=fullblock "
+                          "oflag=direct conv=notrunc status=none", input=data)
+        return hashlib.sha256(data).hexdigest()
+
+    def link_target(self, node, path):
+        return self.lab.sh(node, f"test -L {path} && readlink -f {path}").strip()
+
+    def lvs(self):
+        out = self.lab.sh("storage", f"lvs --noheadings -o lv_name {IMAGE_VG}")
+        return sorted(n.strip() for n in out.split() if n.strip())
+
+    def exports(self):
+        return self.lab.node_helper("storage", "exports")["targets"]
+
+    def sessions(self, host):
+        return self.lab.node_helper(host, "sessions")["sessions"]
+
+    def leftovers_on_hosts(self):
+        """What a host still holds after every VM is gone: sessions, dm devices, links."""
+        found = {}
+        for host in ("host1", "host2"):
+            items = [s["iqn"] for s in self.sessions(host)]
+            dm = self.lab.sh(host, "dmsetup ls | grep -v 'No devices' || true").split()
+            links = self.lab.sh(host, f"find {SYSDIR} -type l 2>/dev/null || true").split()
+            if items or dm or links:
+                found[host] = {"sessions": items, "dm": dm, "links": links}
+        return found
+
+
+def b64(xml):
+    return base64.b64encode(xml.encode()).decode()
+
+
+def pattern_file(path, mib, seed):
+    """A raw image whose every MiB differs (so offsets are checked too)."""
+    with open(path, "wb") as out:
+        for i in range(mib):
+            block = hashlib.sha256(f"{seed}-{i}".encode()).digest()
+            out.write(block * ((1 << 20) // len(block)))
+    return path
+
+
+def sha_of_file(path, offset_mib=0, mib=1):
+    with open(path, "rb") as f:
+        f.seek(offset_mib << 20)
+        return hashlib.sha256(f.read(mib << 20)).hexdigest()
+
+
+WORD = re.compile(r"\S+")

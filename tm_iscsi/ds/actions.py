@@ -1,0 +1,150 @@
+"""The DS actions. Each returns the line to print on stdout (protocol), or None."""
+import hashlib
+import os
+import tempfile
+
+from .. import dsconf, log, naming
+from ..errors import DriverError
+from ..tm import storage
+from . import sources
+
+EXPORT_DIR = os.environ.get("TM_ISCSI_EXPORT_DIR", "/var/tmp/tm_iscsi-export")
+
+
+def _config(ctx, action):
+    return dsconf.from_datastore(action.datastore, ctx.settings)
+
+
+def _image_lv(action):
+    return naming.image_lv(action.object_id)
+
+
+def _source_lv(ds, image):
+    vg, lv = naming.parse_source(image.require_source())
+    if vg != ds.vg:
+        raise DriverError(f"image SOURCE {image.source} is not in VG {ds.vg} of datastore "
+                          f"{ds.ds_id}")
+    return lv
+
+
+def stat(ctx, action):
+    _fmt, size = sources.probe(action.require_image().require_path())
+    return str(sources.size_mib(size))
+
+
+def cp(ctx, action):
+    ds = _config(ctx, action)
+    image = action.require_image()
+    path = image.require_path()
+    fmt, virtual_size = sources.probe(path)
+    lv = _image_lv(action)
+    size = max(sources.size_mib(virtual_size), image.size_mb or 0)
+    storage.create(ctx, ds, lv, size, kind="image", image=action.object_id)
+    stream, length = sources.open_stream(path)
+    log.info(f"copying {path} ({fmt}, {length or '?'} bytes) into {ds.vg}/{lv}")
+    try:
+        ctx.node(ds.storage_host).stream_in("lv-write", "--vg", ds.vg, "--lv", lv,
+                                            "--format", fmt, source=stream,
+                                            timeout=ctx.settings.copy_timeout)
+    except DriverError:
+        # A half-written image must not be left for oned to retry into: it would look complete.
+        storage.remove(ctx, ds, lv)
+        raise
+    finally:
+        stream.close()
+    return f"{naming.source(ds.vg, lv)} raw"
+
+
+def mkfs(ctx, action):
+    ds = _config(ctx, action)
+    image = action.require_image()
+    lv = _image_lv(action)
+    if image.is_save_as:
+        # disk-saveas: cpds makes the LV as a thin snapshot of the disk; only the name is due now.
+        return naming.source(ds.vg, lv)
+    storage.create(ctx, ds, lv, image.require_size_mb(), kind="image", image=action.object_id)
+    fs = image.fs
+    if fs and fs != "raw":
+        storage.mkfs(ctx, ds, lv, fs)
+    return naming.source(ds.vg, lv)
+
+
+def clone(ctx, action):
+    """oneimage clone: a thin snapshot of the origin image, O(1)."""
+    ds = _config(ctx, action)
+    image = action.require_image()
+    vg, origin = naming.parse_source(image.require_path())
+    if vg != ds.vg:
+        raise DriverError(f"cannot clone {image.path} into VG {ds.vg}: a thin snapshot stays in "
+                          "its pool")
+    lv = _image_lv(action)
+    storage.snapshot(ctx, ds, origin, lv, size_mib=image.size_mb, kind="image",
+                     image=action.object_id)
+    return f"{naming.source(ds.vg, lv)} raw"
+
+
+def rm(ctx, action):
+    ds = _config(ctx, action)
+    image = action.require_image()
+    if not image.source:
+        return None
+    storage.remove(ctx, ds, _source_lv(ds, image))
+    return None
+
+
+def monitor(ctx, action):
+    from ..tm.monitor import monitor_lines
+    return "\n".join(monitor_lines(ctx, _config(ctx, action)))
+
+
+def snap_delete(ctx, action):
+    ds = _config(ctx, action)
+    image = action.require_image()
+    lv = _source_lv(ds, image)
+    storage.remove(ctx, ds, naming.snapshot_lv(lv, image.require_target_snapshot()),
+                   with_snapshots=False)
+
+
+def snap_revert(ctx, action):
+    ds = _config(ctx, action)
+    image = action.require_image()
+    lv = _source_lv(ds, image)
+    snap = naming.snapshot_lv(lv, image.require_target_snapshot())
+    if not storage.lv_info(ctx, ds, snap).get("exists"):
+        raise DriverError(f"snapshot {snap} of image {action.object_id} does not exist")
+    storage.remove(ctx, ds, lv, with_snapshots=False)
+    storage.snapshot(ctx, ds, snap, lv, kind="image", image=action.object_id)
+
+
+def snap_flatten(ctx, action):
+    """The image becomes its chosen snapshot, and no snapshot is left."""
+    snap_revert(ctx, action)
+    ds = _config(ctx, action)
+    lv = _source_lv(ds, action.require_image())
+    node = ctx.node(ds.storage_host)
+    prefix = f"{lv}-snap-"
+    for entry in node.call("lv-list", "--vg", ds.vg).get("lvs", []):
+        if entry["lv"].startswith(prefix) and entry["lv"][len(prefix):].isdigit():
+            storage.remove(ctx, ds, entry["lv"], with_snapshots=False)
+
+
+def export(ctx, action):
+    """Marketplace export: the image's bytes as a raw file on the front-end, for the market
+    driver to upload and then dispose of."""
+    ds = _config(ctx, action)
+    image = action.require_image()
+    lv = _source_lv(ds, image)
+    os.makedirs(EXPORT_DIR, exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix=f"img-{action.object_id}-", suffix=".raw", dir=EXPORT_DIR)
+    md5 = hashlib.md5()
+    with os.fdopen(fd, "wb") as out:
+        ctx.node(ds.storage_host).stream_out("lv-read", "--vg", ds.vg, "--lv", lv, sink=out,
+                                             timeout=ctx.settings.copy_timeout)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            md5.update(block)
+    size_mb = sources.size_mib(os.path.getsize(path))
+    return ("<IMPORT_INFO><IMPORT_SOURCE><![CDATA[{}]]></IMPORT_SOURCE><MD5><![CDATA[{}]]></MD5>"
+            "<SIZE><![CDATA[{}]]></SIZE><FORMAT><![CDATA[raw]]></FORMAT>"
+            "<DISPOSE>YES</DISPOSE><DISPOSE_CMD><![CDATA[rm -f {}]]></DISPOSE_CMD></IMPORT_INFO>"
+            ).format(path, md5.hexdigest(), size_mb, path)

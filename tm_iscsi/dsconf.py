@@ -1,0 +1,69 @@
+"""What tm_iscsi reads from a datastore's template, with defaults, checked once.
+
+| attribute | default | meaning |
+|---|---|---|
+| ISCSI_HOST | (required) | storage node: SSH target of the node helper, and the iSCSI portal |
+| ISCSI_PORTAL | ISCSI_HOST | portal address the hosts log in to, when storage traffic uses another network |
+| VG_NAME | vg-one-<ds id> | the VG on the storage node holding the thin pool |
+| THIN_POOL | tpool | the thin pool LV in VG_NAME |
+| ISCSI_IQN_BASE | iqn.2026-11.io.tm-iscsi | prefix of every target IQN |
+| ISCSI_CHAP_USER / ISCSI_CHAP_PASSWORD | unset | CHAP credentials every ACL of this datastore requires |
+| MAX_POOL_FILL | 90 (TM_ISCSI_MAX_POOL_FILL) | refuse new LVs above this thin pool fill, in percent |
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+from . import naming
+from .errors import DriverError
+
+
+@dataclass(frozen=True)
+class DatastoreConfig:
+    ds_id: int
+    storage_host: str
+    portal: str
+    vg: str
+    pool: str
+    iqn_base: str
+    chap_user: Optional[str]
+    chap_password: Optional[str]
+    max_fill: int
+    cache_mode: str
+
+    def chap_args(self):
+        if not self.chap_user:
+            return []
+        return ["--chap-user", self.chap_user, "--chap-password", self.chap_password]
+
+
+def from_datastore(ds, settings):
+    """`ds` is a tm_iscsi.one.objects.Datastore (or anything with template_attr / id)."""
+    ds_id = int(ds.id)
+
+    def attr(name, default=None):
+        value = ds.template_attr(name)
+        return value if value not in (None, "") else default
+
+    host = attr("ISCSI_HOST")
+    if not host:
+        raise DriverError(f"datastore {ds_id} has no ISCSI_HOST: set it to the storage node "
+                          "(onedatastore update)")
+    vg = attr("VG_NAME", naming.default_vg(ds_id))
+    pool = attr("THIN_POOL", naming.THIN_POOL)
+    for what, value in (("ISCSI_HOST", host), ("VG_NAME", vg), ("THIN_POOL", pool)):
+        if not naming.valid_name(value):
+            raise DriverError(f"datastore {ds_id}: {what}={value!r} is not a valid name")
+    chap_user, chap_password = attr("ISCSI_CHAP_USER"), attr("ISCSI_CHAP_PASSWORD")
+    if bool(chap_user) != bool(chap_password):
+        raise DriverError(f"datastore {ds_id}: set both ISCSI_CHAP_USER and ISCSI_CHAP_PASSWORD, "
+                          "or neither")
+    try:
+        max_fill = int(attr("MAX_POOL_FILL", settings.max_pool_fill))
+    except ValueError:
+        raise DriverError(f"datastore {ds_id}: MAX_POOL_FILL must be a percentage")
+    return DatastoreConfig(
+        ds_id=ds_id, storage_host=host, portal=attr("ISCSI_PORTAL", host), vg=vg, pool=pool,
+        iqn_base=attr("ISCSI_IQN_BASE", naming.DEFAULT_IQN_BASE),
+        chap_user=chap_user, chap_password=chap_password, max_fill=max_fill,
+        cache_mode=(attr("CACHE_MODE", "none") or "none").lower(),
+    )

@@ -1,0 +1,98 @@
+"""The VM directory on a host: what travels with a VM besides its disks (the context ISO, a
+checkpoint), and its removal."""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from . import paths
+from .cli import command
+from .errors import NodeError
+from .locks import lock
+
+
+def _path_option(parser):
+    parser.add_argument("--path", required=True)
+
+
+@command("dir-pack", "write the VM directory (without disk links) as a tar stream on stdout")
+def dir_pack(args):
+    path = paths.checked(args.path)
+    sys.stdout.flush()
+    if not os.path.isdir(path):
+        argv = ["tar", "-cf", "-", "-T", "/dev/null"]
+    else:
+        argv = ["tar", "-C", path, "--exclude=./disk.[0-9]*", "-cf", "-", "."]
+    result = subprocess.run(argv, stdout=sys.stdout.buffer, stderr=subprocess.PIPE, timeout=3600)
+    if result.returncode != 0:
+        raise NodeError(f"tar of {path} failed: {result.stderr.decode(errors='replace').strip()}")
+    return None
+
+
+dir_pack.configure = _path_option
+
+
+@command("dir-unpack", "create the VM directory and unpack a tar stream from stdin into it")
+def dir_unpack(args):
+    path = paths.checked(args.path)
+    with lock("vmdir", path):
+        paths.makedirs_owned(path)
+        uid, gid = paths.owner_of_tree(os.path.join(path, "x"))
+        result = subprocess.run(["tar", "-C", path, "--no-same-owner", "-xf", "-"],
+                                stdin=sys.stdin.buffer, stderr=subprocess.PIPE, timeout=3600)
+        if result.returncode != 0:
+            raise NodeError(f"unpacking into {path} failed: "
+                            f"{result.stderr.decode(errors='replace').strip()}")
+        for root, dirs, files in os.walk(path):
+            for name in dirs + files:
+                full = os.path.join(root, name)
+                if not os.path.islink(full):
+                    os.chown(full, uid, gid)
+    return {"path": path}
+
+
+dir_unpack.configure = _path_option
+
+
+@command("file-put", "write stdin to a file in a VM directory (atomically)")
+def file_put(args):
+    path = paths.checked(args.path)
+    with lock("vmdir", os.path.dirname(path)):
+        paths.makedirs_owned(os.path.dirname(path))
+        uid, gid = paths.owner_of_tree(path)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tm_iscsi-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chown(tmp, uid, gid)
+            os.chmod(tmp, 0o644)
+            if os.path.islink(path) or os.path.isdir(path):
+                raise NodeError(f"{path} exists and is not a regular file")
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    return {"path": path, "bytes": os.path.getsize(path)}
+
+
+file_put.configure = _path_option
+
+
+@command("path-remove", "remove a file, a link or a whole VM directory (links only, never their devices)")
+def path_remove(args):
+    path = paths.checked(args.path)
+    with lock("vmdir", path if os.path.isdir(path) else os.path.dirname(path)):
+        if os.path.islink(path) or os.path.isfile(path):
+            os.unlink(path)
+            return {"path": path, "removed": True}
+        if not os.path.isdir(path):
+            return {"path": path, "removed": False}
+        shutil.rmtree(path)
+    return {"path": path, "removed": True}
+
+
+path_remove.configure = _path_option

@@ -1,0 +1,76 @@
+"""Calling the node helper on a storage node or a host, over SSH, with a timeout on every call.
+
+The node helper's contract (tm_iscsi/node): one JSON object on stdout, one line on stderr and a
+non-zero exit on failure, `INFO:` progress lines on stderr."""
+import json
+import shlex
+import subprocess
+
+from . import log
+from .errors import DriverError
+
+
+class NodeUnreachable(DriverError):
+    pass
+
+
+class Node:
+    def __init__(self, host, settings):
+        self.host = host
+        self.settings = settings
+
+    def _argv(self, command, args):
+        remote = [*self.settings.node_argv, command, *[str(a) for a in args]]
+        # ssh hands the remote side one shell line: every word is quoted on its own.
+        return [*self.settings.ssh_argv, self.host, "--", " ".join(shlex.quote(w) for w in remote)]
+
+    def call(self, command, *args, stdin=None, timeout=None):
+        """Run `tm-iscsi-node COMMAND ARGS` on the node; return its JSON object."""
+        result = self._run(command, args, stdin, timeout, binary_out=False)
+        try:
+            return json.loads(result.stdout) if result.stdout.strip() else {}
+        except ValueError:
+            raise DriverError(f"{self.host}: tm-iscsi-node {command} printed no JSON: "
+                              f"{result.stdout[:200]!r}")
+
+    def stream_in(self, command, *args, source, timeout=None):
+        """Run a command that reads bulk data (a file object) on stdin; return its JSON object."""
+        result = self._run(command, args, source, timeout, binary_out=False)
+        return json.loads(result.stdout) if result.stdout.strip() else {}
+
+    def stream_out(self, command, *args, sink, timeout=None):
+        """Run a command whose stdout is bulk data, written to the file object `sink`."""
+        self._run(command, args, None, timeout, binary_out=True, sink=sink)
+
+    def _run(self, command, args, stdin, timeout, binary_out, sink=None):
+        argv = self._argv(command, args)
+        timeout = timeout or self.settings.ssh_timeout
+        kwargs = {}
+        if stdin is None:
+            kwargs["stdin"] = subprocess.DEVNULL
+        elif isinstance(stdin, (bytes, str)):
+            kwargs["input"] = stdin.encode() if isinstance(stdin, str) else stdin
+        else:
+            kwargs["stdin"] = stdin
+        try:
+            result = subprocess.run(argv, stdout=sink if sink is not None else subprocess.PIPE,
+                                    stderr=subprocess.PIPE, timeout=timeout, **kwargs)
+        except subprocess.TimeoutExpired:
+            raise DriverError(f"{self.host}: tm-iscsi-node {command} did not finish within "
+                              f"{timeout}s")
+        stderr = result.stderr.decode(errors="replace")
+        plain = []
+        for line in stderr.splitlines():
+            if line.startswith(("INFO:", "WARN:", "DEBUG:")):
+                log.info(f"{self.host}: {line.split(':', 1)[1].strip()}")
+            elif line.strip():
+                plain.append(line.strip())
+        if result.returncode == 255 and not any("tm-iscsi-node" in p for p in plain):
+            raise NodeUnreachable(f"cannot reach {self.host} over ssh: "
+                                  f"{plain[-1] if plain else 'connection failed'}")
+        if result.returncode != 0:
+            reason = plain[-1] if plain else f"exit code {result.returncode}"
+            raise DriverError(f"{self.host}: {reason}")
+        if not binary_out and result.stdout is not None:
+            result.stdout = result.stdout.decode(errors="replace")
+        return result

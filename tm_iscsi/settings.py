@@ -1,0 +1,67 @@
+"""Front-end settings: how to reach the nodes and the limits every action applies.
+
+Read from the environment first, then `/etc/one/tm_iscsi.conf` (KEY=VALUE lines, # comments), then
+defaults. oned exports /etc/one/tmrc to every driver, so either place works on a real front-end;
+the tests and the lab set the environment."""
+import os
+import shlex
+import socket
+from dataclasses import dataclass, field
+from typing import FrozenSet, Tuple
+
+CONFIG_FILE = os.environ.get("TM_ISCSI_CONF", "/etc/one/tm_iscsi.conf")
+
+
+def _file_values(path):
+    values = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if not line or line.startswith("#") or "=" not in line:
+                    continue
+                key, value = line.split("=", 1)
+                values[key.strip()] = value.strip().strip('"')
+    except FileNotFoundError:
+        pass
+    return values
+
+
+@dataclass(frozen=True)
+class Settings:
+    ssh_argv: Tuple[str, ...]
+    node_argv: Tuple[str, ...]
+    frontend_names: FrozenSet[str]
+    ssh_timeout: int = 60
+    attach_timeout: int = 60
+    copy_timeout: int = 7200
+    max_pool_fill: int = 90
+    extra: dict = field(default_factory=dict)
+
+    def is_frontend(self, host):
+        return host in self.frontend_names
+
+
+def load(environ=None):
+    env = dict(_file_values(CONFIG_FILE))
+    env.update({k: v for k, v in (environ or os.environ).items() if k.startswith("TM_ISCSI_")})
+
+    def get(key, default):
+        return env.get(f"TM_ISCSI_{key}", default)
+
+    ssh = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]
+    ssh += shlex.split(get("SSH_OPTS", ""))
+    frontend = set(filter(None, get("FRONTEND", "").split(",")))
+    if not frontend:
+        frontend = {socket.gethostname(), socket.getfqdn(), "localhost"}
+    return Settings(
+        ssh_argv=tuple(ssh),
+        # What the front-end runs on a node. Installed nodes: the helper through sudo, allowed to
+        # oneadmin by the sudoers file install.sh writes.
+        node_argv=tuple(shlex.split(get("NODE_CMD", "sudo -n tm-iscsi-node"))),
+        frontend_names=frozenset(frontend),
+        ssh_timeout=int(get("SSH_TIMEOUT", 60)),
+        attach_timeout=int(get("ATTACH_TIMEOUT", 60)),
+        copy_timeout=int(get("COPY_TIMEOUT", 7200)),
+        max_pool_fill=int(get("MAX_POOL_FILL", 90)),
+    )

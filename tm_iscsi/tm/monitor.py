@@ -1,0 +1,11 @@
+"""monitor of the system datastore (a DS action run from the TM directory): the thin pool it
+allocates volatile disks from."""
+from . import storage
+
+
+def monitor_lines(ctx, ds):
+    status = storage.pool_status(ctx, ds)
+    mib = 1 << 20
+    total = status["data_total_bytes"] // mib
+    used = status["data_used_bytes"] // mib
+    return [f"USED_MB={used}", f"TOTAL_MB={total}", f"FREE_MB={max(total - used, 0)}"]

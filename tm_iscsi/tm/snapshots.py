@@ -1,0 +1,41 @@
+"""Disk snapshots: thin snapshots of the disk's LV, named `<lv>-snap-<id>`."""
+from .. import attachment, naming, volumes
+from . import storage
+
+
+def snap_create(ctx, args):
+    vm = ctx.vm(args.vmid)
+    volume = volumes.of_disk(ctx, vm, args.disk.disk_id, args.dsid)
+    storage.snapshot(ctx, volume.ds, volume.lv, naming.snapshot_lv(volume.lv, args.snap_id),
+                     kind="snapshot", vm=vm.id if volume.owned_by_vm else None,
+                     snap=args.snap_id)
+
+
+def snap_delete(ctx, args):
+    vm = ctx.vm(args.vmid)
+    volume = volumes.of_disk(ctx, vm, args.disk.disk_id, args.dsid)
+    storage.remove(ctx, volume.ds, naming.snapshot_lv(volume.lv, args.snap_id),
+                   with_snapshots=False)
+
+
+def snap_revert(ctx, args):
+    """The disk LV is replaced by a new thin snapshot of the chosen snapshot, under the same name
+    (so the same IQN and serial). oned allows this only while the VM is powered off."""
+    vm = ctx.vm(args.vmid)
+    volume = volumes.of_disk(ctx, vm, args.disk.disk_id, args.dsid)
+    snap_lv = naming.snapshot_lv(volume.lv, args.snap_id)
+    info = storage.lv_info(ctx, volume.ds, snap_lv)
+    if not info.get("exists"):
+        from ..errors import DriverError
+        raise DriverError(f"snapshot {args.snap_id} of disk {args.disk.disk_id} "
+                          f"({volume.vg}/{snap_lv}) does not exist")
+    host = args.disk.host
+    on_host = not ctx.is_frontend(host)
+    if on_host:
+        attachment.detach(ctx, host, volume, args.disk.path, unexport=False)
+    storage.remove(ctx, volume.ds, volume.lv, with_snapshots=False)
+    owner = {"kind": volume.kind, "vm": vm.id if volume.owned_by_vm else None,
+             "disk": args.disk.disk_id if volume.owned_by_vm else None}
+    storage.snapshot(ctx, volume.ds, snap_lv, volume.lv, **owner)
+    if on_host:
+        attachment.attach(ctx, host, volume, args.disk.path)

@@ -1,0 +1,49 @@
+"""LV operations the TM and DS actions ask of the storage node, in OpenNebula terms."""
+from .. import naming
+
+
+def lv_info(ctx, ds, lv):
+    return ctx.node(ds.storage_host).call("lv-info", "--vg", ds.vg, "--lv", lv)
+
+
+def snapshot(ctx, ds, origin, lv, size_mib=None, **owner):
+    args = ["--vg", ds.vg, "--origin", origin, "--lv", lv, "--max-fill", ds.max_fill]
+    if size_mib:
+        args += ["--size-mib", size_mib]
+    for tag in naming.lv_tags(ds=ds.ds_id, **owner):
+        args += ["--tag", tag]
+    return ctx.node(ds.storage_host).call("lv-snapshot", *args)
+
+
+def create(ctx, ds, lv, size_mib, **owner):
+    args = ["--vg", ds.vg, "--lv", lv, "--size-mib", size_mib, "--max-fill", ds.max_fill]
+    for tag in naming.lv_tags(ds=ds.ds_id, **owner):
+        args += ["--tag", tag]
+    return ctx.node(ds.storage_host).call("lv-create", *args)
+
+
+def remove(ctx, ds, lv, with_snapshots=True):
+    """Remove an LV and the snapshots tm_iscsi named after it (`<lv>-snap-N`)."""
+    node = ctx.node(ds.storage_host)
+    if with_snapshots:
+        prefix = f"{lv}-snap-"
+        for entry in node.call("lv-list", "--vg", ds.vg).get("lvs", []):
+            name = entry["lv"]
+            if name.startswith(prefix) and name[len(prefix):].isdigit():
+                node.call("unexport", "--vg", ds.vg, "--lv", name, "--iqn-base", ds.iqn_base)
+                node.call("lv-remove", "--vg", ds.vg, "--lv", name)
+    node.call("unexport", "--vg", ds.vg, "--lv", lv, "--iqn-base", ds.iqn_base)
+    return node.call("lv-remove", "--vg", ds.vg, "--lv", lv)
+
+
+def mkfs(ctx, ds, lv, fs):
+    return ctx.node(ds.storage_host).call("lv-mkfs", "--vg", ds.vg, "--lv", lv, "--fs", fs)
+
+
+def resize(ctx, ds, lv, size_mib):
+    return ctx.node(ds.storage_host).call("lv-resize", "--vg", ds.vg, "--lv", lv,
+                                          "--size-mib", size_mib)
+
+
+def pool_status(ctx, ds):
+    return ctx.node(ds.storage_host).call("pool-status", "--vg", ds.vg, "--pool", ds.pool)

@@ -1,0 +1,54 @@
+"""Which LV backs a VM disk, and whether tm_iscsi created it for this VM (and so may delete it)."""
+from dataclasses import dataclass
+
+from . import naming
+from .errors import DriverError
+
+
+@dataclass(frozen=True)
+class Volume:
+    ds: "object"       # DatastoreConfig of the datastore whose VG holds the LV
+    lv: str
+    kind: str           # "clone" | "volatile" | "image" (persistent, CD-ROM, read-only: linked)
+    readonly: bool = False
+
+    @property
+    def vg(self):
+        return self.ds.vg
+
+    @property
+    def owned_by_vm(self):
+        """Clones and volatile disks die with the VM; linked images never do."""
+        return self.kind in ("clone", "volatile")
+
+    @property
+    def iqn(self):
+        return naming.target_iqn(self.ds.vg, self.lv, self.ds.iqn_base)
+
+    @property
+    def serial(self):
+        return naming.lun_serial(self.ds.vg, self.lv)
+
+
+def of_disk(ctx, vm, disk_id, dsid_hint=None):
+    """The Volume of disk `disk_id` of `vm` (a VirtualMachine view)."""
+    disk = vm.disk(disk_id)
+    if disk.is_volatile:
+        sys_ds = ctx.datastore(vm.current_history.ds_id)
+        return Volume(sys_ds, naming.disk_lv(vm.id, disk_id), "volatile")
+    if dsid_hint is not None and disk.datastore_id is not None and \
+            int(dsid_hint) != disk.datastore_id:
+        raise DriverError(f"VM {vm.id} disk {disk_id} is in datastore {disk.datastore_id}, "
+                          f"not {dsid_hint} as the action says")
+    ds = ctx.datastore(disk.datastore_id if disk.datastore_id is not None else dsid_hint)
+    source = disk.require_source()
+    try:
+        vg, image_lv = naming.parse_source(source)
+    except ValueError as err:
+        raise DriverError(f"VM {vm.id} disk {disk_id}: {err}")
+    if vg != ds.vg:
+        raise DriverError(f"VM {vm.id} disk {disk_id}: SOURCE {source} is not in VG {ds.vg} of "
+                          f"datastore {ds.ds_id}")
+    if disk.clone:
+        return Volume(ds, naming.disk_lv(vm.id, disk_id), "clone")
+    return Volume(ds, image_lv, "image", readonly=bool(disk.readonly or disk.is_cdrom))
