@@ -1,0 +1,283 @@
+"""Host commands: iSCSI sessions to the storage node and the links VMs use.
+
+A host holds at most one session per target: the session is the unit the storage node grants
+(one ACL per host) and revokes (fence), and a second session to the same LUN would give the VM two
+disks with one serial. Before a LUN is handed to a VM its unit serial is compared with the one
+the front-end expects, so a stale or reordered LUN can never become a VM's disk.
+"""
+import argparse
+import os
+import re
+import time
+
+from . import iscsi, locks
+from . import run as _run
+from .cli import command
+from .errors import NodeError
+
+_CHAP_RE = re.compile(r"^[A-Za-z0-9._@:+/=-]{1,255}$")
+_SERIAL_RE = re.compile(r"^[A-Za-z0-9._:-]{1,80}$")
+# Absolute paths of plain names only: the link goes under a system datastore directory.
+_PATH_RE = re.compile(r"^/[A-Za-z0-9_.+@=:/-]{1,4000}$")
+# How long udev gets to create the by-path name before the link uses /dev/sdX directly.
+BY_PATH_WAIT = 3.0
+POLL = 0.1
+
+
+def _checked(predicate, what):
+    def check(value):
+        if not predicate(value):
+            raise argparse.ArgumentTypeError(f"{value!r} is not a valid {what}")
+        return value
+    check.__name__ = what
+    return check
+
+
+def _valid_path(value):
+    return bool(_PATH_RE.match(value)) and ".." not in value.split("/") and \
+        not value.endswith("/")
+
+
+def _portal(value):
+    try:
+        iscsi.parse_portal(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err))
+    return value
+
+
+IQN = _checked(iscsi.valid_iqn, "iSCSI name (iqn.YYYY-MM.domain[:name])")
+CHAP = _checked(lambda v: bool(_CHAP_RE.match(v)), "CHAP value (letters, digits, ._@:+/=-)")
+SERIAL = _checked(lambda v: bool(_SERIAL_RE.match(v)), "unit serial")
+LINK = _checked(_valid_path, "link path (absolute, no '..', letters, digits, _.+@=:/-)")
+
+
+def _int_range(low, high, what):
+    def check(value):
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number ({what})")
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"{what} must be between {low} and {high}")
+        return number
+    check.__name__ = what
+    return check
+
+
+@command("initiator", "this host's iSCSI initiator name")
+def initiator(args):
+    return {"iqn": iscsi.initiator_name()}
+
+
+def _devices(session):
+    return [{"lun": d.lun, "device": d.device, "serial": iscsi.unit_serial(d.name)}
+            for d in session.disks]
+
+
+@command("sessions", "iSCSI sessions of this host with their disks")
+def sessions(args):
+    return {"sessions": [{"iqn": s.iqn, "portal": s.portal, "sid": s.sid, "state": s.state,
+                          "devices": _devices(s)} for s in iscsi.sessions()]}
+
+
+# -- attach ------------------------------------------------------------------------------------
+
+def _wait_disk(iqn, lun, deadline, rescan_at):
+    """The session's SCSI disk for `lun`, once the kernel has probed it. A session whose LUN
+    appeared late (mapped after login) is rescanned once, halfway through the wait."""
+    rescanned = False
+    while True:
+        found = iscsi.sessions_of(iqn)
+        if not found:
+            raise NodeError(f"the iSCSI session to {iqn} went away while waiting for LUN {lun}; "
+                            "the storage node may have revoked this host's access")
+        session = found[0]
+        disk = session.disk(lun)
+        if disk is not None and session.state in (None, "LOGGED_IN"):
+            return session, disk
+        now = time.monotonic()
+        if now > deadline:
+            state = session.state or "unknown"
+            raise NodeError(f"LUN {lun} of {iqn} did not appear within the timeout (session "
+                            f"{session.sid} state {state}); is it exported to this host?")
+        if not rescanned and now > rescan_at and session.state == "LOGGED_IN":
+            iscsi.rescan_session(session.sid)
+            rescanned = True
+        time.sleep(POLL)
+
+
+def _stable_path(ip, port, iqn, lun, disk, deadline):
+    by_path = iscsi.by_path(ip, port, iqn, lun)
+    until = min(deadline, time.monotonic() + BY_PATH_WAIT)
+    while True:
+        if os.path.realpath(by_path) == disk.device:
+            return by_path
+        if time.monotonic() > until:
+            return disk.device
+        time.sleep(POLL)
+
+
+def replace_symlink(path, target):
+    """Point `path` at `target` atomically: a VM starting meanwhile sees the old link or the new
+    one, never none."""
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    if os.path.isdir(path) and not os.path.islink(path):
+        raise NodeError(f"{path} is a directory; refusing to replace it with a link")
+    if os.path.islink(path) and os.readlink(path) == target:
+        return
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.tm_iscsi-{os.getpid()}")
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        os.unlink(tmp)
+        raise
+
+
+def _undo_login(iqn):
+    """Leave no session or node record behind a refused attach (and never a half one)."""
+    for session in iscsi.sessions_of(iqn):
+        for disk in session.disks:
+            iscsi.delete_disk(disk.name)
+        iscsi.logout_session(session.sid)
+    iscsi.delete_records(iqn)
+
+
+@command("attach", "log in to a target (or reuse the session) and link its checked LUN")
+def attach(args):
+    chap = _chap(args)
+    host, port = iscsi.parse_portal(args.portal)
+    ip = iscsi.resolve(host)
+    deadline = time.monotonic() + args.timeout
+    with locks.lock("iscsi", args.iqn):
+        existing = iscsi.sessions_of(args.iqn)
+        reused = bool(existing)
+        if reused:
+            _run.info(f"reusing iSCSI session {existing[0].sid} to {args.iqn}")
+        else:
+            # Bounded by --timeout: iscsid retries a login on its own, even after iscsiadm is
+            # gone, unless the record limits the attempts.
+            login_timeout = max(2, min(15, args.timeout // 2))
+            attempts = max(1, args.timeout // login_timeout)
+            iscsi.write_record(args.iqn, ip, port, chap, login_timeout, attempts)
+            _run.info(f"logging in to {args.iqn} at {iscsi.portal_arg(ip, port)}")
+            try:
+                iscsi.login(args.iqn, ip, port, timeout=args.timeout + 10,
+                            initiator=_initiator_or_none())
+            except NodeError:
+                _undo_login(args.iqn)
+                raise
+        try:
+            remaining = max(0.0, deadline - time.monotonic())
+            session, disk = _wait_disk(args.iqn, args.lun, deadline,
+                                       rescan_at=time.monotonic() + (0 if reused else
+                                                                     remaining / 3))
+            found = iscsi.unit_serial(disk.name)
+            if found != args.serial and reused:
+                # The kernel keeps the serial from its first probe; the LUN may have changed.
+                iscsi.rescan_disk(disk.name)
+                found = iscsi.unit_serial(disk.name)
+            if found != args.serial:
+                raise NodeError(f"LUN {args.lun} of {args.iqn} is {disk.device} with unit serial "
+                                f"{found or '(none)'}, expected {args.serial}; not linking it")
+        except NodeError:
+            if not reused:
+                _undo_login(args.iqn)
+            raise
+        stable = _stable_path(session.ip or ip, session.port or port, args.iqn, args.lun, disk,
+                              deadline)
+        if args.link:
+            replace_symlink(args.link, stable)
+    return {"device": disk.device, "stable_path": stable, "link": args.link,
+            "session_reused": reused}
+
+
+def _initiator_or_none():
+    try:
+        return iscsi.initiator_name()
+    except NodeError:
+        return None
+
+
+def _chap(args):
+    if bool(args.chap_user) != bool(args.chap_password):
+        raise NodeError("give both --chap-user and --chap-password, or neither")
+    return (args.chap_user, args.chap_password) if args.chap_user else None
+
+
+def _target_options(p):
+    p.add_argument("--portal", required=True, type=_portal, help="storage node HOST[:PORT]")
+    p.add_argument("--iqn", required=True, type=IQN, help="target IQN")
+    p.add_argument("--link", type=LINK, help="symlink to (re)point at the LUN")
+
+
+def _attach_options(p):
+    _target_options(p)
+    p.add_argument("--serial", required=True, type=SERIAL, help="expected unit serial")
+    p.add_argument("--lun", type=_int_range(0, 255, "LUN"), default=0)
+    p.add_argument("--chap-user", type=CHAP)
+    p.add_argument("--chap-password", type=CHAP)
+    p.add_argument("--timeout", type=_int_range(1, 3600, "timeout in seconds"), default=30)
+
+
+attach.configure = _attach_options
+
+
+# -- detach ------------------------------------------------------------------------------------
+
+def _link_verdict(link, iqn, disks):
+    """(remove?, note) for the link: only a symlink to this target's LUN is ours to remove."""
+    if not os.path.lexists(link):
+        return False, None
+    if not os.path.islink(link):
+        return False, f"{link} is not a symlink; left in place"
+    target = os.readlink(link)
+    ours = iscsi.by_path_prefix(iqn) in os.path.basename(target)
+    if not ours:
+        resolved = os.path.realpath(link)
+        ours = any(resolved == d.device for d in disks)
+    if not ours:
+        return False, f"{link} points to {target}, not to a LUN of {iqn}; left in place"
+    return True, None
+
+
+@command("detach", "unlink, flush and drop a target's disks, log out, forget the record")
+def detach(args):
+    iscsi.parse_portal(args.portal)
+    with locks.lock("iscsi", args.iqn):
+        found = iscsi.sessions_of(args.iqn)
+        disks = [d for s in found for d in s.disks]
+        # Refuse before changing anything: a disk under a dm-cache or a mount must not vanish.
+        for disk in disks:
+            held = iscsi.holders(disk.name)
+            if held:
+                raise NodeError(f"{disk.device} (LUN {disk.lun} of {args.iqn}) is in use by "
+                                f"{', '.join(held)}; tear that down first")
+            if iscsi.mounted(disk.device):
+                raise NodeError(f"{disk.device} (LUN {disk.lun} of {args.iqn}) is mounted; "
+                                "unmount it first")
+        link_removed, note = False, None
+        if args.link:
+            remove, note = _link_verdict(args.link, args.iqn, disks)
+            if remove:
+                os.unlink(args.link)
+                link_removed = True
+        for disk in disks:
+            iscsi.flush(disk.device)
+            # Deleting the disk first lets the kernel finish its I/O and tell udev, so no
+            # stale /dev/sdX of a logged-out session lingers.
+            iscsi.delete_disk(disk.name)
+        for session in found:
+            _run.info(f"logging out of {args.iqn} (session {session.sid})")
+            iscsi.logout_session(session.sid)
+        iscsi.delete_records(args.iqn)
+    return {"logged_out": bool(found), "link_removed": link_removed, "link_note": note}
+
+
+detach.configure = _target_options

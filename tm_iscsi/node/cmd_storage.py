@@ -1,0 +1,714 @@
+"""Storage-node commands: the thin pool, image/clone/volatile LVs and their LIO exports.
+
+Every command re-reads the real state first and only changes what differs, so a re-run after a
+failure at any step converges, and a re-run after success changes nothing. LV metadata changes
+hold the VG's lock; long data copies hold only their LV's lock (an image upload must not stop
+every clone of the datastore for minutes); LIO changes hold the target's lock.
+"""
+import argparse
+import json
+import os
+import re
+import stat
+import sys
+import tempfile
+
+from .. import naming
+from . import iscsi, lio, locks, lvm
+from . import run as _run
+from .cli import command
+from .errors import NodeError
+
+MIB = 1024 * 1024
+CHUNK = 4 * MIB
+SPOOL_DIR = os.environ.get("TM_ISCSI_SPOOL_DIR", "/var/tmp")
+# A multi-GiB image converted inside a slow VM can take long; the timeout is only a backstop.
+CONVERT_TIMEOUT = 6 * 3600
+_CHAP_RE = re.compile(r"^[A-Za-z0-9._@:+/=-]{1,255}$")
+FILESYSTEMS = ("ext4", "ext3", "ext2", "xfs", "swap", "raw")
+
+
+# -- argument types: bad input is refused before anything runs (exit 2) ------------------------
+
+def _checked(predicate, what):
+    def check(value):
+        if not predicate(value):
+            raise argparse.ArgumentTypeError(f"{value!r} is not a valid {what}")
+        return value
+    check.__name__ = what
+    return check
+
+
+NAME = _checked(naming.valid_name, "name (letters, digits and +_.- only)")
+TAG = _checked(lvm.valid_tag, "LV tag (letters, digits and _+.:/=- only)")
+IQN = _checked(iscsi.valid_iqn, "iSCSI name (iqn.YYYY-MM.domain[:name])")
+IQN_BASE = _checked(lambda v: iscsi.valid_iqn(v) and ":" not in v,
+                    "IQN base (iqn.YYYY-MM.domain, without ':')")
+CHAP = _checked(lambda v: bool(_CHAP_RE.match(v)), "CHAP value (letters, digits, ._@:+/=-)")
+
+
+def _int_range(low, high, what):
+    def check(value):
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number ({what})")
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"{what} must be between {low} and {high}, "
+                                             f"not {number}")
+        return number
+    check.__name__ = what
+    return check
+
+
+SIZE_MIB = _int_range(1, 1024 * 1024 * 1024, "size in MiB")
+PERCENT = _int_range(1, 100, "percentage")
+FILL = _int_range(0, 100, "fill percentage")
+PORT = _int_range(1, 65535, "TCP port")
+
+
+def _ip(value):
+    import ipaddress
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an IP address")
+
+
+def _vg_option(p):
+    p.add_argument("--vg", required=True, type=NAME, help="volume group of the datastore")
+
+
+def _pool_option(p):
+    p.add_argument("--pool", default=naming.THIN_POOL, type=NAME, help="thin pool LV")
+
+
+def _lv_lock(vg, lv):
+    return locks.lock("lv", f"{vg}/{lv}")
+
+
+def _require_pool(rep, pool):
+    lv = rep.get(pool)
+    if lv is None or not lv.is_thin_pool:
+        raise NodeError(f"thin pool {rep.name}/{pool} does not exist; run pool-ensure --vg "
+                        f"{rep.name} --pool {pool} first")
+    return lv
+
+
+def _require_lv(rep, name):
+    lv = rep.get(name)
+    if lv is None:
+        raise NodeError(f"logical volume {rep.name}/{name} does not exist")
+    return lv
+
+
+def _check_fill(rep, pool, max_fill):
+    """Refuse new allocations in a pool that is nearly full: a thin pool that runs out of space
+    stops every LV in it, images and running VMs alike."""
+    status = lvm.pool_status(rep, pool)
+    if status["data_percent"] > max_fill or status["metadata_percent"] > max_fill:
+        raise NodeError(f"thin pool {rep.name}/{pool} is too full: data {status['data_percent']}%"
+                        f", metadata {status['metadata_percent']}% (limit {max_fill}%); free "
+                        "space (delete images or VMs) or extend the pool")
+
+
+def _ensure_active(lv):
+    if not lv.active:
+        _run.info(f"activating {lv.vg}/{lv.name}")
+        lvm.activate(lv.vg, lv.name)
+
+
+# -- pool --------------------------------------------------------------------------------------
+
+@command("pool-ensure", "create the VG's thin pool if it is missing")
+def pool_ensure(args):
+    with locks.lock("vg", args.vg):
+        rep = lvm.report(args.vg)
+        existing = rep.get(args.pool)
+        if existing is not None:
+            if not existing.is_thin_pool:
+                raise NodeError(f"{args.vg}/{args.pool} exists but is a {existing.segtype} LV, "
+                                "not a thin pool; choose another pool name")
+            return {"vg": args.vg, "pool": args.pool, "created": False}
+        _run.info(f"creating thin pool {args.vg}/{args.pool} on {args.data_percent}% of the VG")
+        lvm.create_thin_pool(args.vg, args.pool, args.data_percent)
+        return {"vg": args.vg, "pool": args.pool, "created": True}
+
+
+def _pool_ensure_options(p):
+    _vg_option(p)
+    _pool_option(p)
+    p.add_argument("--data-percent", type=PERCENT, default=90,
+                   help="share of the VG the pool's data gets (default 90)")
+
+
+pool_ensure.configure = _pool_ensure_options
+
+
+@command("pool-status", "data and metadata fill of the thin pool")
+def pool_status(args):
+    return lvm.pool_status(lvm.report(args.vg), args.pool)
+
+
+def _pool_status_options(p):
+    _vg_option(p)
+    _pool_option(p)
+
+
+pool_status.configure = _pool_status_options
+
+
+# -- LVs ---------------------------------------------------------------------------------------
+
+def _lv_result(lv, **extra):
+    result = {"vg": lv.vg, "lv": lv.name, "path": lv.path, "size_bytes": lv.size_bytes}
+    result.update(extra)
+    return result
+
+
+@command("lv-create", "create a thin LV in the pool (grow an existing one)")
+def lv_create(args):
+    tags = sorted(set(args.tag or []))
+    want = args.size_mib * MIB
+    with locks.lock("vg", args.vg):
+        rep = lvm.report(args.vg)
+        _require_pool(rep, args.pool)
+        lv = rep.get(args.lv)
+        want = rep.round_up(want)
+        if lv is not None:
+            if not lv.is_thin or lv.pool != args.pool:
+                raise NodeError(f"{args.vg}/{args.lv} exists but is not a thin LV of pool "
+                                f"{args.pool}; refusing to reuse it")
+            if lv.origin:
+                raise NodeError(f"{args.vg}/{args.lv} exists as a snapshot of {lv.origin}, not "
+                                "as a new LV; refusing to reuse it")
+            if sorted(set(lv.tags)) != tags:
+                raise NodeError(f"{args.vg}/{args.lv} exists with tags {lv.tags or '(none)'}, "
+                                f"not {tags or '(none)'}: it belongs to something else")
+            size = lv.size_bytes
+            if size < want:
+                _run.info(f"growing {args.vg}/{args.lv} from {size} to {want} bytes")
+                lvm.extend(args.vg, args.lv, want)
+                size = want
+            _ensure_active(lv)
+            return {"vg": args.vg, "lv": args.lv, "path": lv.path, "size_bytes": size,
+                    "created": False}
+        _check_fill(rep, args.pool, args.max_fill)
+        _run.info(f"creating thin LV {args.vg}/{args.lv} of {want} bytes")
+        lvm.create_thin(args.vg, args.pool, args.lv, want, tags)
+        return {"vg": args.vg, "lv": args.lv, "path": lvm.lv_path(args.vg, args.lv),
+                "size_bytes": want, "created": True}
+
+
+def _lv_create_options(p):
+    _vg_option(p)
+    _pool_option(p)
+    p.add_argument("--lv", required=True, type=NAME)
+    p.add_argument("--size-mib", required=True, type=SIZE_MIB)
+    p.add_argument("--tag", action="append", type=TAG, help="LV tag (repeatable)")
+    p.add_argument("--max-fill", type=FILL, default=90,
+                   help="refuse when pool data or metadata is fuller than this (default 90)")
+
+
+lv_create.configure = _lv_create_options
+
+
+@command("lv-snapshot", "thin snapshot of an LV (O(1)), optionally larger than its origin")
+def lv_snapshot(args):
+    tags = sorted(set(args.tag or []))
+    with locks.lock("vg", args.vg):
+        rep = lvm.report(args.vg)
+        origin = _require_lv(rep, args.origin)
+        if not origin.is_thin:
+            raise NodeError(f"{args.vg}/{args.origin} is not a thin LV; only thin LVs have O(1) "
+                            "snapshots")
+        lv = rep.get(args.lv)
+        created = False
+        if lv is not None:
+            if lv.origin != args.origin:
+                what = f"a snapshot of {lv.origin}" if lv.origin else "an LV of its own"
+                raise NodeError(f"{args.vg}/{args.lv} already exists as {what}, not as a "
+                                f"snapshot of {args.origin}; refusing to reuse it")
+            size = lv.size_bytes
+        else:
+            _check_fill(rep, origin.pool, args.max_fill)
+            _run.info(f"creating thin snapshot {args.vg}/{args.lv} of {args.origin}")
+            lvm.create_snapshot(args.vg, args.origin, args.lv, tags)
+            created = True
+            size = origin.size_bytes
+        if args.size_mib is not None:
+            want = rep.round_up(args.size_mib * MIB)
+            if size < want:
+                _run.info(f"growing {args.vg}/{args.lv} to {want} bytes")
+                lvm.extend(args.vg, args.lv, want)
+                size = want
+        if lv is not None:
+            _ensure_active(lv)
+        return {"vg": args.vg, "lv": args.lv, "origin": args.origin,
+                "path": lvm.lv_path(args.vg, args.lv), "size_bytes": size, "created": created}
+
+
+def _lv_snapshot_options(p):
+    _vg_option(p)
+    p.add_argument("--origin", required=True, type=NAME)
+    p.add_argument("--lv", required=True, type=NAME)
+    p.add_argument("--size-mib", type=SIZE_MIB, help="grow the snapshot to this size")
+    p.add_argument("--tag", action="append", type=TAG)
+    p.add_argument("--max-fill", type=FILL, default=90)
+
+
+lv_snapshot.configure = _lv_snapshot_options
+
+
+@command("lv-remove", "remove an LV that is not exported")
+def lv_remove(args):
+    with locks.lock("vg", args.vg), _lv_lock(args.vg, args.lv):
+        rep = lvm.report(args.vg)
+        lv = rep.get(args.lv)
+        if lv is None:
+            return {"vg": args.vg, "lv": args.lv, "removed": False}
+        if lv.is_thin_pool:
+            raise NodeError(f"{args.vg}/{args.lv} is the thin pool; lv-remove removes volumes, "
+                            "not pools")
+        if args.require_tag and args.require_tag not in lv.tags:
+            raise NodeError(f"{args.vg}/{args.lv} does not carry tag {args.require_tag} (tags: "
+                            f"{', '.join(lv.tags) or 'none'}); refusing to remove it")
+        users = lio.users_of_device(lv.path, naming.backstore_name(args.vg, args.lv))
+        if users:
+            names = [", ".join(iqns) or f"backstore {so}" for so, iqns in users]
+            raise NodeError(f"{args.vg}/{args.lv} is still exported through LIO "
+                            f"({'; '.join(names)}); unexport it first")
+        _run.info(f"removing {args.vg}/{args.lv}")
+        lvm.remove(args.vg, args.lv)
+        return {"vg": args.vg, "lv": args.lv, "removed": True}
+
+
+def _lv_remove_options(p):
+    _vg_option(p)
+    p.add_argument("--lv", required=True, type=NAME)
+    p.add_argument("--require-tag", type=TAG, help="remove only if the LV carries this tag")
+
+
+lv_remove.configure = _lv_remove_options
+
+
+@command("lv-resize", "grow an LV (never shrinks)")
+def lv_resize(args):
+    with locks.lock("vg", args.vg):
+        rep = lvm.report(args.vg)
+        lv = _require_lv(rep, args.lv)
+        want = rep.round_up(args.size_mib * MIB)
+        if want < lv.size_bytes:
+            raise NodeError(f"{args.vg}/{args.lv} is {lv.size_bytes} bytes; shrinking it to "
+                            f"{want} would destroy data and is refused")
+        resized = False
+        if want > lv.size_bytes:
+            _run.info(f"growing {args.vg}/{args.lv} from {lv.size_bytes} to {want} bytes")
+            lvm.extend(args.vg, args.lv, want)
+            resized = True
+        return {"vg": args.vg, "lv": args.lv, "path": lv.path, "size_bytes": want,
+                "resized": resized}
+
+
+def _lv_resize_options(p):
+    _vg_option(p)
+    p.add_argument("--lv", required=True, type=NAME)
+    p.add_argument("--size-mib", required=True, type=SIZE_MIB)
+
+
+lv_resize.configure = _lv_resize_options
+
+
+@command("lv-info", "size, origin, tags and state of one LV")
+def lv_info(args):
+    lv = lvm.report(args.vg).get(args.lv)
+    if lv is None:
+        return {"vg": args.vg, "lv": args.lv, "exists": False, "size_bytes": None,
+                "origin": None, "tags": [], "active": False, "path": None}
+    return {"vg": args.vg, "lv": args.lv, "exists": True, "size_bytes": lv.size_bytes,
+            "origin": lv.origin or None, "tags": lv.tags, "active": lv.active, "path": lv.path}
+
+
+def _lv_options(p):
+    _vg_option(p)
+    p.add_argument("--lv", required=True, type=NAME)
+
+
+lv_info.configure = _lv_options
+
+
+@command("lv-list", "the VG's volumes (not its pools), optionally with a tag")
+def lv_list(args):
+    rep = lvm.report(args.vg)
+    rows = []
+    for name in sorted(rep.lvs):
+        lv = rep.lvs[name]
+        if lv.is_thin_pool or (args.tag and args.tag not in lv.tags):
+            continue
+        rows.append({"lv": name, "size_bytes": lv.size_bytes, "origin": lv.origin or None,
+                     "tags": lv.tags})
+    return {"vg": args.vg, "lvs": rows}
+
+
+def _lv_list_options(p):
+    _vg_option(p)
+    p.add_argument("--tag", type=TAG)
+
+
+lv_list.configure = _lv_list_options
+
+
+# -- data --------------------------------------------------------------------------------------
+
+class _Progress:
+    """INFO lines about every 5% of `total` bytes."""
+
+    def __init__(self, what, total, in_bytes=True):
+        self.what = what
+        self.total = max(int(total), 1)
+        self.in_bytes = in_bytes
+        self.next_mark = 5
+
+    def update(self, done):
+        percent = int(done * 100 / self.total)
+        if percent >= self.next_mark:
+            amount = f" ({done // MIB} MiB)" if self.in_bytes else ""
+            _run.info(f"{self.what}: {min(percent, 100)}%{amount}")
+            self.next_mark = (percent // 5 + 1) * 5
+
+
+def _read_full(stream, size):
+    """Up to `size` bytes; short only at end of input (pipes return what they have)."""
+    parts, got = [], 0
+    while got < size:
+        data = stream.read(size - got)
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
+
+
+def _input_size(stream):
+    """The input's size when stdin is a regular file (then too large is refused up front)."""
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+_ZEROS = bytes(CHUNK)
+
+
+def _copy_into(src, dst_path, limit, what, sparse=False, expected=None):
+    """Copy `src` (a binary stream) onto the block device at dst_path, at most `limit` bytes.
+    With `sparse`, all-zero chunks are skipped: the device is a thin LV that reads as zeros, and
+    leaving them unwritten keeps the pool from provisioning them."""
+    progress = _Progress(what, expected or limit)
+    written = 0
+    fd = os.open(dst_path, os.O_WRONLY)
+    try:
+        while True:
+            chunk = _read_full(src, CHUNK)
+            if not chunk:
+                break
+            if written + len(chunk) > limit:
+                raise NodeError(f"{what}: the input is larger than the LV ({limit} bytes); grow "
+                                "the LV first (lv-resize)")
+            if not (sparse and chunk == _ZEROS[:len(chunk)]):
+                view = memoryview(chunk)
+                offset = 0
+                while offset < len(chunk):
+                    offset += os.pwrite(fd, view[offset:], written + offset)
+            written += len(chunk)
+            progress.update(written)
+        # The data must be on the storage node's disk, not in its page cache, before the
+        # front-end tells oned the image is ready.
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return written
+
+
+def _qemu_img_info(path, what):
+    result = _run.run(["qemu-img", "info", "--output", "json", "-f", "qcow2", path],
+                      timeout=120, what=f"{what}: checking the uploaded qcow2 image")
+    try:
+        info = json.loads(result.stdout)
+    except ValueError:
+        raise NodeError(f"{what}: qemu-img info printed no JSON for the uploaded image")
+    # An uploaded image naming a backing or data file would make qemu-img read that file on
+    # the storage node (another image's LV, say) into this one.
+    data_file = (info.get("format-specific") or {}).get("data", {}).get("data-file")
+    if info.get("backing-filename") or info.get("full-backing-filename") or data_file:
+        raise NodeError(f"{what}: the qcow2 image refers to another file "
+                        f"({info.get('backing-filename') or data_file}); upload a standalone "
+                        "image (qemu-img convert -O qcow2 without -B)")
+    return info
+
+
+def _write_qcow2(stdin, lv, what):
+    # qemu-img needs a seekable file; the spool lives on local disk, never in the LV's VG.
+    try:
+        spool = tempfile.NamedTemporaryFile(prefix="tm_iscsi-upload-", suffix=".qcow2",
+                                            dir=SPOOL_DIR)
+    except OSError as err:
+        raise NodeError(f"{what}: cannot create a spool file in {SPOOL_DIR}: {err.strerror}")
+    with spool:
+        progress = _Progress(f"{what}: receiving", lv.size_bytes)
+        received = 0
+        try:
+            while True:
+                chunk = stdin.read(CHUNK)
+                if not chunk:
+                    break
+                spool.write(chunk)
+                received += len(chunk)
+                progress.update(received)
+            spool.flush()
+        except OSError as err:
+            raise NodeError(f"{what}: spooling the image to {SPOOL_DIR} failed: {err.strerror}; "
+                            f"free space there")
+        info = _qemu_img_info(spool.name, what)
+        virtual = int(info.get("virtual-size", 0))
+        if virtual > lv.size_bytes:
+            raise NodeError(f"{what}: the image's virtual size {virtual} is larger than the LV "
+                            f"({lv.size_bytes} bytes); grow the LV first (lv-resize)")
+        argv = ["qemu-img", "convert", "-p", "-f", "qcow2", "-O", "raw", "-n"]
+        if lv.provisioned_nothing:
+            # A thin LV that never had a block mapped reads as zeros: skip writing them.
+            argv.append("--target-is-zero")
+        argv += [spool.name, lv.path]
+        progress = _Progress(f"{what}: converting", 100, in_bytes=False)
+
+        def on_output(text):
+            m = re.search(r"\(([\d.]+)/100%\)", text)
+            if m:
+                progress.update(int(float(m.group(1))))
+
+        _run.run_progress(argv, on_output, timeout=CONVERT_TIMEOUT,
+                          what=f"{what}: qemu-img convert")
+    fd = os.open(lv.path, os.O_WRONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return virtual
+
+
+@command("lv-write", "write image data from stdin into an existing LV")
+def lv_write(args):
+    what = f"lv-write {args.vg}/{args.lv}"
+    stdin = sys.stdin.buffer
+    with _lv_lock(args.vg, args.lv):
+        lv = _require_lv(lvm.report(args.vg), args.lv)
+        _ensure_active(lv)
+        if args.format == "qcow2":
+            written = _write_qcow2(stdin, lv, what)
+        else:
+            size = _input_size(stdin)
+            if size is not None and size > lv.size_bytes:
+                raise NodeError(f"{what}: the input ({size} bytes) is larger than the LV "
+                                f"({lv.size_bytes} bytes); grow the LV first (lv-resize)")
+            written = _copy_into(stdin, lv.path, lv.size_bytes, what,
+                                 sparse=lv.provisioned_nothing, expected=size)
+    return {"vg": args.vg, "lv": args.lv, "bytes_written": written}
+
+
+def _lv_write_options(p):
+    _lv_options(p)
+    p.add_argument("--format", choices=("raw", "qcow2"), default="raw")
+
+
+lv_write.configure = _lv_write_options
+
+
+@command("lv-read", "the LV's bytes on stdout (no JSON)")
+def lv_read(args):
+    lv = _require_lv(lvm.report(args.vg), args.lv)
+    _ensure_active(lv)
+    out = sys.stdout.buffer
+    remaining = lv.size_bytes
+    try:
+        with open(lv.path, "rb", buffering=0) as src:
+            while remaining > 0:
+                chunk = src.read(min(CHUNK, remaining))
+                if not chunk:
+                    raise NodeError(f"lv-read {args.vg}/{args.lv}: short read, "
+                                    f"{remaining} bytes missing")
+                out.write(chunk)
+                remaining -= len(chunk)
+        out.flush()
+    except BrokenPipeError:
+        raise NodeError(f"lv-read {args.vg}/{args.lv}: the reader went away")
+    return None
+
+
+lv_read.configure = _lv_options
+
+
+@command("lv-copy", "full copy of one LV's data onto another (a benchmark baseline)")
+def lv_copy(args):
+    what = f"lv-copy {args.vg}/{args.src} -> {args.dst}"
+    if args.src == args.dst:
+        raise NodeError(f"{what}: source and destination are the same LV")
+    with _lv_lock(args.vg, args.dst):
+        rep = lvm.report(args.vg)
+        src = _require_lv(rep, args.src)
+        dst = _require_lv(rep, args.dst)
+        if dst.size_bytes < src.size_bytes:
+            raise NodeError(f"{what}: the destination ({dst.size_bytes} bytes) is smaller than "
+                            f"the source ({src.size_bytes} bytes)")
+        _ensure_active(src)
+        _ensure_active(dst)
+        with open(src.path, "rb", buffering=0) as f:
+            copied = _copy_into(f, dst.path, src.size_bytes, what, expected=src.size_bytes)
+    return {"vg": args.vg, "src": args.src, "dst": args.dst, "bytes": copied}
+
+
+def _lv_copy_options(p):
+    _vg_option(p)
+    p.add_argument("--src", required=True, type=NAME)
+    p.add_argument("--dst", required=True, type=NAME)
+
+
+lv_copy.configure = _lv_copy_options
+
+
+def _fs_type(path):
+    result = _run.run(["blkid", "-p", "-o", "value", "-s", "TYPE", path], timeout=60,
+                      check=False, what=f"probing {path}")
+    if result.returncode == 2:  # nothing found
+        return None
+    if result.returncode != 0:
+        raise _run.failure(result, f"probing {path}")
+    return result.stdout.strip() or None
+
+
+def mkfs_argv(fs, path):
+    if fs == "swap":
+        return ["mkswap", "-f", path]
+    if fs == "xfs":
+        return ["mkfs.xfs", "-q", "-f", path]
+    return [f"mkfs.{fs}", "-q", "-F", path]
+
+
+@command("lv-mkfs", "format an LV (raw: leave it blank)")
+def lv_mkfs(args):
+    with _lv_lock(args.vg, args.lv):
+        lv = _require_lv(lvm.report(args.vg), args.lv)
+        if args.fs == "raw":
+            return {"vg": args.vg, "lv": args.lv, "fs": "raw", "formatted": False}
+        _ensure_active(lv)
+        found = _fs_type(lv.path)
+        if found == args.fs:
+            return {"vg": args.vg, "lv": args.lv, "fs": args.fs, "formatted": False}
+        if found is not None:
+            raise NodeError(f"{args.vg}/{args.lv} already holds {found} data; refusing to "
+                            f"format it as {args.fs}")
+        _run.info(f"formatting {args.vg}/{args.lv} as {args.fs}")
+        _run.run(mkfs_argv(args.fs, lv.path), timeout=1800,
+                 what=f"formatting {args.vg}/{args.lv} as {args.fs}")
+    return {"vg": args.vg, "lv": args.lv, "fs": args.fs, "formatted": True}
+
+
+def _lv_mkfs_options(p):
+    _lv_options(p)
+    p.add_argument("--fs", required=True, choices=FILESYSTEMS)
+
+
+lv_mkfs.configure = _lv_mkfs_options
+
+
+# -- LIO ---------------------------------------------------------------------------------------
+
+def _chap(args):
+    if bool(args.chap_user) != bool(args.chap_password):
+        raise NodeError("give both --chap-user and --chap-password, or neither")
+    return (args.chap_user, args.chap_password) if args.chap_user else None
+
+
+@command("export", "export an LV over iSCSI to one host initiator")
+def export(args):
+    chap = _chap(args)
+    dev = lvm.lv_path(args.vg, args.lv)
+    if not os.path.exists(dev):
+        # Only then pay for an LVM call: the LV is missing or inactive.
+        with locks.lock("vg", args.vg):
+            lv = _require_lv(lvm.report(args.vg), args.lv)
+            _ensure_active(lv)
+    iqn = naming.target_iqn(args.vg, args.lv, args.iqn_base)
+    if not iscsi.valid_iqn(iqn):
+        raise NodeError(f"the target name {iqn} made from {args.vg}/{args.lv} is not a valid IQN")
+    with locks.lock("target", iqn):
+        _run.info(f"exporting {dev} as {iqn} to {args.initiator}")
+        result = lio.export(iqn, naming.backstore_name(args.vg, args.lv), dev,
+                            naming.lun_serial(args.vg, args.lv), args.initiator,
+                            portal_ip=args.portal_ip, port=args.port, chap=chap,
+                            readonly=args.readonly)
+        lio.save_config()
+    return result
+
+
+def _lio_lv_options(p):
+    _vg_option(p)
+    p.add_argument("--lv", required=True, type=NAME)
+    p.add_argument("--iqn-base", default=naming.DEFAULT_IQN_BASE, type=IQN_BASE)
+
+
+def _export_options(p):
+    _lio_lv_options(p)
+    p.add_argument("--initiator", required=True, type=IQN, help="the host's initiator IQN")
+    p.add_argument("--portal-ip", default="0.0.0.0", type=_ip)
+    p.add_argument("--port", default=iscsi.DEFAULT_PORT, type=PORT)
+    p.add_argument("--chap-user", type=CHAP)
+    p.add_argument("--chap-password", type=CHAP)
+    p.add_argument("--readonly", action="store_true", help="write-protect the host's LUN")
+
+
+export.configure = _export_options
+
+
+@command("unexport", "remove a host's access; the target goes with its last host")
+def unexport(args):
+    iqn = naming.target_iqn(args.vg, args.lv, args.iqn_base)
+    with locks.lock("target", iqn):
+        removed, remaining = lio.unexport(iqn, naming.backstore_name(args.vg, args.lv),
+                                          args.initiator)
+        lio.save_config()
+    return {"iqn": iqn, "removed_target": removed, "initiators": remaining}
+
+
+def _unexport_options(p):
+    _lio_lv_options(p)
+    p.add_argument("--initiator", type=IQN, help="remove only this host's ACL")
+
+
+unexport.configure = _unexport_options
+
+
+@command("exports", "the LIO targets with their backstore, serial and initiators")
+def exports(args):
+    return {"targets": lio.exports()}
+
+
+@command("fence", "revoke an initiator's access to every target (ends its sessions)")
+def fence(args):
+    fenced = []
+    for iqn in lio.targets_with_initiator(args.initiator):
+        with locks.lock("target", iqn):
+            if lio.remove_acl(iqn, args.initiator):
+                fenced.append(iqn)
+    # Also when nothing changed now: a fence interrupted before its save converges here.
+    lio.save_config()
+    if fenced:
+        _run.info(f"fenced {args.initiator} from {len(fenced)} target(s)")
+    return {"initiator": args.initiator, "targets": fenced}
+
+
+def _fence_options(p):
+    p.add_argument("--initiator", required=True, type=IQN)
+
+
+fence.configure = _fence_options

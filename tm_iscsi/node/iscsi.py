@@ -1,0 +1,354 @@
+"""Everything the node helper knows about the iSCSI initiator: iscsiadm's syntax and exit codes,
+the iSCSI sysfs layout, and the SCSI disks a session brings.
+
+The kernel is asked through sysfs, not `iscsiadm -m session -P3`: it is faster, does not depend on
+the text layout of one open-iscsi version, and tells which SCSI disk belongs to which session and
+LUN without a guess.
+"""
+import glob
+import ipaddress
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from . import run as _run
+from .errors import NodeError
+
+INITIATOR_FILE = os.environ.get("TM_ISCSI_INITIATOR_FILE", "/etc/iscsi/initiatorname.iscsi")
+SYSFS = os.environ.get("TM_ISCSI_SYSFS", "/sys")
+DEFAULT_PORT = 3260
+BY_PATH_DIR = "/dev/disk/by-path"
+
+# iscsiadm exit codes (open-iscsi's include/iscsi_err.h) the helper treats specially.
+ERR_SESS_EXISTS = 15
+ERR_NO_OBJS_FOUND = 21
+ERR_LOGIN_AUTH_FAILED = 24
+ERR_TRANS_TIMEOUT = 8
+
+# RFC 3720 names: iqn.YYYY-MM.reversed.domain[:anything], eui.<16 hex>, naa.<16|32 hex>.
+# Only characters that can never mean anything to a shell.
+_IQN_RE = re.compile(r"^(iqn\.\d{4}-\d{2}\.[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[a-z0-9.:-]+)?"
+                     r"|eui\.[0-9a-f]{16}|naa\.(?:[0-9a-f]{16}|[0-9a-f]{32}))$")
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})$")
+_HCTL_RE = re.compile(r"^(\d+):(\d+):(\d+):(\d+)$")
+
+
+def valid_iqn(name):
+    return len(str(name)) <= 223 and bool(_IQN_RE.match(str(name)))
+
+
+def parse_portal(text):
+    """'host', 'host:port', '1.2.3.4:3260' or '[v6]:port' -> (host, port). ValueError if bad."""
+    text = str(text).strip()
+    host, port = text, DEFAULT_PORT
+    m = re.match(r"^\[([0-9A-Fa-f:.]+)\](?::(\d+))?$", text)
+    if m:
+        host, port = m.group(1), int(m.group(2) or DEFAULT_PORT)
+        ipaddress.IPv6Address(host)
+    else:
+        if text.count(":") == 1:
+            host, port_text = text.split(":")
+            if not port_text.isdigit():
+                raise ValueError(f"portal {text!r}: port must be a number")
+            port = int(port_text)
+        if not _HOSTNAME_RE.match(host):
+            raise ValueError(f"portal {text!r} is not HOST[:PORT]")
+    if not 0 < port < 65536:
+        raise ValueError(f"portal {text!r}: port {port} is out of range")
+    return host, port
+
+
+def resolve(host):
+    """The IP address of the storage node: the node record, the session and udev's by-path name
+    all use the address, so a name must become the same address every time."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise NodeError(f"cannot resolve the storage node {host!r}: {err.strerror}; check DNS or "
+                        "/etc/hosts on this host")
+    addresses = [info[4][0] for info in infos]
+    ipv4 = [a for a in addresses if ":" not in a]
+    return (ipv4 or addresses)[0]
+
+
+def portal_arg(ip, port):
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def initiator_name(path=None):
+    path = path or INITIATOR_FILE
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line.startswith("InitiatorName="):
+                    return line.split("=", 1)[1].strip()
+    except OSError as err:
+        raise NodeError(f"cannot read {path}: {err.strerror}; install open-iscsi and set this "
+                        "host's initiator name there")
+    raise NodeError(f"{path} has no InitiatorName= line; set this host's initiator name there")
+
+
+# -- sysfs -----------------------------------------------------------------------------------
+
+def _read(path, default=None):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return default
+
+
+@dataclass
+class Disk:
+    lun: int
+    name: str  # "sdb"
+    hctl: str
+
+    @property
+    def device(self):
+        return f"/dev/{self.name}"
+
+
+@dataclass
+class Session:
+    sid: int
+    iqn: str
+    ip: Optional[str]
+    port: Optional[int]
+    state: Optional[str]
+    disks: List[Disk] = field(default_factory=list)
+
+    def disk(self, lun):
+        for disk in self.disks:
+            if disk.lun == lun:
+                return disk
+        return None
+
+    @property
+    def portal(self):
+        return portal_arg(self.ip, self.port) if self.ip else None
+
+
+def sessions(sysfs=None):
+    """The iSCSI sessions the kernel has, with the SCSI disks of each."""
+    sysfs = sysfs or SYSFS
+    base = os.path.join(sysfs, "class", "iscsi_session")
+    result = []
+    try:
+        entries = sorted(os.listdir(base))
+    except OSError:
+        return result
+    for entry in entries:
+        m = re.match(r"^session(\d+)$", entry)
+        if not m:
+            continue
+        sdir = os.path.join(base, entry)
+        iqn = _read(os.path.join(sdir, "targetname"))
+        if not iqn:
+            continue
+        # .../platform/hostH/sessionN: connections and SCSI targets hang below it.
+        devdir = os.path.realpath(os.path.join(sdir, "device"))
+        ip = port = None
+        for conn in sorted(glob.glob(os.path.join(devdir, "connection*", "iscsi_connection",
+                                                  "connection*"))):
+            ip = _read(os.path.join(conn, "persistent_address")) or _read(
+                os.path.join(conn, "address"))
+            port_text = _read(os.path.join(conn, "persistent_port")) or _read(
+                os.path.join(conn, "port"))
+            port = int(port_text) if port_text and port_text.isdigit() else None
+            if ip:
+                break
+        disks = []
+        for sdev in sorted(glob.glob(os.path.join(devdir, "target*", "*:*:*:*"))):
+            hm = _HCTL_RE.match(os.path.basename(sdev))
+            if not hm:
+                continue
+            for blk in sorted(glob.glob(os.path.join(sdev, "block", "*"))):
+                disks.append(Disk(int(hm.group(4)), os.path.basename(blk),
+                                  os.path.basename(sdev)))
+        result.append(Session(int(m.group(1)), iqn, ip, port, _read(os.path.join(sdir, "state")),
+                              disks))
+    return result
+
+
+def sessions_of(iqn, sysfs=None):
+    return [s for s in sessions(sysfs) if s.iqn == iqn]
+
+
+def parse_vpd_pg80(data):
+    """Unit serial from a raw VPD page 0x80 (4-byte header, then the serial, maybe padded)."""
+    if len(data) < 4 or data[1] != 0x80:
+        return None
+    length = (data[2] << 8) | data[3]
+    return data[4:4 + length].rstrip(b"\0 ").decode("ascii", errors="replace").strip()
+
+
+def unit_serial(disk_name, sysfs=None):
+    path = os.path.join(sysfs or SYSFS, "block", disk_name, "device", "vpd_pg80")
+    try:
+        with open(path, "rb") as f:
+            return parse_vpd_pg80(f.read())
+    except OSError:
+        return None
+
+
+def _write_sysfs(path, value, what):
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as err:
+        raise NodeError(f"{what}: cannot write {path}: {err.strerror}")
+
+
+def rescan_disk(disk_name, sysfs=None):
+    """Re-read a disk's size and VPD pages (the serial is cached from its first probe)."""
+    _write_sysfs(os.path.join(sysfs or SYSFS, "block", disk_name, "device", "rescan"), "1",
+                 f"rescanning /dev/{disk_name}")
+
+
+def delete_disk(disk_name, sysfs=None):
+    path = os.path.join(sysfs or SYSFS, "block", disk_name, "device", "delete")
+    if os.path.exists(path):
+        _write_sysfs(path, "1", f"deleting /dev/{disk_name}")
+
+
+def holders(disk_name, sysfs=None):
+    """dm devices (caches, clones) stacked on the disk: it must not vanish under them."""
+    base = os.path.join(sysfs or SYSFS, "block", disk_name, "holders")
+    try:
+        names = sorted(os.listdir(base))
+    except OSError:
+        return []
+    result = []
+    for name in names:
+        dm_name = _read(os.path.join(sysfs or SYSFS, "block", name, "dm", "name"))
+        result.append(f"{name} ({dm_name})" if dm_name else name)
+    return result
+
+
+def mounted(device, mounts_file="/proc/mounts"):
+    try:
+        with open(mounts_file) as f:
+            return any(line.split()[0] == device for line in f if line.strip())
+    except OSError:
+        return False
+
+
+def by_path(ip, port, iqn, lun):
+    """udev's name for the LUN (60-persistent-storage.rules), stable across re-logins."""
+    return os.path.join(BY_PATH_DIR, f"ip-{ip}:{port}-iscsi-{iqn}-lun-{lun}")
+
+
+def by_path_prefix(iqn):
+    return f"-iscsi-{iqn}-lun-"
+
+
+def flush(device):
+    _run.run(["blockdev", "--flushbufs", device], timeout=120, what=f"flushing {device}")
+
+
+# -- iscsiadm ----------------------------------------------------------------------------------
+
+def _node_argv(iqn, ip, port):
+    return ["iscsiadm", "-m", "node", "-T", iqn, "-p", portal_arg(ip, port)]
+
+
+def record_settings(chap=None, login_timeout=15, login_attempts=2):
+    """name -> value for the node record: never logged in by iscsid on its own at boot (the
+    driver decides which LUNs a host holds), bounded login, CHAP or explicitly none."""
+    settings = [
+        ("node.startup", "manual"),
+        ("node.conn[0].startup", "manual"),
+        ("node.conn[0].timeo.login_timeout", str(int(login_timeout))),
+        ("node.session.initial_login_retry_max", str(int(login_attempts))),
+    ]
+    if chap:
+        settings += [("node.session.auth.authmethod", "CHAP"),
+                     ("node.session.auth.username", chap[0]),
+                     ("node.session.auth.password", chap[1])]
+    else:
+        settings += [("node.session.auth.authmethod", "None")]
+    return settings
+
+
+def create_record_argv(iqn, ip, port):
+    return _node_argv(iqn, ip, port) + ["-o", "new"]
+
+
+def update_record_argv(iqn, ip, port, settings):
+    argv = _node_argv(iqn, ip, port) + ["-o", "update"]
+    for name, value in settings:
+        argv += ["-n", name, "-v", value]
+    return argv
+
+
+def write_record(iqn, ip, port, chap=None, login_timeout=15, login_attempts=2):
+    """Create (or keep) the node record and set it; no SendTargets discovery, which would record
+    every target the portal shows, not just this one."""
+    secrets = [chap[1]] if chap else []
+    _run.run(create_record_argv(iqn, ip, port), timeout=30,
+             what=f"creating the iSCSI node record of {iqn}")
+    _run.run(update_record_argv(iqn, ip, port,
+                                record_settings(chap, login_timeout, login_attempts)),
+             timeout=30, what=f"setting the iSCSI node record of {iqn}", secrets=secrets)
+
+
+def login_argv(iqn, ip, port):
+    return _node_argv(iqn, ip, port) + ["--login"]
+
+
+def login(iqn, ip, port, timeout, initiator=None):
+    result = _run.run(login_argv(iqn, ip, port), timeout=timeout, check=False,
+                      what=f"logging in to {iqn}")
+    if result.returncode in (0, ERR_SESS_EXISTS):
+        return
+    portal = portal_arg(ip, port)
+    if result.returncode == ERR_LOGIN_AUTH_FAILED:
+        raise NodeError(f"storage node {portal} refused the login of {initiator or 'this host'} "
+                        f"to {iqn}: authorization failure (the target has no ACL for this "
+                        "initiator or the CHAP credentials are wrong; export the LUN to this "
+                        "host first)")
+    if result.returncode == ERR_TRANS_TIMEOUT:
+        raise NodeError(f"login to {iqn} at {portal} timed out: the storage node does not answer "
+                        "on the iSCSI port (check the network and that LIO listens there)")
+    raise _run.failure(result, f"logging in to {iqn} at {portal}")
+
+
+def logout_session_argv(sid):
+    return ["iscsiadm", "-m", "session", "-r", str(int(sid)), "--logout"]
+
+
+def logout_session(sid):
+    result = _run.run(logout_session_argv(sid), timeout=60, check=False,
+                      what=f"logging out of iSCSI session {sid}")
+    if result.returncode not in (0, ERR_NO_OBJS_FOUND):
+        raise _run.failure(result, f"logging out of iSCSI session {sid}")
+
+
+def delete_records_argv(iqn):
+    return ["iscsiadm", "-m", "node", "-T", iqn, "-o", "delete"]
+
+
+def delete_records(iqn):
+    """Every node record of the target, whatever portal it was made with."""
+    result = _run.run(delete_records_argv(iqn), timeout=30, check=False,
+                      what=f"deleting the iSCSI node records of {iqn}")
+    if result.returncode not in (0, ERR_NO_OBJS_FOUND):
+        raise _run.failure(result, f"deleting the iSCSI node records of {iqn}")
+
+
+def has_record(iqn):
+    result = _run.run(["iscsiadm", "-m", "node", "-T", iqn], timeout=30, check=False)
+    return result.returncode == 0
+
+
+def rescan_session(sid):
+    _run.run(["iscsiadm", "-m", "session", "-r", str(int(sid)), "--rescan"], timeout=60,
+             what=f"rescanning iSCSI session {sid}")
