@@ -402,7 +402,8 @@ _ZEROS = bytes(CHUNK)
 
 
 def _copy_into(src, dst_path, limit, what, sparse=False, expected=None):
-    """Copy `src` (a binary stream) onto the block device at dst_path, at most `limit` bytes.
+    """Copy `src` (a binary stream) onto the block device at dst_path, at most `limit` bytes
+    (exactly `expected` bytes when the sender said how many).
     With `sparse`, all-zero chunks are skipped: the device is a thin LV that reads as zeros, and
     leaving them unwritten keeps the pool from provisioning them."""
     progress = _Progress(what, expected or limit)
@@ -413,9 +414,14 @@ def _copy_into(src, dst_path, limit, what, sparse=False, expected=None):
             chunk = _read_full(src, CHUNK)
             if not chunk:
                 break
+            if expected is not None and written + len(chunk) > expected:
+                raise NodeError(f"{what}: the input is longer than the {expected} bytes "
+                                "announced; the upload is corrupt")
             if written + len(chunk) > limit:
-                raise NodeError(f"{what}: the input is larger than the LV ({limit} bytes); grow "
-                                "the LV first (lv-resize)")
+                # Only a pipe of unknown length gets here, after the LV is full of its start.
+                raise NodeError(f"{what}: the input is larger than the LV ({limit} bytes); the "
+                                "LV holds only its first part now; grow the LV (lv-resize) and "
+                                "write again")
             if not (sparse and chunk == _ZEROS[:len(chunk)]):
                 view = memoryview(chunk)
                 offset = 0
@@ -423,6 +429,9 @@ def _copy_into(src, dst_path, limit, what, sparse=False, expected=None):
                     offset += os.pwrite(fd, view[offset:], written + offset)
             written += len(chunk)
             progress.update(written)
+        if expected is not None and written != expected:
+            raise NodeError(f"{what}: the input ended after {written} of the {expected} bytes "
+                            "announced; the upload was cut short, write again")
         # The data must be on the storage node's disk, not in its page cache, before the
         # front-end tells oned the image is ready.
         os.fsync(fd)
@@ -448,7 +457,7 @@ def _qemu_img_info(path, what):
     return info
 
 
-def _write_qcow2(stdin, lv, what):
+def _write_qcow2(stdin, lv, what, expected=None):
     # qemu-img needs a seekable file; the spool lives on local disk, never in the LV's VG.
     try:
         spool = tempfile.NamedTemporaryFile(prefix="tm_iscsi-upload-", suffix=".qcow2",
@@ -456,7 +465,7 @@ def _write_qcow2(stdin, lv, what):
     except OSError as err:
         raise NodeError(f"{what}: cannot create a spool file in {SPOOL_DIR}: {err.strerror}")
     with spool:
-        progress = _Progress(f"{what}: receiving", lv.size_bytes)
+        progress = _Progress(f"{what}: receiving", expected or lv.size_bytes)
         received = 0
         try:
             while True:
@@ -467,6 +476,9 @@ def _write_qcow2(stdin, lv, what):
                 received += len(chunk)
                 progress.update(received)
             spool.flush()
+            if expected is not None and received != expected:
+                raise NodeError(f"{what}: received {received} of the {expected} bytes "
+                                "announced; the upload was cut short, write again")
         except OSError as err:
             raise NodeError(f"{what}: spooling the image to {SPOOL_DIR} failed: {err.strerror}; "
                             f"free space there")
@@ -503,14 +515,16 @@ def lv_write(args):
     stdin = sys.stdin.buffer
     with _lv_lock(args.vg, args.lv):
         lv = _require_lv(lvm.report(args.vg), args.lv)
+        # The input's length, when the sender gave it or stdin is a file: too large is then
+        # refused before a byte is written (a pipe of unknown length shows it only at the end).
+        size = args.size_bytes if args.size_bytes is not None else _input_size(stdin)
+        if args.format == "raw" and size is not None and size > lv.size_bytes:
+            raise NodeError(f"{what}: the input ({size} bytes) is larger than the LV "
+                            f"({lv.size_bytes} bytes); grow the LV first (lv-resize)")
         _ensure_active(lv)
         if args.format == "qcow2":
-            written = _write_qcow2(stdin, lv, what)
+            written = _write_qcow2(stdin, lv, what, expected=size)
         else:
-            size = _input_size(stdin)
-            if size is not None and size > lv.size_bytes:
-                raise NodeError(f"{what}: the input ({size} bytes) is larger than the LV "
-                                f"({lv.size_bytes} bytes); grow the LV first (lv-resize)")
             written = _copy_into(stdin, lv.path, lv.size_bytes, what,
                                  sparse=lv.provisioned_nothing, expected=size)
     return {"vg": args.vg, "lv": args.lv, "bytes_written": written}
@@ -519,6 +533,8 @@ def lv_write(args):
 def _lv_write_options(p):
     _lv_options(p)
     p.add_argument("--format", choices=("raw", "qcow2"), default="raw")
+    p.add_argument("--size-bytes", type=_int_range(0, 2 ** 62, "input size in bytes"),
+                   help="length of the input: checked before writing and at the end")
 
 
 lv_write.configure = _lv_write_options

@@ -21,6 +21,7 @@ LUN_INDEX = 0
 _TPG_ATTRIBUTES = {"generate_node_acls": "0", "demo_mode_write_protect": "1",
                    "cache_dynamic_acls": "0"}
 _OPTIONAL_TPG_ATTRIBUTES = {"demo_mode_discovery": "0"}
+_TMP_PREFIX = ".saveconfig.tm_iscsi."
 
 
 def _rtslib():
@@ -86,7 +87,11 @@ def _ensure_backstore(root, name, dev, serial):
     rtslib = _rtslib()
     so = find_backstore(name, root)
     if so is not None:
-        current_dev, current_serial = so.udev_path, so.wwn
+        try:
+            current_dev, current_serial = so.udev_path, so.wwn
+        except rtslib.RTSLibError:
+            # Created but never configured: an export killed right after the mkdir.
+            current_dev, current_serial = None, None
         if _same_device(current_dev, dev) and current_serial == serial:
             return so
         users = _attached_targets(so)
@@ -134,7 +139,13 @@ def _ensure_lun(tpg, so, iqn):
     rtslib = _rtslib()
     for lun in tpg.luns:
         if lun.lun == LUN_INDEX:
-            if lun.storage_object.name == so.name and lun.storage_object.plugin == so.plugin:
+            try:
+                current = lun.storage_object
+            except rtslib.RTSLibBrokenLink:
+                # mkdir done, symlink not: an export killed in between. Make it again.
+                lun.delete()
+                break
+            if current.name == so.name and current.plugin == so.plugin:
                 return lun
             raise NodeError(f"target {iqn} LUN {LUN_INDEX} is backed by "
                             f"{lun.storage_object.name}, not {so.name}; unexport {iqn} first")
@@ -159,7 +170,11 @@ def _ensure_acl(tpg, lun, initiator, chap, readonly):
     mapped = None
     for mlun in acl.mapped_luns:
         if mlun.mapped_lun == LUN_INDEX:
-            if mlun.tpg_lun.lun == lun.lun:
+            try:
+                same = mlun.tpg_lun.lun == lun.lun
+            except rtslib.RTSLibBrokenLink:
+                same = False  # half-made by an interrupted export
+            if same:
                 mapped = mlun
             else:
                 mlun.delete()
@@ -247,7 +262,10 @@ def exports():
         for tpg in target.tpgs:
             for lun in tpg.luns:
                 if lun.lun == LUN_INDEX:
-                    so = lun.storage_object
+                    try:
+                        so = lun.storage_object
+                    except _rtslib().RTSLibBrokenLink:
+                        so = None
         result.append({
             "iqn": target.wwn,
             "backstore": so.name if so else None,
@@ -314,7 +332,14 @@ def save_config(path=None):
             return False
         directory = os.path.dirname(path) or "."
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".saveconfig.", suffix=".tmp", dir=directory)
+        # Temp files of a save that was killed: nobody else writes them while we hold the lock.
+        for name in os.listdir(directory):
+            if name.startswith(_TMP_PREFIX) and name.endswith(".tmp"):
+                try:
+                    os.unlink(os.path.join(directory, name))
+                except OSError:
+                    pass
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".tmp", dir=directory)
         try:
             # CHAP secrets are in it: root only, like targetcli's own file.
             os.fchmod(fd, 0o600)
