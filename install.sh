@@ -1,0 +1,838 @@
+#!/usr/bin/env bash
+# install.sh: put tm_iscsi on an OpenNebula front-end, the storage node and every hypervisor host.
+#
+# Every file it writes is rendered from one site file (conf/, tm_iscsi/config_render.py). Each step
+# first looks at what is there and changes only what differs, so a second run changes nothing and
+# says so; --dry-run prints every change it would make and makes none. It never edits oned.conf by
+# itself: it prints the registration, and applies it through `onecfg patch` only with
+# --apply-oned. A disk given with --device is used only when it holds nothing.
+set -euo pipefail
+
+PROG=install.sh
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+usage() {
+  cat <<'EOF'
+Usage: install.sh --role ROLE[,ROLE...] --site FILE [options]
+
+Roles (repeat --role or give a comma list; one machine may have several):
+  frontend   the oned host: the Python package, the iscsi_lvm remotes, /etc/one/tm_iscsi.conf,
+             TM_ISCSI_PYTHON in /etc/one/defaultrc, the oned.conf registration (printed)
+  storage    the storage node: image VG and thin pool on --device, LIO restore at boot, the node
+             helper with its sudoers rule, the LVM filter
+  host       a hypervisor host: initiator name, iscsid settings, local cache VG on --device,
+             boot-time activation, the node helper with its sudoers rule, the LVM filter
+
+Options:
+  --site FILE          the site file (INI, see conf/site.example.ini)
+  --rendered DIR       use files rendered before (tm_iscsi.config_render --out DIR) instead of
+                       rendering here: for a node without Jinja2
+  --device DEV         the disk for the image VG (storage) or the cache VG (host); it must be
+                       listed in the site file and hold nothing
+  --cache-device DEV   the cache disk when one machine is both storage and host
+  --dry-run            print every change it would make, change nothing
+  --apply-oned         register iscsi_lvm in oned.conf with `onecfg patch` (else only printed)
+  --root DIR           prefix for every file it reads or writes (tests, image builds);
+                       also TM_ISCSI_ROOT
+  --skip STEP[,STEP]   leave steps out: packages (also TM_ISCSI_NO_PACKAGES=1, which also keeps
+                       pip away from package indexes), python
+  --wheel FILE         install tm_iscsi from this wheel instead of this checkout
+  --wheelhouse DIR     take tm_iscsi's dependencies from this directory, not from PyPI
+  -h, --help           this text
+EOF
+}
+
+# -- output ------------------------------------------------------------------------------------
+
+die() { printf '%s: %s\n' "$PROG" "$*" >&2; exit 1; }
+refuse() { printf '%s: refusing: %s\n' "$PROG" "$*" >&2; exit 1; }
+step() { printf '== %s\n' "$*"; }
+ok() { printf '   ok: %s\n' "$*"; }
+note() { printf '   note: %s\n' "$*"; }
+indent() { sed 's/^/      /'; }
+
+quote_cmd() {
+  local out='' word
+  for word in "$@"; do out+="${out:+ }$(printf '%q' "$word")"; done
+  printf '%s' "$out"
+}
+
+CHANGES=0
+# change DESCRIPTION [COMMAND ARGS...]: the one place that changes the machine. In a dry run it
+# only says what it would do (and the command it would run).
+change() {
+  local desc=$1
+  shift
+  CHANGES=$((CHANGES + 1))
+  if ((DRY_RUN)); then
+    printf '   would: %s\n' "$desc"
+    # The command, when it is one a reader can run; install.sh's own functions explain
+    # themselves (the diff that follows).
+    if (($#)) && [ "$(type -t "$1")" = file ]; then printf '      $ %s\n' "$(quote_cmd "$@")"; fi
+    return 0
+  fi
+  printf '   change: %s\n' "$desc"
+  if (($#)); then "$@"; fi
+}
+
+# -- options -----------------------------------------------------------------------------------
+
+ROLES=()
+SITE=''
+RENDERED=''
+DEVICE=''
+CACHE_DEVICE=''
+DRY_RUN=0
+APPLY_ONED=0
+ROOT=${TM_ISCSI_ROOT:-}
+WHEEL=''
+WHEELHOUSE=''
+SKIP=()
+NO_PACKAGES=0
+[ "${TM_ISCSI_NO_PACKAGES:-0}" = 1 ] && NO_PACKAGES=1
+
+need_arg() { if [ $# -lt 2 ] || [ -z "$2" ]; then die "$1 needs a value (see --help)"; fi; }
+
+while [ $# -gt 0 ]; do
+  case $1 in
+    --role) need_arg "$@"; IFS=, read -r -a more <<<"$2"; ROLES+=("${more[@]}"); shift 2 ;;
+    --role=*) IFS=, read -r -a more <<<"${1#*=}"; ROLES+=("${more[@]}"); shift ;;
+    --site) need_arg "$@"; SITE=$2; shift 2 ;;
+    --rendered) need_arg "$@"; RENDERED=$2; shift 2 ;;
+    --device) need_arg "$@"; DEVICE=$2; shift 2 ;;
+    --cache-device) need_arg "$@"; CACHE_DEVICE=$2; shift 2 ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    --apply-oned) APPLY_ONED=1; shift ;;
+    --root) need_arg "$@"; ROOT=$2; shift 2 ;;
+    --skip) need_arg "$@"; IFS=, read -r -a more <<<"$2"; SKIP+=("${more[@]}"); shift 2 ;;
+    --wheel) need_arg "$@"; WHEEL=$2; shift 2 ;;
+    --wheelhouse) need_arg "$@"; WHEELHOUSE=$2; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; die "unknown option: $1" ;;
+  esac
+done
+
+HAS_FRONTEND=0 HAS_STORAGE=0 HAS_HOST=0
+for role in "${ROLES[@]}"; do
+  case $role in
+    frontend) HAS_FRONTEND=1 ;;
+    storage) HAS_STORAGE=1 ;;
+    host) HAS_HOST=1 ;;
+    '') ;;
+    *) die "unknown role '$role': use frontend, storage or host" ;;
+  esac
+done
+((HAS_FRONTEND + HAS_STORAGE + HAS_HOST)) || { usage >&2; die "name at least one --role"; }
+[ -n "$SITE" ] || [ -n "$RENDERED" ] || die "--site FILE is required (or --rendered DIR)"
+for skipped in "${SKIP[@]}"; do
+  case $skipped in packages) NO_PACKAGES=1 ;; python) ;; *) die "--skip: unknown step '$skipped'" ;; esac
+done
+skipping() { local s; for s in "${SKIP[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
+if [ -n "$ROOT" ]; then
+  ROOT=$(cd "$ROOT" 2>/dev/null && pwd) || die "--root: no such directory"
+  [ "$ROOT" = / ] && ROOT=''
+fi
+if ((HAS_STORAGE && HAS_HOST)); then
+  STORAGE_DEVICE=$DEVICE HOST_DEVICE=$CACHE_DEVICE
+else
+  STORAGE_DEVICE=$DEVICE HOST_DEVICE=$DEVICE
+  [ -z "$CACHE_DEVICE" ] || die "--cache-device is for a machine that is both storage and host"
+fi
+if ((!DRY_RUN)) && [ -z "$ROOT" ] && [ "$(id -u)" != 0 ]; then
+  die "run as root (or try --dry-run)"
+fi
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/tm_iscsi-install.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
+# A path on the machine being installed (under --root when given).
+path() { printf '%s%s' "$ROOT" "$1"; }
+have() { command -v "$1" >/dev/null 2>&1; }
+# systemctl acts on the running system only: not under --root, not without systemd.
+systemd_running() { [ -z "$ROOT" ] && [ -d /run/systemd/system ] && have systemctl; }
+user_exists() {
+  if [ -n "$ROOT" ]; then grep -q "^$1:" "$(path /etc/passwd)" 2>/dev/null; else id -u "$1" >/dev/null 2>&1; fi
+}
+
+# -- files -------------------------------------------------------------------------------------
+
+# put_file SRC DEST MODE OWNER GROUP: replace DEST atomically.
+put_file() {
+  local src=$1 dest=$2 mode=$3 owner=$4 group=$5 tmp
+  mkdir -p "$(dirname "$dest")"
+  tmp=$(mktemp "$dest.tm_iscsi.XXXXXX")
+  cat "$src" >"$tmp"
+  chmod "$mode" "$tmp"
+  chown "$owner:$group" "$tmp"
+  mv -f "$tmp" "$dest"
+}
+
+same_file() { # same_file SRC DEST MODE OWNER GROUP
+  [ -f "$2" ] && [ ! -L "$2" ] && cmp -s "$1" "$2" &&
+    [ "$(stat -c '%a %U %G' "$2")" = "$3 $4 $5" ]
+}
+
+show_diff() { # show_diff OLD NEW: what a write would change, in a dry run
+  ((DRY_RUN)) || return 0
+  if [ -f "$1" ]; then diff -u "$1" "$2" | tail -n +3 | indent || true; else indent <"$2"; fi
+}
+
+# install_file SRC DEST MODE OWNER GROUP
+install_file() {
+  local src=$1 dest_name=$2 mode=$3 owner=$4 group=$5 dest
+  dest=$(path "$dest_name")
+  if same_file "$src" "$dest" "$mode" "$owner" "$group"; then
+    ok "$dest_name unchanged"
+    return 0
+  fi
+  if [ -f "$dest" ] && cmp -s "$src" "$dest"; then
+    change "set $dest_name to mode $mode, owner $owner:$group" put_file "$src" "$dest" "$mode" "$owner" "$group"
+  else
+    change "write $dest_name (mode $mode, $owner:$group)" put_file "$src" "$dest" "$mode" "$owner" "$group"
+    show_diff "$dest" "$src"
+  fi
+}
+
+BLOCK_BEGIN='# BEGIN tm_iscsi (managed by install.sh: change the site file and re-run it)'
+BLOCK_END='# END tm_iscsi'
+
+# strip_block FILE: FILE without our managed block.
+strip_block() {
+  [ -f "$1" ] || return 0
+  awk -v b="$BLOCK_BEGIN" -v e="$BLOCK_END" '
+    $0 == b { inside = 1; next }
+    inside && $0 == e { inside = 0; next }
+    !inside' "$1"
+}
+
+# ensure_block FILE BLOCK [CONFLICT_ERE]: FILE ends with BLOCK, once. Lines outside the block
+# matching CONFLICT_ERE mean the administrator set the same thing: refuse rather than fight it.
+ensure_block() {
+  local name=$1 block=$2 conflict=${3:-} file new mode=644 owner=root group=root
+  file=$(path "$name")
+  new=$WORK/block.$RANDOM
+  strip_block "$file" >"$new.outside"
+  if [ -n "$conflict" ] && grep -Eq "$conflict" "$new.outside"; then
+    refuse "$name already sets what tm_iscsi needs to set (lines matching '$conflict' outside its block); merge them into the site file's values, or remove them"
+  fi
+  cp "$new.outside" "$new"
+  if [ -s "$new" ] && [ -n "$(tail -c 1 "$new")" ]; then echo >>"$new"; fi
+  cat "$block" >>"$new"
+  if [ -f "$file" ]; then
+    read -r mode owner group < <(stat -c '%a %U %G' "$file")
+    if cmp -s "$new" "$file"; then
+      ok "$name has the tm_iscsi block"
+      return 0
+    fi
+  fi
+  change "update the tm_iscsi block in $name" put_file "$new" "$file" "$mode" "$owner" "$group"
+  show_diff "$file" "$new"
+}
+
+# tree_listing DIR: names, types, modes, link targets and owners of a tree, one per line.
+tree_listing() { (cd "$1" && find . -mindepth 1 -printf '%y %m %u %P -> %l\n' | LC_ALL=C sort); }
+
+# sync_tree SRC DEST OWNER: DEST becomes a copy of SRC (symlinks kept as symlinks).
+sync_tree() {
+  local src=$1 dest_name=$2 owner=$3 dest
+  dest=$(path "$dest_name")
+  (cd "$src" && find . -mindepth 1 -printf '%y %m OWNER %P -> %l\n' | LC_ALL=C sort) |
+    sed "s/ OWNER / $owner /" >"$WORK/want.list"
+  if [ -d "$dest" ] && tree_listing "$dest" | cmp -s - "$WORK/want.list" &&
+    diff -r --no-dereference "$src" "$dest" >/dev/null 2>&1; then
+    ok "$dest_name unchanged"
+    return 0
+  fi
+  change "install $dest_name (from ${src#"$SRC"/}, symlinks kept, owner $owner)" replace_tree "$src" "$dest" "$owner"
+}
+
+replace_tree() {
+  local src=$1 dest=$2 owner=$3
+  mkdir -p "$(dirname "$dest")"
+  rm -rf "$dest.tm_iscsi-new" "$dest.tm_iscsi-old"
+  cp -R -P --preserve=mode,links "$src" "$dest.tm_iscsi-new"
+  chown -R -h "$owner:$(id -gn "$owner" 2>/dev/null || echo "$owner")" "$dest.tm_iscsi-new"
+  if [ -e "$dest" ]; then mv "$dest" "$dest.tm_iscsi-old"; fi
+  mv "$dest.tm_iscsi-new" "$dest"
+  rm -rf "$dest.tm_iscsi-old"
+}
+
+# -- render ------------------------------------------------------------------------------------
+
+render_python() {
+  local py
+  for py in "${TM_ISCSI_RENDER_PYTHON:-}" "$(path /opt/tm_iscsi-venv)/bin/python" python3; do
+    [ -n "$py" ] || continue
+    if have "$py" && "$py" -c 'import jinja2' >/dev/null 2>&1; then
+      printf '%s' "$py"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# Run tm_iscsi.config_render from this checkout.
+config_render() {
+  local py
+  py=$(render_python) || py=python3
+  PYTHONPATH="$SRC${PYTHONPATH:+:$PYTHONPATH}" "$py" -m tm_iscsi.config_render "$@"
+}
+
+CONF=''
+step_render() {
+  step "configuration files"
+  if [ -n "$RENDERED" ]; then
+    [ -f "$RENDERED/install.env" ] || die "--rendered $RENDERED: no install.env (render with tm_iscsi.config_render --out)"
+    CONF=$RENDERED
+    ok "using the files rendered in $RENDERED"
+    return 0
+  fi
+  [ -f "$SITE" ] || die "--site $SITE: no such file"
+  render_python >/dev/null ||
+    die "Jinja2 is missing, so the files cannot be rendered here: install python3-jinja2, or render on the front-end (python3 -m tm_iscsi.config_render --site SITE --out DIR) and pass --rendered DIR"
+  CONF=$WORK/conf
+  local args=(render --site "$SITE" --out "$CONF" --templates "$SRC/conf")
+  if ((HAS_FRONTEND)) && [ -f "$(path /etc/one/oned.conf)" ]; then
+    # Extend the driver lists this oned.conf really has, not the stock ones.
+    args+=(--oned-conf "$(path /etc/one/oned.conf)")
+  fi
+  config_render "${args[@]}" >/dev/null || die "rendering from $SITE failed (see above)"
+  ok "rendered from $SITE"
+}
+
+# install.env: plain KEY=VALUE lines, read without eval into E_<KEY>.
+read_install_env() {
+  local line key value file=$CONF/install.env
+  while IFS= read -r line || [ -n "$line" ]; do
+    case $line in '' | '#'*) continue ;; esac
+    key=${line%%=*}
+    value=${line#*=}
+    case $key in
+      SITE_FILE | ONEADMIN | VENV | HELPER | STORAGE_VG | THIN_POOL | POOL_PERCENT | \
+        STORAGE_DEVICES | CACHE_VG | HOST_DEVICES | SYSTEM_DEVICES | INITIATOR_PREFIX | \
+        LVM_FILTER_STORAGE | LVM_FILTER_HOST | LVM_FILTER_STORAGE_HOST)
+        printf -v "E_$key" '%s' "$value" ;;
+      *) die "$file: unexpected line for $key" ;;
+    esac
+  done <"$file"
+  for key in ONEADMIN VENV HELPER STORAGE_VG THIN_POOL POOL_PERCENT CACHE_VG INITIATOR_PREFIX; do
+    value=E_$key
+    [ -n "${!value:-}" ] || die "$file: $key is missing"
+  done
+}
+
+# -- packages ----------------------------------------------------------------------------------
+
+PKG_FAMILY=''
+detect_packaging() {
+  if have apt-get && have dpkg-query; then PKG_FAMILY=deb
+  elif have dnf; then PKG_FAMILY=dnf
+  elif have yum; then PKG_FAMILY=yum
+  else PKG_FAMILY=''
+  fi
+}
+
+package_installed() {
+  case $PKG_FAMILY in
+    deb) dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed' ;;
+    *) rpm -q "$1" >/dev/null 2>&1 ;;
+  esac
+}
+
+wanted_packages() {
+  local deb=() rpm=()
+  deb+=(python3 python3-venv python3-jinja2)
+  rpm+=(python3 python3-jinja2)
+  if ((HAS_FRONTEND)); then deb+=(genisoimage openssh-client); rpm+=(xorriso openssh-clients); fi
+  if ((HAS_STORAGE || HAS_HOST)); then
+    deb+=(sudo lvm2 thin-provisioning-tools util-linux)
+    rpm+=(sudo lvm2 device-mapper-persistent-data util-linux)
+  fi
+  if ((HAS_STORAGE)); then
+    deb+=(targetcli-fb python3-rtslib-fb qemu-utils)
+    rpm+=(targetcli python3-rtslib qemu-img)
+  fi
+  if ((HAS_HOST)); then deb+=(open-iscsi); rpm+=(iscsi-initiator-utils); fi
+  if [ "$PKG_FAMILY" = deb ]; then printf '%s\n' "${deb[@]}"; else printf '%s\n' "${rpm[@]}"; fi
+}
+
+step_packages() {
+  step "distribution packages"
+  if ((NO_PACKAGES)); then
+    note "skipped (TM_ISCSI_NO_PACKAGES=1 or --skip packages): using what is installed"
+    return 0
+  fi
+  if [ -n "$ROOT" ]; then
+    note "skipped under --root: packages go to the running system only"
+    return 0
+  fi
+  detect_packaging
+  [ -n "$PKG_FAMILY" ] || die "neither apt-get nor dnf/yum found: install the packages by hand and use --skip packages"
+  local missing=() pkg
+  while read -r pkg; do package_installed "$pkg" || missing+=("$pkg"); done < <(wanted_packages)
+  if [ ${#missing[@]} = 0 ]; then
+    ok "all installed"
+    return 0
+  fi
+  case $PKG_FAMILY in
+    deb) change "install ${missing[*]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" ;;
+    *) change "install ${missing[*]}" "$PKG_FAMILY" install -y -q "${missing[@]}" ;;
+  esac
+}
+
+# -- the Python package ------------------------------------------------------------------------
+
+# The source pip installs from: a copy of the package's files (pip would write build files into
+# the checkout), or the wheel. Its hash says whether the virtualenv already has exactly it.
+python_source() {
+  if [ -n "$WHEEL" ]; then
+    [ -f "$WHEEL" ] || die "--wheel $WHEEL: no such file"
+    printf '%s\n' "$WHEEL"
+    sha256sum "$WHEEL" | cut -d' ' -f1
+    return 0
+  fi
+  local stage=$WORK/source item
+  mkdir -p "$stage"
+  for item in pyproject.toml README.md tm_iscsi dmcache vmm_hooks conf remotes; do
+    [ -e "$SRC/$item" ] && cp -R "$SRC/$item" "$stage/"
+  done
+  find "$stage" \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +
+  printf '%s\n' "$stage"
+  (cd "$stage" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum | cut -d' ' -f1
+}
+
+pip_install() {
+  local venv=$1 source=$2 hash=$3 args
+  args=(install --quiet --disable-pip-version-check --upgrade --force-reinstall)
+  if [ -n "$WHEELHOUSE" ]; then
+    args+=(--no-index --find-links "$WHEELHOUSE")
+  elif ((NO_PACKAGES)); then
+    # No package index: the node has the dependencies already (the distribution's, through
+    # --system-site-packages, or earlier installs).
+    args+=(--no-index --no-deps --no-build-isolation)
+  fi
+  if ! "$venv/bin/python" -m pip "${args[@]}" "$source"; then
+    ((NO_PACKAGES)) && [ -z "$WHEEL" ] &&
+      die "pip could not build tm_iscsi here without a package index (it needs the wheel package for that): build a wheel where PyPI is reachable (python3 -m pip wheel --no-deps -w DIR $SRC) and pass --wheel"
+    die "pip could not install tm_iscsi into $venv"
+  fi
+  printf '%s\n' "$hash" >"$venv/.tm_iscsi-source"
+}
+
+step_python() {
+  step "tm_iscsi Python package"
+  if skipping python; then
+    note "skipped (--skip python)"
+    return 0
+  fi
+  local venv source hash info
+  venv=$(path "$E_VENV")
+  info=$(python_source)
+  source=$(sed -n 1p <<<"$info")
+  hash=$(sed -n 2p <<<"$info")
+  if [ -x "$venv/bin/python" ] && [ "$(cat "$venv/.tm_iscsi-source" 2>/dev/null)" = "$hash" ] &&
+    "$venv/bin/python" -c 'import tm_iscsi' >/dev/null 2>&1; then
+    ok "$E_VENV has this tm_iscsi"
+  else
+    if [ ! -x "$venv/bin/python" ]; then
+      # System site-packages: rtslib-fb comes from the distribution on the storage node.
+      change "create the virtualenv $E_VENV" python3 -m venv --system-site-packages "$venv"
+    elif ! grep -qi '^include-system-site-packages *= *true' "$venv/pyvenv.cfg" 2>/dev/null; then
+      note "$E_VENV does not see the system site-packages: rtslib-fb will be missing on a storage node"
+    fi
+    change "install tm_iscsi into $E_VENV (from ${WHEEL:-this checkout})" pip_install "$venv" "$source" "$hash"
+  fi
+  if ((HAS_STORAGE || HAS_HOST)) && [ -d "$venv" ]; then
+    # sudo runs this code as root for oneadmin: nobody else may be able to change it.
+    local loose
+    loose=$(find "$venv" \( ! -user root -o -perm -g+w -o -perm -o+w \) ! -type l -print -quit)
+    [ -z "$loose" ] || ((DRY_RUN)) ||
+      refuse "$E_VENV is not root's alone ($loose): code sudo runs as root must not be writable by others"
+  fi
+}
+
+# -- nodes: helper, sudoers, node.conf, LVM filter ---------------------------------------------
+
+role_key() {
+  if ((HAS_STORAGE && HAS_HOST)); then echo storage-host
+  elif ((HAS_STORAGE)); then echo storage
+  else echo host
+  fi
+}
+
+step_oneadmin() {
+  step "user $E_ONEADMIN"
+  if user_exists "$E_ONEADMIN"; then
+    ok "exists"
+  elif ((HAS_HOST)); then
+    # OpenNebula's node package creates it with the uid the front-end expects.
+    note "$E_ONEADMIN does not exist yet: install OpenNebula's node package (opennebula-node-kvm), which creates it"
+  else
+    change "create the system user $E_ONEADMIN (the front-end logs in as it)" \
+      useradd ${ROOT:+--root "$ROOT"} --system --create-home --home-dir /var/lib/one --shell /bin/bash "$E_ONEADMIN"
+    note "authorize the front-end's SSH key in ~$E_ONEADMIN/.ssh/authorized_keys"
+  fi
+}
+
+step_helper() {
+  step "node helper $E_HELPER"
+  install_file "$CONF/node/tm-iscsi-node" "$E_HELPER" 755 root root
+  install_file "$CONF/node/$(role_key).conf" /etc/tm_iscsi/node.conf 644 root root
+}
+
+step_sudoers() {
+  step "sudoers"
+  local rule=$WORK/sudoers
+  cp "$CONF/sudoers/tm_iscsi" "$rule"
+  chmod 440 "$rule"
+  if have visudo; then
+    visudo -cf "$rule" >/dev/null || die "visudo rejects the rendered sudoers rule"
+  else
+    note "visudo not found (sudo is not installed): the rule is written, but nothing uses it until sudo is"
+  fi
+  if [ ! -d "$(path /etc/sudoers.d)" ]; then
+    change "create /etc/sudoers.d" install -d -m 750 "$(path /etc/sudoers.d)"
+  fi
+  install_file "$rule" /etc/sudoers.d/tm_iscsi 440 root root
+  if [ -f "$(path /etc/sudoers)" ] && ! grep -Eq '^[#@]includedir[[:space:]]+/etc/sudoers\.d' "$(path /etc/sudoers)"; then
+    note "/etc/sudoers does not include /etc/sudoers.d: add '@includedir /etc/sudoers.d' with visudo"
+  fi
+}
+
+lvm_usable() { have pvs && [ -z "$ROOT" ]; }
+
+# PVs LVM sees now that the new filter would hide, other than iSCSI disks and device-mapper
+# devices (hiding those is the point).
+hidden_pvs() {
+  local filter=$1 pv vg name sys
+  pvs --noheadings -o pv_name,vg_name --config "devices { global_filter = $filter }" 2>/dev/null |
+    awk '{print $1}' | sort >"$WORK/pvs.after" || true
+  while read -r pv vg; do
+    [ -n "$pv" ] || continue
+    grep -qxF "$pv" "$WORK/pvs.after" && continue
+    name=$(basename "$(readlink -f "$pv")")
+    case $name in dm-*) continue ;; esac
+    sys=$(readlink -f "/sys/class/block/$name" 2>/dev/null || true)
+    case $sys in */session[0-9]*) continue ;; esac
+    printf '%s (VG %s)\n' "$pv" "${vg:-none}"
+  done < <(pvs --noheadings -o pv_name,vg_name 2>/dev/null || true)
+}
+
+step_lvm_filter() {
+  step "LVM filter"
+  local key filter_var hidden
+  key=$(role_key)
+  filter_var=E_LVM_FILTER_$(tr a-z- A-Z_ <<<"$key")
+  if lvm_usable; then
+    hidden=$(hidden_pvs "${!filter_var}")
+    [ -z "$hidden" ] ||
+      refuse "the LVM filter would hide PVs this node uses now: $(tr '\n' ' ' <<<"$hidden")- list them in [lvm] system_devices of the site file"
+  else
+    note "LVM tools not usable here: not checking which PVs the filter would hide"
+  fi
+  ensure_block /etc/lvm/lvmlocal.conf "$CONF/lvm/$key.block" '^[[:space:]]*devices[[:space:]]*\{'
+}
+
+# -- disks -------------------------------------------------------------------------------------
+
+in_list() { # in_list DEVICE LIST: DEVICE (or what it resolves to) is one of LIST
+  local want item
+  want=$(readlink -f "$1" 2>/dev/null || printf '%s' "$1")
+  for item in $2; do
+    [ "$item" = "$1" ] && return 0
+    [ "$(readlink -f "$item" 2>/dev/null || printf '%s' "$item")" = "$want" ] && return 0
+  done
+  return 1
+}
+
+# check_blank DEVICE VG LIST WHAT [nolist]: refuse unless DEVICE holds nothing (an empty PV, or
+# one of VG, is fine), is a block device, is not in use, and is one of the site's devices for
+# the role (not checked with nolist, before the site file is read).
+check_blank() {
+  local dev=$1 vg=$2 list=$3 what=$4 nolist=${5:-} types owner name holders
+  [ -e "$dev" ] || refuse "$dev does not exist"
+  # Data first, whatever the path is: a signature means someone's data.
+  if [ -n "$(blkid -p -o value -s PTTYPE "$dev" 2>/dev/null || true)" ]; then
+    refuse "$dev holds a partition table ($(blkid -p -o value -s PTTYPE "$dev")); tm_iscsi uses whole, blank disks only: wipe it yourself (wipefs -a $dev) if its data is disposable"
+  fi
+  types=$( { blkid -p -o value -s TYPE "$dev" 2>/dev/null || true; wipefs --noheadings --output TYPE "$dev" 2>/dev/null || true; } | sort -u)
+  for type in $types; do
+    if [ "$type" = LVM2_member ]; then
+      owner=$(pvs --noheadings -o vg_name "$dev" 2>/dev/null | tr -d ' ' || true)
+      if [ -n "$owner" ] && [ -n "$vg" ] && [ "$owner" != "$vg" ]; then
+        refuse "$dev is a PV of the VG $owner, not of $vg: it holds that VG's data"
+      fi
+      continue
+    fi
+    refuse "$dev holds a $type signature (blkid/wipefs): refusing to put the $what on it; wipe it yourself (wipefs -a $dev) if its data is disposable"
+  done
+  [ -b "$dev" ] || refuse "$dev is not a block device"
+  if [ -n "$(lsblk -n -o MOUNTPOINT "$dev" 2>/dev/null | tr -d '[:space:]')" ]; then
+    refuse "$dev is mounted"
+  fi
+  name=$(basename "$(readlink -f "$dev")")
+  holders=$(ls -A "/sys/class/block/$name/holders" 2>/dev/null || true)
+  [ -z "$holders" ] || refuse "$dev is in use by $(tr '\n' ' ' <<<"$holders")"
+  [ -n "$nolist" ] || in_list "$dev" "$list" ||
+    refuse "$dev is not among the site file's devices for this role ($list): the LVM filter would hide it; add it there first"
+}
+
+vg_exists() { vgs --noheadings -o vg_name "$1" >/dev/null 2>&1; }
+
+# ensure_vg VG DEVICE LIST WHAT
+ensure_vg() {
+  local vg=$1 dev=$2 list=$3 what=$4 pvvg
+  if [ -n "$ROOT" ] || ! have pvs; then
+    # Cannot look at LVM here; a disk that holds data is still refused.
+    [ -z "$dev" ] || check_blank "$dev" "$vg" "$list" "$what VG"
+    if [ -n "$ROOT" ]; then
+      note "under --root: VG $vg is not looked at or created"
+      return 0
+    fi
+    ((DRY_RUN)) || die "LVM tools (pvs) not found: install lvm2"
+    note "LVM tools not installed yet: cannot tell whether VG $vg exists"
+    [ -z "$dev" ] || change "create the $what VG $vg on $dev" vgcreate -q "$vg" "$dev"
+    return 0
+  fi
+  if vg_exists "$vg"; then
+    if [ -n "$dev" ]; then
+      pvvg=$(pvs --noheadings -o vg_name "$dev" 2>/dev/null | tr -d ' ' || true)
+      [ "$pvvg" = "$vg" ] || refuse "VG $vg exists already, and $dev is not one of its PVs (extend it yourself with vgextend if you mean to)"
+    fi
+    ok "VG $vg exists"
+    return 0
+  fi
+  if [ -z "$dev" ]; then
+    ((DRY_RUN)) && { note "VG $vg does not exist: a real run needs --device"; return 0; }
+    refuse "VG $vg does not exist: name its disk with --device"
+  fi
+  check_blank "$dev" "$vg" "$list" "$what VG"
+  if [ "$(blkid -p -o value -s TYPE "$dev" 2>/dev/null || true)" != LVM2_member ]; then
+    change "create a PV on $dev" pvcreate -q "$dev"
+  fi
+  change "create the $what VG $vg on $dev" vgcreate -q "$vg" "$dev"
+}
+
+# A disk named on the command line is checked before the first change: refusing it must leave
+# the machine as it was.
+preflight_device() { # preflight_device VG DEVICE LIST WHAT
+  local vg=$1 dev=$2 list=$3 what=$4 pvvg
+  [ -n "$dev" ] || return 0
+  if [ -z "$ROOT" ] && have pvs && vg_exists "$vg"; then
+    pvvg=$(pvs --noheadings -o vg_name "$dev" 2>/dev/null | tr -d ' ' || true)
+    [ "$pvvg" = "$vg" ] || refuse "VG $vg exists already, and $dev is not one of its PVs (extend it yourself with vgextend if you mean to)"
+    return 0
+  fi
+  check_blank "$dev" "$vg" "$list" "$what VG"
+}
+
+preflight_devices() {
+  ((HAS_STORAGE)) && preflight_device "$E_STORAGE_VG" "$STORAGE_DEVICE" "$E_STORAGE_DEVICES" image
+  ((HAS_HOST)) && preflight_device "$E_CACHE_VG" "$HOST_DEVICE" "$E_HOST_DEVICES" cache
+  return 0
+}
+
+# -- storage node ------------------------------------------------------------------------------
+
+step_storage() {
+  step "image VG and thin pool"
+  ensure_vg "$E_STORAGE_VG" "$STORAGE_DEVICE" "$E_STORAGE_DEVICES" image
+  local segtype=''
+  if [ -n "$ROOT" ]; then
+    note "under --root: the thin pool is not looked at or created"
+    return 0
+  fi
+  if lvm_usable; then
+    segtype=$(lvs --noheadings -o segtype "$E_STORAGE_VG/$E_THIN_POOL" 2>/dev/null | tr -d ' ' || true)
+  fi
+  case $segtype in
+    thin-pool) ok "thin pool $E_STORAGE_VG/$E_THIN_POOL exists" ;;
+    '') change "create the thin pool $E_STORAGE_VG/$E_THIN_POOL on $E_POOL_PERCENT% of the VG" \
+          "$(path "$E_HELPER")" pool-ensure --vg "$E_STORAGE_VG" --pool "$E_THIN_POOL" --data-percent "$E_POOL_PERCENT" ;;
+    *) refuse "$E_STORAGE_VG/$E_THIN_POOL exists but is a $segtype LV, not a thin pool" ;;
+  esac
+
+  step "LIO configuration restored at boot"
+  if ! systemd_running; then
+    note "systemd is not running here: make the init system run 'targetctl restore' at boot"
+    return 0
+  fi
+  local unit=''
+  for candidate in rtslib-fb-targetctl.service target.service; do
+    if systemctl cat "$candidate" >/dev/null 2>&1; then unit=$candidate; break; fi
+  done
+  if [ -z "$unit" ]; then
+    ((DRY_RUN)) && { note "no rtslib-fb-targetctl/target unit yet (comes with targetcli)"; return 0; }
+    die "no rtslib-fb-targetctl.service or target.service: is targetcli installed?"
+  fi
+  if systemctl is-enabled --quiet "$unit" 2>/dev/null; then
+    ok "$unit enabled"
+  else
+    change "enable $unit" systemctl enable --quiet "$unit"
+  fi
+}
+
+# -- hypervisor host ---------------------------------------------------------------------------
+
+new_initiator_name() {
+  local name=''
+  if have iscsi-iname; then name=$(iscsi-iname -p "$E_INITIATOR_PREFIX" 2>/dev/null || true); fi
+  if [ -z "$name" ]; then
+    name="$E_INITIATOR_PREFIX:$(hostname -s | tr 'A-Z_' 'a-z-')-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+  fi
+  printf '%s' "$name"
+}
+
+write_initiator_name() {
+  local file=$1 name=$2
+  mkdir -p "$(dirname "$file")"
+  printf 'InitiatorName=%s\n' "$name" >"$file.tm_iscsi-new"
+  chmod 644 "$file.tm_iscsi-new"
+  mv -f "$file.tm_iscsi-new" "$file"
+}
+
+step_host() {
+  step "iSCSI initiator"
+  local file current name
+  file=$(path /etc/iscsi/initiatorname.iscsi)
+  current=''
+  if [ -f "$file" ]; then current=$(sed -n 's/^InitiatorName=\(iqn\..*\)$/\1/p' "$file" | head -n 1); fi
+  if [ -n "$current" ]; then
+    # Kept: the storage node's ACLs name this host by it.
+    ok "keeps its initiator name $current"
+  else
+    name=$(new_initiator_name)
+    change "set the initiator name $name (unique to this host)" write_initiator_name "$file" "$name"
+    if systemd_running && systemctl is-active --quiet iscsid.service; then
+      change "restart iscsid for the new name" systemctl restart iscsid.service
+    fi
+  fi
+  ensure_block /etc/iscsi/iscsid.conf "$CONF/iscsi/iscsid.conf.block"
+  if systemd_running; then
+    local unit=iscsid.socket
+    systemctl cat "$unit" >/dev/null 2>&1 || unit=iscsid.service
+    if systemctl is-enabled --quiet "$unit" 2>/dev/null; then ok "$unit enabled"
+    else change "enable $unit" systemctl enable --quiet "$unit"
+    fi
+  fi
+
+  step "local cache VG"
+  ensure_vg "$E_CACHE_VG" "$HOST_DEVICE" "$E_HOST_DEVICES" cache
+
+  step "boot-time activation"
+  local unit_changed=$CHANGES
+  install_file "$CONF/systemd/tm-iscsi-activate.service" /etc/systemd/system/tm-iscsi-activate.service 644 root root
+  if systemd_running; then
+    if [ "$CHANGES" != "$unit_changed" ]; then change "reload systemd" systemctl daemon-reload; fi
+    if systemctl is-enabled --quiet tm-iscsi-activate.service 2>/dev/null; then
+      ok "tm-iscsi-activate.service enabled"
+    else
+      change "enable tm-iscsi-activate.service" systemctl enable --quiet tm-iscsi-activate.service
+    fi
+  elif [ -z "$ROOT" ]; then
+    note "systemd is not running here: activation goes to /etc/tm_iscsi/boot.d, for the init to run"
+    install_file "$CONF/boot/50-tm-iscsi-activate" /etc/tm_iscsi/boot.d/50-tm-iscsi-activate 755 root root
+  fi
+}
+
+# -- front-end ---------------------------------------------------------------------------------
+
+step_frontend() {
+  step "front-end"
+  [ -d "$(path /var/lib/one/remotes)" ] ||
+    refuse "no /var/lib/one/remotes: this is not an OpenNebula front-end (install OpenNebula first)"
+  user_exists "$E_ONEADMIN" || refuse "no user $E_ONEADMIN: install OpenNebula first"
+  local group
+  group=$(id -gn "$E_ONEADMIN" 2>/dev/null || echo "$E_ONEADMIN")
+  install_file "$CONF/frontend/tm_iscsi.conf" /etc/one/tm_iscsi.conf 640 root "$group"
+  ensure_block /etc/one/defaultrc "$CONF/frontend/defaultrc.block" '^[[:space:]]*(export[[:space:]]+)?TM_ISCSI_PYTHON='
+  for kind in tm datastore; do
+    sync_tree "$SRC/remotes/$kind/iscsi_lvm" "/var/lib/one/remotes/$kind/iscsi_lvm" "$E_ONEADMIN"
+  done
+  for file in oned/iscsi_lvm.conf oned/iscsi_lvm.onecfg datastores/image.tpl datastores/system.tpl; do
+    install_file "$CONF/$file" "/etc/one/tm_iscsi/$(basename "$file")" 644 root root
+  done
+  step_oned
+}
+
+apply_oned() {
+  local oned=$1 patch=$2
+  cp -p "$oned" "$oned.tm_iscsi-$(date +%Y%m%d%H%M%S)"
+  onecfg patch --format line ${ROOT:+--prefix "$ROOT"} "$patch" || true
+  config_render check-oned "$oned" >/dev/null 2>&1 ||
+    die "onecfg did not register iscsi_lvm completely: $(config_render check-oned "$oned" 2>&1 | tr '\n' ' ')"
+  PENDING+=("restart oned so it loads the iscsi_lvm drivers: systemctl restart opennebula")
+}
+
+step_oned() {
+  step "oned.conf registration"
+  local oned problems patch=/etc/one/tm_iscsi/iscsi_lvm.onecfg
+  oned=$(path /etc/one/oned.conf)
+  if [ ! -f "$oned" ]; then
+    note "no /etc/one/oned.conf: register iscsi_lvm with $patch on the front-end"
+    return 0
+  fi
+  if problems=$(config_render check-oned "$oned" 2>&1); then
+    ok "oned.conf registers iscsi_lvm"
+    return 0
+  fi
+  if ((APPLY_ONED)); then
+    have onecfg || die "--apply-oned needs onecfg (OpenNebula's configuration tool), which is not installed; paste /etc/one/tm_iscsi/iscsi_lvm.conf by hand instead"
+    change "register iscsi_lvm in oned.conf with onecfg patch (a copy of the old file is kept)" \
+      apply_oned "$oned" "$(path "$patch")"
+    ((DRY_RUN)) && indent <"$CONF/oned/iscsi_lvm.onecfg"
+    return 0
+  fi
+  note "oned.conf does not register iscsi_lvm yet:"
+  sed 's/^[^:]*: /        /' <<<"$problems"
+  note "install.sh does not edit oned.conf unless asked. To register the driver, either"
+  note "  re-run with --apply-oned, or run: onecfg patch --format line $patch"
+  note "  or paste /etc/one/tm_iscsi/iscsi_lvm.conf (replacing the ARGUMENTS of TM_MAD and DATASTORE_MAD)"
+  note "then restart oned (systemctl restart opennebula). The patch:"
+  grep -v '^#' "$CONF/oned/iscsi_lvm.onecfg" | indent
+  PENDING+=("register iscsi_lvm in oned.conf and restart oned (see above)")
+}
+
+# -- main --------------------------------------------------------------------------------------
+
+PENDING=()
+roles_text=$(printf '%s ' "${ROLES[@]}")
+printf 'tm_iscsi install: roles %s| %s%s%s\n' "$roles_text" "${SITE:+site $SITE}${RENDERED:+rendered $RENDERED}" \
+  "${ROOT:+ | root $ROOT}" "$( ((DRY_RUN)) && echo ' | dry run: nothing will be changed')"
+
+# Everything that can refuse runs before the first change. Rendering needs Jinja2, which the
+# packages step brings on a fresh machine: only then do packages come first.
+if [ -n "$RENDERED" ] || render_python >/dev/null; then
+  step_render
+  read_install_env
+  preflight_devices
+  step_packages
+else
+  for dev in "$STORAGE_DEVICE" "$HOST_DEVICE"; do
+    [ -z "$dev" ] || check_blank "$dev" '' '' 'tm_iscsi VG' nolist
+  done
+  step_packages
+  step_render
+  read_install_env
+  preflight_devices
+fi
+step_python
+if ((HAS_STORAGE || HAS_HOST)); then
+  step_oneadmin
+  step_helper
+  step_sudoers
+  step_lvm_filter
+fi
+((HAS_STORAGE)) && step_storage
+((HAS_HOST)) && step_host
+((HAS_FRONTEND)) && step_frontend
+
+step "summary"
+for pending in "${PENDING[@]}"; do note "to do: $pending"; done
+if ((DRY_RUN)); then
+  printf 'dry run: %d change(s) would be made; nothing was changed\n' "$CHANGES"
+elif ((CHANGES == 0)); then
+  printf 'no change: everything was already in place\n'
+else
+  printf '%d change(s) made\n' "$CHANGES"
+fi
