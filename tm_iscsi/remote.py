@@ -3,6 +3,7 @@
 The node helper's contract (tm_iscsi/node): one JSON object on stdout, one line on stderr and a
 non-zero exit on failure, `INFO:` progress lines on stderr."""
 import json
+import os
 import shlex
 import subprocess
 
@@ -12,6 +13,30 @@ from .errors import DriverError
 
 class NodeUnreachable(DriverError):
     pass
+
+
+class _FaultPlan:
+    """Fault injection for convergence tests: TM_ISCSI_FAULT=before:N (or after:N) makes the
+    N-th node call of this process fail before it is sent (or after it has done its work), as a
+    front-end crash or a lost connection would. Unset in production."""
+
+    def __init__(self, spec):
+        self.when, self.at = None, 0
+        if spec:
+            when, _, at = spec.partition(":")
+            if when in ("before", "after") and at.isdigit():
+                self.when, self.at = when, int(at)
+        self.count = 0
+
+    def check(self, when, host, command):
+        if self.when == when and self.count == self.at:
+            raise DriverError(f"{host}: injected fault {when} call {self.at} ({command})")
+
+    def next(self):
+        self.count += 1
+
+
+_FAULTS = _FaultPlan(os.environ.get("TM_ISCSI_FAULT"))
 
 
 class Node:
@@ -43,6 +68,13 @@ class Node:
         self._run(command, args, None, timeout, binary_out=True, sink=sink)
 
     def _run(self, command, args, stdin, timeout, binary_out, sink=None):
+        _FAULTS.next()
+        _FAULTS.check("before", self.host, command)
+        result = self._execute(command, args, stdin, timeout, binary_out, sink)
+        _FAULTS.check("after", self.host, command)
+        return result
+
+    def _execute(self, command, args, stdin, timeout, binary_out, sink):
         argv = self._argv(command, args)
         timeout = timeout or self.settings.ssh_timeout
         kwargs = {}

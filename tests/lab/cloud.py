@@ -81,8 +81,29 @@ class Cloud:
     def transfer_file(self, folder, name):
         return self.transfer((fixtures.folder(folder) / "transfer" / name).read_text())
 
-    def tm_action(self, line, stdin=None):
-        return self.tm.run_action(line, stdin=stdin)
+    def tm_action(self, line, stdin=None, fault=None):
+        if fault is None:
+            return self.tm.run_action(line, stdin=stdin)
+        env = dict(self.env, TM_ISCSI_FAULT=fault)
+        manager = TransferManager(REMOTES, drivers=["iscsi_lvm"], env=env, timeout=600)
+        return manager.run_action(line, stdin=stdin)
+
+    def converge(self, line, stdin=None, max_steps=40):
+        """Fail the action at every node call in turn (before it is sent, and after it did its
+        work), re-running it each time from the state the failure left; then run it clean.
+        Returns the number of node calls of the action. Every failure must be one plain line."""
+        for step in range(1, max_steps + 1):
+            for when in ("before", "after"):
+                result = self.tm_action(line, stdin=stdin, fault=f"{when}:{step}")
+                if result.success:
+                    assert when == "before", f"{line}: fault after:{step} was not hit"
+                    final = self.tm_action(line, stdin=stdin)
+                    assert final.success, final.info
+                    return step - 1
+                plain = [l for l in result.stderr.splitlines()
+                         if l.strip() and not l.startswith(("INFO:", "ERROR:"))]
+                assert len(plain) == 1 and "injected fault" in plain[0], result.stderr
+        raise AssertionError(f"{line}: more than {max_steps} node calls")
 
     def ds_action(self, action, object_id, xml):
         return self.ds.run(action, object_id, xml)

@@ -26,15 +26,15 @@ def _create_images(cloud, tmp_path):
     raw = pattern_file(tmp_path / "debian12.raw", IMAGE_MIB, "os-base")
     xml = cloud.ds_xml("01-image-create-from-path", "01-ds-stat", PATH=raw)
     stat = cloud.ds_action("stat", 0, xml)
-    assert stat.success and stat.info == str(IMAGE_MIB)
+    assert stat.success and stat.info.strip() == str(IMAGE_MIB)
     xml = cloud.ds_xml("01-image-create-from-path", "02-ds-cp", PATH=raw)
     cp = cloud.ds_action("cp", 0, xml)
     assert cp.success, cp.info
-    assert cp.info == f"{IMAGE_VG}/img-0 raw"
+    assert cp.info.strip() == f"{IMAGE_VG}/img-0 raw"
     # persistent 1024 MiB ext4 datablock
     mkfs = cloud.ds_action("mkfs", 1, cloud.ds_xml("02-image-create-datablock", "01-ds-mkfs"))
     assert mkfs.success, mkfs.info
-    assert mkfs.info == f"{IMAGE_VG}/img-1"
+    assert mkfs.info.strip() == f"{IMAGE_VG}/img-1"
     assert cloud.lab.sh("storage", f"blkid -o value -s TYPE /dev/{IMAGE_VG}/img-1").strip() == "ext4"
     return raw
 
@@ -74,11 +74,10 @@ def test_vm_lifecycle_on_real_devices(cloud, tmp_path):
     assert cloud.lab.sh("host1", f"blkid -o value -s TYPE {_disk(3)}").strip() == "swap"
     assert cloud.lab.sh("host1", f"blockdev --getsize64 {_disk(2)}").strip() == str(512 << 20)
 
-    written = {
-        (0, 3): cloud.write_on("host1", _disk(0), b"vm0-disk0-"),
-        (1, 700): cloud.write_on("host1", _disk(1), b"vm0-disk1-persistent-"),
-        (2, 100): cloud.write_on("host1", _disk(2), b"vm0-volatile-"),
-    }
+    written = {}
+    for (disk, mib), pattern in {(0, 3): b"vm0-disk0-", (1, 700): b"vm0-disk1-persistent-",
+                                 (2, 100): b"vm0-volatile-"}.items():
+        written[(disk, mib)] = cloud.write_on("host1", _disk(disk), pattern, offset_mib=mib)
     _check_disks(cloud, "host1", written)
     _image_unchanged(cloud, raw)
     # only host1 may reach the VM's LUNs
@@ -129,7 +128,7 @@ def test_vm_lifecycle_on_real_devices(cloud, tmp_path):
     # save-as from snapshot 0 -> new image 3
     mkfs = cloud.ds_action("mkfs", 3,
                            cloud.ds_xml("11-disk-saveas-snapshot-poweroff", "01-ds-mkfs"))
-    assert mkfs.success and mkfs.info == f"{IMAGE_VG}/img-3", mkfs.info
+    assert mkfs.success and mkfs.info.strip() == f"{IMAGE_VG}/img-3", mkfs.info
     cloud.transfer_file("11-disk-saveas-snapshot-poweroff", "vm0.transfer.12.disk_saveas")
     assert cloud.sha_on("storage", f"/dev/{IMAGE_VG}/img-3", 3) == written[(0, 3)]
 
