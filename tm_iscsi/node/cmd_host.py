@@ -178,11 +178,11 @@ def attach(args):
             session, disk = _wait_disk(args.iqn, args.lun, deadline,
                                        rescan_at=time.monotonic() + (0 if reused else
                                                                      remaining / 3))
-            found = iscsi.unit_serial(disk.name)
-            if found != args.serial and reused:
-                # The kernel keeps the serial from its first probe; the LUN may have changed.
+            if reused:
+                # The kernel keeps the size and serial from its first probe; the LUN may have
+                # grown (resize) or changed since.
                 iscsi.rescan_disk(disk.name)
-                found = iscsi.unit_serial(disk.name)
+            found = iscsi.unit_serial(disk.name)
             if found != args.serial:
                 raise NodeError(f"LUN {args.lun} of {args.iqn} is {disk.device} with unit serial "
                                 f"{found or '(none)'}, expected {args.serial}; not linking it")
@@ -268,11 +268,18 @@ def detach(args):
             if remove:
                 os.unlink(args.link)
                 link_removed = True
-        for disk in disks:
-            iscsi.flush(disk.device)
-            # Deleting the disk first lets the kernel finish its I/O and tell udev, so no
-            # stale /dev/sdX of a logged-out session lingers.
-            iscsi.delete_disk(disk.name)
+        for session in found:
+            if session.state not in (None, "LOGGED_IN"):
+                # A failed session (fenced host, storage gone) cannot take a flush or a SYNCHRONIZE
+                # CACHE: both would block until the replacement timeout. Logout tears it down.
+                _run.info(f"session {session.sid} to {args.iqn} is {session.state}; its disks "
+                          "cannot be flushed, logging out")
+                continue
+            for disk in session.disks:
+                iscsi.flush(disk.device)
+                # Deleting the disk first lets the kernel finish its I/O and tell udev, so no
+                # stale /dev/sdX of a logged-out session lingers.
+                iscsi.delete_disk(disk.name)
         for session in found:
             _run.info(f"logging out of {args.iqn} (session {session.sid})")
             iscsi.logout_session(session.sid)
