@@ -1,0 +1,57 @@
+"""Every action converges when re-run after failing at any step (oned never retries by itself;
+`onevm recover --retry` replays the whole transfer), and a failed action says so in one line.
+
+Each action is failed at its 1st, 2nd, ... node call, before the call is sent and after it has
+done its work, each re-run starting from what the previous failure left; then it runs clean and
+the result must be the same as an undisturbed run's."""
+import pytest
+
+from tests.lab.cloud import IMAGE_VG, SYSDIR, Cloud, pattern_file, sha_of_file
+from tests.standin import fixtures
+from tests.standin.oned import OnedStandIn
+
+DISK0 = f"{SYSDIR}/0/disk.0"
+CLONE = f"CLONE iscsi_lvm frontend:{IMAGE_VG}/img-0 host1:/var/lib/one//datastores/101/0/disk.0 0 100"
+MKIMAGE = "MKIMAGE iscsi_lvm 512 raw host1:/var/lib/one//datastores/101/0/disk.2 0 101"
+MIGRATE = ("MV iscsi_lvm host1:/var/lib/one//datastores/101/0/disk.0 "
+           "host2:/var/lib/one//datastores/101/0/disk.0 0 100")
+DELETE = "DELETE iscsi_lvm host2:/var/lib/one//datastores/101/0/disk.0 0 100"
+
+
+@pytest.fixture
+def cloud(lab, tmp_path):
+    with OnedStandIn() as oned:
+        c = Cloud(lab, oned, tmp_path)
+        c.prepare_storage()
+        c.load_datastores()
+        raw = pattern_file(tmp_path / "img.raw", 16, "converge")
+        cp = c.ds_action("cp", 0, c.ds_xml("01-image-create-from-path", "02-ds-cp", PATH=raw))
+        assert cp.success, cp.info
+        c.load_vm("04-vm-deploy", "01-tm-clone")
+        c.raw = raw
+        yield c
+
+
+def test_clone_migrate_delete_converge_from_any_failed_step(cloud):
+    calls = cloud.converge(CLONE)
+    assert calls >= 4
+    assert cloud.sha_on("host1", DISK0, 2) == sha_of_file(cloud.raw, 2)
+    assert len(cloud.sessions("host1")) == 1
+    assert [t["initiators"] for t in cloud.exports()] == [["iqn.2026-11.lab.tm-iscsi:host1"]]
+
+    cloud.converge(MKIMAGE)
+    assert cloud.lab.sh("host1", f"blockdev --getsize64 {SYSDIR}/0/disk.2").strip() == \
+        str(512 << 20)
+
+    written = cloud.write_on("host1", DISK0, b"converge-")
+    cloud.converge(MIGRATE)
+    assert cloud.sha_on("host2", DISK0, 0) == written
+    assert all(s["iqn"].endswith("vm-0-disk-2") for s in cloud.sessions("host1"))
+    clone_target = [t for t in cloud.exports() if t["iqn"].endswith("vm-0-disk-0")]
+    assert [t["initiators"] for t in clone_target] == [["iqn.2026-11.lab.tm-iscsi:host2"]]
+
+    cloud.converge(DELETE)
+    assert "vm-0-disk-0" not in cloud.lvs()
+    assert cloud.sessions("host2") == []
+    assert cloud.lab.sh("host2", f"test -e {DISK0} && echo yes || echo no").strip() == "no"
+    assert cloud.sha_on("storage", f"/dev/{IMAGE_VG}/img-0", 2) == sha_of_file(cloud.raw, 2)
