@@ -219,7 +219,7 @@ ensure_block() {
   if [ -s "$new" ] && [ -n "$(tail -c 1 "$new")" ]; then echo >>"$new"; fi
   cat "$block" >>"$new"
   if [ -f "$file" ]; then
-    read -r mode owner group < <(stat -c '%a %U %G' "$file")
+    read -r mode owner group <<<"$(stat -c '%a %U %G' "$file")"
     if cmp -s "$new" "$file"; then
       ok "$name has the tm_iscsi block"
       return 0
@@ -369,7 +369,8 @@ step_packages() {
   detect_packaging
   [ -n "$PKG_FAMILY" ] || die "neither apt-get nor dnf/yum found: install the packages by hand and use --skip packages"
   local missing=() pkg
-  while read -r pkg; do package_installed "$pkg" || missing+=("$pkg"); done < <(wanted_packages)
+  # Here-strings, not process substitution: a minimal node may have no /dev/fd.
+  while read -r pkg; do package_installed "$pkg" || missing+=("$pkg"); done <<<"$(wanted_packages)"
   if [ ${#missing[@]} = 0 ]; then
     ok "all installed"
     return 0
@@ -515,7 +516,7 @@ hidden_pvs() {
     sys=$(readlink -f "/sys/class/block/$name" 2>/dev/null || true)
     case $sys in */session[0-9]*) continue ;; esac
     printf '%s (VG %s)\n' "$pv" "${vg:-none}"
-  done < <(pvs --noheadings -o pv_name,vg_name 2>/dev/null || true)
+  done <<<"$(pvs --noheadings -o pv_name,vg_name 2>/dev/null || true)"
 }
 
 step_lvm_filter() {
