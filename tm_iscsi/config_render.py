@@ -24,7 +24,20 @@ from pathlib import Path
 
 from .site import DRIVER, SiteError, load_site
 
-DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "conf"
+
+
+def _default_templates():
+    """conf/ of a checkout, else where an installed package keeps it (share/tm_iscsi/conf)."""
+    candidates = [os.environ.get("TM_ISCSI_CONF_DIR"),
+                  Path(__file__).resolve().parent.parent / "conf",
+                  Path(sys.prefix) / "share" / "tm_iscsi" / "conf"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "oned" / "iscsi_lvm.conf.j2").is_file():
+            return Path(candidate)
+    return Path(__file__).resolve().parent.parent / "conf"
+
+
+DEFAULT_TEMPLATES = _default_templates()
 
 # The stock ARGUMENTS of OpenNebula's oned.conf, which the registration extends when the real
 # oned.conf is not at hand (checked in release-7.4.0 and the 6.10 line).
@@ -487,25 +500,24 @@ def _outputs(site):
 
 
 def _stock_or_file(site, oned_conf):
-    """The ARGUMENTS to extend and the inherited attributes already there: from the real
-    oned.conf when given (keeping the administrator's own changes), else OpenNebula's stock."""
+    """The driver ARGUMENTS to extend: those of the real oned.conf when given (keeping the
+    administrator's own changes), else OpenNebula's stock ones."""
     stock = STOCK[site.opennebula]
     if not oned_conf:
-        return stock["tm"], stock["ds"], list(stock["inherit"])
+        return stock["tm"], stock["ds"]
     try:
-        attrs = parse_oned(Path(oned_conf).read_text())
-        reg = registration(attrs)
+        reg = registration(parse_oned(Path(oned_conf).read_text()))
     except (OSError, OnedSyntaxError) as err:
         raise SiteError(f"{oned_conf}: {err}")
     for key, name in (("tm_mad", "TM_MAD"), ("datastore_mad", "DATASTORE_MAD")):
         if reg[key] is None or reg[key].get("ARGUMENTS") is None:
             raise SiteError(f"{oned_conf}: no {name} section with ARGUMENTS")
-    return (reg["tm_mad"].get("ARGUMENTS"), reg["datastore_mad"].get("ARGUMENTS"),
-            [v.upper() for v in reg["inherit"]])
+    return reg["tm_mad"].get("ARGUMENTS"), reg["datastore_mad"].get("ARGUMENTS")
 
 
 def context(site, oned_conf=None):
-    tm_args, ds_args, inherited = _stock_or_file(site, oned_conf)
+    tm_args, ds_args = _stock_or_file(site, oned_conf)
+    stock_inherit = STOCK[site.opennebula]["inherit"]
     ctx = site.as_context()
     ctx.update({
         "oned_conf": str(oned_conf) if oned_conf else "",
@@ -513,9 +525,13 @@ def context(site, oned_conf=None):
         "datastore_mad_arguments": with_driver(with_driver(ds_args, "-d"), "-s"),
         "tm_mad_conf": list(TM_MAD_CONF),
         "ds_mad_conf": list(DS_MAD_CONF),
-        "inherit_present": [a for a in INHERIT if a in inherited],
-        "inherit_add": [a for a in INHERIT if a not in inherited],
-        "stock_inherit": inherited,
+        # The same whether or not oned.conf is registered already, so rendering again after
+        # registering changes no file: the snippet leaves out what the stock file has, the
+        # patch names everything (onecfg skips what is there).
+        "inherit_present": [a for a in INHERIT if a in stock_inherit],
+        "inherit_add": [a for a in INHERIT if a not in stock_inherit],
+        "inherit_all": list(INHERIT),
+        "stock_inherit": list(stock_inherit),
     })
     return ctx
 
@@ -552,7 +568,10 @@ def _check_rendered(out, ctx):
     if problems:
         raise SiteError("rendered oned.conf snippet is wrong: " + "; ".join(problems))
     patch = onecfg_registration(parse_onecfg(out["oned/iscsi_lvm.onecfg"]))
-    if patch != snippet_registration(snippet):
+    pasted = snippet_registration(snippet)
+    pasted["inherit"] = sorted(set(pasted["inherit"]) | set(ctx["inherit_present"]))
+    patch["inherit"] = sorted(set(patch["inherit"]))
+    if patch != pasted:
         raise SiteError("rendered onecfg patch and oned.conf snippet disagree")
     for name in ("datastores/image.tpl", "datastores/system.tpl"):
         parse_oned(out[name], strict=True)

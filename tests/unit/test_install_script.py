@@ -343,3 +343,74 @@ def test_a_broken_site_file_stops_before_any_change(root, tmp_path):
 def test_help():
     result = run("--help")
     assert "--dry-run" in result.stdout and "--apply-oned" in result.stdout
+
+
+# A stand-in for OpenNebula's onecfg: applies a line-format patch the way `onecfg patch` does
+# (set replaces, ins adds what is missing, a repeated section is found and created by its NAME).
+FAKE_ONECFG = """\
+#!/usr/bin/env python3
+import sys
+sys.path.insert(0, {repo!r})
+from tm_iscsi import config_render as cr
+
+args = sys.argv[1:]
+assert args.pop(0) == "patch", args
+prefix = ""
+while args[0].startswith("--"):
+    option = args.pop(0)
+    value = args.pop(0)
+    if option == "--prefix":
+        prefix = value
+changes = cr.parse_onecfg(open(args[0]).read())
+path = prefix + "/etc/one/oned.conf"
+attrs = cr.parse_oned(open(path).read())
+for filename, command, elements, value in changes:
+    value = value[1:-1]
+    if len(elements) == 2:
+        section = next(a for a in attrs if a.name == elements[0])
+        section.pairs = [p for p in section.pairs if p[0] != elements[1]] + [
+            (elements[1], value, True)]
+    elif len(elements) == 3:
+        name = elements[1].strip('"')
+        section = next((a for a in attrs if a.name == elements[0] and a.get("NAME") == name),
+                       None)
+        if section is None:
+            section = cr.Attr(elements[0], None, 0, [])
+            attrs.append(section)
+        if section.get(elements[2]) is None:
+            section.pairs.append((elements[2], value, True))
+    elif value not in [a.value for a in attrs if a.name == elements[0]]:
+        attrs.append(cr.Attr(elements[0], value, 0))
+with open(path, "w") as f:
+    for a in attrs:
+        if a.pairs is None:
+            f.write('%s = "%s"\\n' % (a.name, a.value))
+        else:
+            f.write("%s = [\\n%s\\n]\\n" % (a.name, ",\\n".join(
+                '  %s = "%s"' % (k, v) for k, v, _ in a.pairs)))
+"""
+
+
+def test_apply_oned_registers_through_onecfg_once(root, site, tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "onecfg").write_text(FAKE_ONECFG.format(repo=str(REPO)))
+    (fake / "onecfg").chmod(0o755)
+    env = {"PATH": f"{fake}:{os.environ['PATH']}"}
+    first = run("--role", "frontend", "--site", site, "--root", root, "--skip", "python",
+                "--apply-oned", env=env).stdout
+    assert "change: register iscsi_lvm in oned.conf with onecfg patch" in first, first
+    assert "to do: restart oned" in first
+    backups = list((root / "etc/one").glob("oned.conf.tm_iscsi-*"))
+    assert len(backups) == 1 and backups[0].read_text() == ONED
+    check = subprocess.run(["python3", "-m", "tm_iscsi.config_render", "check-oned",
+                            str(root / "etc/one/oned.conf")], cwd=REPO, capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stderr
+
+    before = snapshot(root)
+    second = run("--role", "frontend", "--site", site, "--root", root, "--skip", "python",
+                 "--apply-oned", env=env).stdout
+    assert "ok: oned.conf registers iscsi_lvm" in second
+    assert "no change: everything was already in place" in second
+    assert snapshot(root) == before
