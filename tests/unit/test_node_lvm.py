@@ -1,0 +1,127 @@
+"""LVM report parsing and argv building, against output captured from the lab's LVM 2.03.16."""
+import pytest
+
+from tm_iscsi.node import lvm
+from tm_iscsi.node import run as run_mod
+from tm_iscsi.node.errors import NodeError
+
+MIB = 1024 * 1024
+
+# `vgs --reportformat json --units b --nosuffix -o <vg fields>,<lv fields> vgt` in the lab.
+VGS_JSON = """  {
+      "report": [
+          {
+              "vg": [
+                  {"vg_name":"vgt", "vg_size":"25765609472", "vg_free":"12859736064", "vg_extent_size":"4194304", "lv_name":"tpool", "lv_size":"12880707584", "origin":"", "lv_tags":"", "lv_attr":"twi-aotz--", "pool_lv":"", "data_percent":"12.50", "metadata_percent":"10.71", "lv_metadata_size":"12582912", "segtype":"thin-pool"},
+                  {"vg_name":"vgt", "vg_size":"25765609472", "vg_free":"12859736064", "vg_extent_size":"4194304", "lv_name":"a", "lv_size":"67108864", "origin":"", "lv_tags":"tm_iscsi,tm_iscsi.kind=image", "lv_attr":"Vwi-a-tz--", "pool_lv":"tpool", "data_percent":"0.00", "metadata_percent":"", "lv_metadata_size":"", "segtype":"thin"},
+                  {"vg_name":"vgt", "vg_size":"25765609472", "vg_free":"12859736064", "vg_extent_size":"4194304", "lv_name":"b", "lv_size":"67108864", "origin":"a", "lv_tags":"x", "lv_attr":"Vwi---tz-k", "pool_lv":"tpool", "data_percent":"0.01", "metadata_percent":"", "lv_metadata_size":"", "segtype":"thin"}
+              ]
+          }
+      ]
+  }
+"""
+EMPTY_VG_JSON = '{"report": [{"vg": []}]}'
+MISSING_STDERR = '  Volume group "nope" not found\n  Cannot process volume group nope\n'
+
+
+def result(stdout="", stderr="", code=0, argv=("vgs",)):
+    return run_mod.Result(list(argv), code, stdout, stderr, 0.1)
+
+
+def test_parse_vg_report():
+    rep = lvm.parse_vg_report("vgt", VGS_JSON)
+    assert (rep.size_bytes, rep.free_bytes, rep.extent_bytes) == (25765609472, 12859736064,
+                                                                  4 * MIB)
+    assert sorted(rep.lvs) == ["a", "b", "tpool"]
+    pool, a, b = rep.get("tpool"), rep.get("a"), rep.get("b")
+    assert pool.is_thin_pool and not pool.is_thin and pool.metadata_bytes == 12582912
+    assert a.tags == ["tm_iscsi", "tm_iscsi.kind=image"] and a.origin == "" and a.active
+    assert a.path == "/dev/vgt/a" and a.pool == "tpool"
+    assert b.origin == "a" and b.tags == ["x"] and not b.active
+    # Nothing mapped -> can be written sparsely; 0.01% is not nothing.
+    assert a.provisioned_nothing and not b.provisioned_nothing
+    assert not pool.provisioned_nothing
+
+
+def test_parse_empty_vg_has_no_lvs_and_unknown_sizes():
+    rep = lvm.parse_vg_report("vgt", EMPTY_VG_JSON)
+    assert rep.lvs == {} and rep.size_bytes is None
+    assert rep.round_up(1) == 4 * MIB  # LVM's default extent when it is unknown
+
+
+def test_round_up_to_extents():
+    rep = lvm.parse_vg_report("vgt", VGS_JSON)
+    assert rep.round_up(10 * MIB) == 12 * MIB
+    assert rep.round_up(12 * MIB) == 12 * MIB
+    assert rep.round_up(12 * MIB + 1) == 16 * MIB
+
+
+def test_unparseable_report_is_a_clear_error():
+    with pytest.raises(NodeError, match="cannot parse LVM report"):
+        lvm.parse_vg_report("vgt", "Volume group vgt\n")
+
+
+def test_report_missing_vg_names_it_and_the_fix(mocker):
+    mocker.patch.object(run_mod, "run", return_value=result(stderr=MISSING_STDERR, code=5))
+    with pytest.raises(NodeError) as err:
+        lvm.report("nope")
+    assert "nope" in str(err.value) and "vgcreate nope" in str(err.value)
+    assert lvm.report("nope", missing_ok=True) is None
+
+
+def test_report_other_failure_keeps_lvm_reason(mocker):
+    mocker.patch.object(run_mod, "run", return_value=result(
+        stderr="  /dev/ubdb: read failed: Input/output error\n", code=5))
+    with pytest.raises(NodeError, match="read failed: Input/output error"):
+        lvm.report("vgt")
+
+
+def test_report_argv_is_one_call_with_bytes():
+    argv = lvm.report_argv("vg-one-100")
+    assert argv[:6] == ["vgs", "--reportformat", "json", "--units", "b", "--nosuffix"]
+    assert argv[-1] == "vg-one-100"
+    assert "lv_tags" in argv[7] and "vg_extent_size" in argv[7]
+
+
+def test_pool_status():
+    status = lvm.pool_status(lvm.parse_vg_report("vgt", VGS_JSON), "tpool")
+    assert status == {
+        "vg": "vgt", "pool": "tpool",
+        "data_total_bytes": 12880707584, "data_used_bytes": 1610088448, "data_percent": 12.5,
+        "metadata_total_bytes": 12582912, "metadata_used_bytes": 1347630,
+        "metadata_percent": 10.71, "vg_free_bytes": 12859736064}
+    with pytest.raises(NodeError, match="pool-ensure"):
+        lvm.pool_status(lvm.parse_vg_report("vgt", VGS_JSON), "other")
+    with pytest.raises(NodeError, match="does not exist"):
+        lvm.pool_status(lvm.parse_vg_report("vgt", VGS_JSON), "a")  # a thin LV, not a pool
+
+
+def test_change_argv():
+    assert lvm.create_thin_pool_argv("vg", "tpool", 90) == [
+        "lvcreate", "-q", "-y", "--type", "thin-pool", "-l", "90%VG", "-n", "tpool", "vg"]
+    assert lvm.create_thin_argv("vg", "tpool", "img-1", 64 * MIB, ["tm_iscsi", "k=v"]) == [
+        "lvcreate", "-q", "-y", "--type", "thin", "--thinpool", "tpool", "-V",
+        f"{64 * MIB}b", "-n", "img-1", "--addtag", "tm_iscsi", "--addtag", "k=v", "vg"]
+    assert lvm.create_snapshot_argv("vg", "img-1", "vm-1-disk-0", ["t"]) == [
+        "lvcreate", "-q", "-y", "--snapshot", "--setactivationskip", "n", "-n", "vm-1-disk-0",
+        "--addtag", "t", "vg/img-1"]
+    assert lvm.extend_argv("vg", "a", 8 * MIB) == ["lvextend", "-q", "-y", "-L", f"{8 * MIB}b",
+                                                   "vg/a"]
+    assert lvm.activate_argv("vg", "a") == ["lvchange", "-q", "-y", "-ay", "-K", "vg/a"]
+    assert lvm.remove_argv("vg", "a") == ["lvremove", "-q", "-y", "vg/a"]
+
+
+def test_change_commands_raise_with_context(mocker):
+    run = mocker.patch.object(run_mod, "run", side_effect=NodeError("creating thin LV vg/a "
+                                                                     "failed: no space"))
+    with pytest.raises(NodeError, match="no space"):
+        lvm.create_thin("vg", "tpool", "a", MIB)
+    assert run.call_args.kwargs["what"] == "creating thin LV vg/a"
+
+
+@pytest.mark.parametrize("tag,ok", [
+    ("tm_iscsi", True), ("tm_iscsi.kind=clone", True), ("tm_iscsi.ds=100", True),
+    ("a/b:c+d-e", True), ("", False), ("x y", False), ("a;b", False), ("a&b", False),
+    ("a#b", False), ("$(id)", False), ("a" * 129, False)])
+def test_valid_tag(tag, ok):
+    assert lvm.valid_tag(tag) is ok
