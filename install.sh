@@ -519,19 +519,30 @@ hidden_pvs() {
   done <<<"$(pvs --noheadings -o pv_name,vg_name 2>/dev/null || true)"
 }
 
+lvm_filter_of_roles() {
+  local filter_var
+  filter_var=E_LVM_FILTER_$(role_key | tr a-z- A-Z_)
+  printf '%s' "${!filter_var}"
+}
+
+# Part of the preflight: a VG the node uses now must not vanish behind the new filter (at the
+# next boot, a root VG would).
+check_lvm_filter() {
+  local hidden
+  lvm_usable || return 0
+  hidden=$(hidden_pvs "$(lvm_filter_of_roles)")
+  [ -z "$hidden" ] ||
+    refuse "the LVM filter would hide PVs this node uses now: $(tr '\n' ' ' <<<"$hidden")- list them in [lvm] system_devices of the site file"
+}
+
 step_lvm_filter() {
   step "LVM filter"
-  local key filter_var hidden
-  key=$(role_key)
-  filter_var=E_LVM_FILTER_$(tr a-z- A-Z_ <<<"$key")
   if lvm_usable; then
-    hidden=$(hidden_pvs "${!filter_var}")
-    [ -z "$hidden" ] ||
-      refuse "the LVM filter would hide PVs this node uses now: $(tr '\n' ' ' <<<"$hidden")- list them in [lvm] system_devices of the site file"
+    ok "hides no PV this node uses now"
   else
     note "LVM tools not usable here: not checking which PVs the filter would hide"
   fi
-  ensure_block /etc/lvm/lvmlocal.conf "$CONF/lvm/$key.block" '^[[:space:]]*devices[[:space:]]*\{'
+  ensure_block /etc/lvm/lvmlocal.conf "$CONF/lvm/$(role_key).block" '^[[:space:]]*devices[[:space:]]*\{'
 }
 
 # -- disks -------------------------------------------------------------------------------------
@@ -628,6 +639,7 @@ preflight_device() { # preflight_device VG DEVICE LIST WHAT
 }
 
 preflight_devices() {
+  ((HAS_STORAGE || HAS_HOST)) && check_lvm_filter
   ((HAS_STORAGE)) && preflight_device "$E_STORAGE_VG" "$STORAGE_DEVICE" "$E_STORAGE_DEVICES" image
   ((HAS_HOST)) && preflight_device "$E_CACHE_VG" "$HOST_DEVICE" "$E_HOST_DEVICES" cache
   return 0

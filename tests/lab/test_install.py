@@ -185,3 +185,33 @@ def test_a_disk_that_holds_data_is_refused(lab, shipped, restore):
                          check=False)
     assert rc == 1 and "is a PV of the VG other-vg" in err, err
     assert state(lab, "storage") == before
+
+
+def test_the_lvm_filter_never_hides_a_vg_the_node_uses(lab, shipped, restore):
+    """A VG of the node's own (the root VG of a real server) that the site file forgot would
+    vanish behind the filter at the next boot: install.sh refuses instead, before any change."""
+    restore("storage")
+    lab.sh("storage", """
+        truncate -s 64M /root/os-disk.img
+        dev=$(losetup --find --show /root/os-disk.img)
+        pvcreate -q "$dev" && vgcreate -q osvg "$dev"
+        echo "$dev" > /root/os-disk.dev
+        """)
+    try:
+        loop = lab.sh("storage", "cat /root/os-disk.dev").strip()
+        before = state(lab, "storage")
+        rc, out, err = install(lab, "storage", f"--role storage --device /dev/ubdb {shipped}",
+                               check=False)
+        assert rc == 1, out
+        assert f"would hide PVs this node uses now: {loop} (VG osvg)" in err, err
+        assert "system_devices" in err
+        assert state(lab, "storage") == before
+        assert lab.sh("storage", "vgs --noheadings -o vg_name osvg").strip() == "osvg"
+    finally:
+        lab.sh("storage", """
+            vgremove -q -f osvg >/dev/null 2>&1 || true
+            dev=$(cat /root/os-disk.dev 2>/dev/null || true)
+            [ -n "$dev" ] && pvremove -q -ff -y "$dev" >/dev/null 2>&1 || true
+            [ -n "$dev" ] && losetup -d "$dev" || true
+            rm -f /root/os-disk.img /root/os-disk.dev
+            """)
