@@ -215,7 +215,8 @@ def test_snapshot_is_o1_and_fill_limit(lab):
         start = time.monotonic()
         helper(lab, "lv-snapshot", "--vg", VG, "--origin", origin, "--lv", f"{origin}-snap")
         times[origin] = time.monotonic() - start
-    assert times["big"] < 2 * times["small"] + 1.0, times
+    # Loose on purpose: UML timing is noisy; the pool check below is the exact proof.
+    assert times["big"] < 3 * times["small"] + 2.0, times
     assert helper(lab, "pool-status", "--vg", VG)["data_used_bytes"] == used_before
     big_snap = helper(lab, "lv-info", "--vg", VG, "--lv", "big-snap")
     assert big_snap["size_bytes"] == 8 * 1024 * MIB and big_snap["origin"] == "big"

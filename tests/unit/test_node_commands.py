@@ -422,3 +422,14 @@ def test_detach_failed_session_skips_the_flush(capsys, host):
     assert out["logged_out"] is True
     assert not host.flush.called and not host.delete_disk.called
     host.logout_session.assert_called_once_with(5)
+
+
+def test_dead_upload_spools_are_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(cmd_storage, "SPOOL_DIR", str(tmp_path))
+    dead = tmp_path / "tm_iscsi-upload-999999999-abc.qcow2"
+    alive = tmp_path / f"tm_iscsi-upload-{os.getpid()}-def.qcow2"
+    other = tmp_path / "someone-else.qcow2"
+    for f in (dead, alive, other):
+        f.write_text("x")
+    cmd_storage._remove_dead_spools()
+    assert sorted(os.listdir(tmp_path)) == sorted([alive.name, other.name])

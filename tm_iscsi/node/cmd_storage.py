@@ -457,11 +457,32 @@ def _qemu_img_info(path, what):
     return info
 
 
+_SPOOL_PREFIX = "tm_iscsi-upload-"
+
+
+def _remove_dead_spools():
+    """Spools of uploads whose process was killed (SIGKILL skips the cleanup): images can be
+    large, and /var/tmp would fill up with them. The name carries the writer's pid."""
+    try:
+        names = os.listdir(SPOOL_DIR)
+    except OSError:
+        return
+    for name in names:
+        m = re.match(re.escape(_SPOOL_PREFIX) + r"(\d+)-.*\.qcow2$", name)
+        if not m or os.path.exists(f"/proc/{m.group(1)}"):
+            continue
+        try:
+            os.unlink(os.path.join(SPOOL_DIR, name))
+        except OSError:
+            pass
+
+
 def _write_qcow2(stdin, lv, what, expected=None):
     # qemu-img needs a seekable file; the spool lives on local disk, never in the LV's VG.
+    _remove_dead_spools()
     try:
-        spool = tempfile.NamedTemporaryFile(prefix="tm_iscsi-upload-", suffix=".qcow2",
-                                            dir=SPOOL_DIR)
+        spool = tempfile.NamedTemporaryFile(prefix=f"{_SPOOL_PREFIX}{os.getpid()}-",
+                                            suffix=".qcow2", dir=SPOOL_DIR)
     except OSError as err:
         raise NodeError(f"{what}: cannot create a spool file in {SPOOL_DIR}: {err.strerror}")
     with spool:
