@@ -112,3 +112,19 @@ def test_info_goes_to_stderr(capsys):
     run.info("working")
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == "INFO: working\n"
+
+
+def test_one_line_errors_converts_environment_failures_only():
+    def fails_with(exc):
+        def func(args):
+            raise exc
+        return run.one_line_errors("lv-write", func)
+
+    with pytest.raises(NodeError, match=r"^lv-write: No such file or directory \(/dev/v/l\)$"):
+        fails_with(FileNotFoundError(2, "No such file or directory", "/dev/v/l"))(None)
+    rtslib_error = type("RTSLibError", (Exception,), {"__module__": "rtslib_fb.utils"})
+    with pytest.raises(NodeError, match="^lv-write: LIO: configfs said no$"):
+        fails_with(rtslib_error("configfs said no"))(None)
+    with pytest.raises(ValueError):  # a bug keeps its traceback
+        fails_with(ValueError("bug"))(None)
+    assert run.one_line_errors("x", lambda args: {"ok": args})(1) == {"ok": 1}

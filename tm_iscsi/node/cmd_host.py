@@ -12,8 +12,15 @@ import time
 
 from . import iscsi, locks
 from . import run as _run
-from .cli import command
+from .cli import command as _register
 from .errors import NodeError
+
+
+def command(name, help):
+    """cli.command, with environment failures turned into one-line errors."""
+    def register(func):
+        return _register(name, help)(_run.one_line_errors(name, func))
+    return register
 
 _CHAP_RE = re.compile(r"^[A-Za-z0-9._@:+/=-]{1,255}$")
 _SERIAL_RE = re.compile(r"^[A-Za-z0-9._:-]{1,80}$")

@@ -16,8 +16,15 @@ import tempfile
 from .. import naming
 from . import iscsi, lio, locks, lvm
 from . import run as _run
-from .cli import command
+from .cli import command as _register
 from .errors import NodeError
+
+
+def command(name, help):
+    """cli.command, with environment failures turned into one-line errors."""
+    def register(func):
+        return _register(name, help)(_run.one_line_errors(name, func))
+    return register
 
 MIB = 1024 * 1024
 CHUNK = 4 * MIB

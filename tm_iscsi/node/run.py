@@ -183,3 +183,25 @@ def run_progress(argv, on_output, timeout=DEFAULT_TIMEOUT, what=None):
     if result.returncode != 0:
         raise failure(result, what)
     return result
+
+
+def one_line_errors(name, func):
+    """Wrap a sub-command so that the failures of its environment (a device that vanished, a
+    full disk, a configfs write LIO refused) end as one NodeError line, as the contract says,
+    instead of a traceback. Programming errors still show their traceback."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(args):
+        try:
+            return func(args)
+        except NodeError:
+            raise
+        except OSError as err:
+            where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+            raise NodeError(f"{name}: {err.strerror or err}{where}")
+        except Exception as err:  # noqa: BLE001 - only rtslib's own errors are converted
+            if type(err).__module__.startswith("rtslib"):
+                raise NodeError(f"{name}: LIO: {err}")
+            raise
+    return wrapper
