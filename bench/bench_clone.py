@@ -65,7 +65,7 @@ def main():
             image = f"img-{size}"
             node("lv-create", "--vg", VG, "--lv", image, "--size-mib", size, "--max-fill", 99)
             # Every block of the image allocated and holding data, as a real image's would.
-            sh(f"dd if=/dev/zero of=/dev/{VG}/{image} bs=4M oflag=direct status=none")
+            sh(f"dd if=/dev/zero of=/dev/{VG}/{image} bs=1M count={size} oflag=direct status=none")
             clone_s, copy_s = [], []
             for i in range(args.repeat):
                 clone_s.append(timed(lambda: node(
