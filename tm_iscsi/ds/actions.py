@@ -42,9 +42,11 @@ def cp(ctx, action):
     storage.create(ctx, ds, lv, size, kind="image", image=action.object_id)
     stream, length = sources.open_stream(path)
     log.info(f"copying {path} ({fmt}, {length or '?'} bytes) into {ds.vg}/{lv}")
+    # A known length lets the node refuse an image that does not fit before writing a byte.
+    length_args = ["--size-bytes", length] if length else []
     try:
         ctx.node(ds.storage_host).stream_in("lv-write", "--vg", ds.vg, "--lv", lv,
-                                            "--format", fmt, source=stream,
+                                            "--format", fmt, *length_args, source=stream,
                                             timeout=ctx.settings.copy_timeout)
     except DriverError:
         # A half-written image must not be left for oned to retry into: it would look complete.
