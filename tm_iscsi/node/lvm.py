@@ -46,6 +46,9 @@ class LV:
     data_percent: Optional[float] = None
     metadata_percent: Optional[float] = None
     metadata_bytes: Optional[int] = None
+    # Only reports that ask for lv_uuid fill it (local_report): an LV re-created under the same
+    # name is a different LV, and what was recorded about the old one must not carry over.
+    uuid: str = ""
 
     @property
     def active(self):
@@ -126,7 +129,8 @@ def parse_vg_report(vg, text):
             segtype=(row.get("segtype") or "").strip(),
             data_percent=_num(row.get("data_percent"), float),
             metadata_percent=_num(row.get("metadata_percent"), float),
-            metadata_bytes=_num(row.get("lv_metadata_size")))
+            metadata_bytes=_num(row.get("lv_metadata_size")),
+            uuid=(row.get("lv_uuid") or "").strip())
     return VGReport(vg, size, free, extent, lvs)
 
 
@@ -241,3 +245,82 @@ def remove_argv(vg, lv):
 def remove(vg, lv):
     _run.run(remove_argv(vg, lv), timeout=_CHANGE_TIMEOUT, what=f"removing {vg}/{lv}")
 
+
+
+# -- a host's local cache VG: plain linear LVs on one local disk --------------------------------
+
+def local_report_argv(vg):
+    return ["vgs", "--reportformat", "json", "--units", "b", "--nosuffix",
+            "-o", ",".join(_VG_FIELDS + _LV_FIELDS + ["lv_uuid"]), vg]
+
+
+def local_report(vg, missing_ok=False):
+    """Like report(), with each LV's uuid."""
+    result = _run.run(local_report_argv(vg), timeout=_REPORT_TIMEOUT, check=False)
+    if _vg_missing(result):
+        if missing_ok:
+            return None
+        raise NodeError(f"volume group {vg} does not exist on this host; run cache-init "
+                        f"--device DISK --vg {vg} first")
+    if result.returncode != 0:
+        raise _run.failure(result, f"reading volume group {vg}")
+    return parse_vg_report(vg, result.stdout)
+
+
+def pv_report_argv(device):
+    return ["pvs", "--reportformat", "json", "-o", "pv_name,vg_name", device]
+
+
+def parse_pv_report(text):
+    """`pvs -o pv_name,vg_name DEV` JSON -> the VG name ("" for a PV in no VG)."""
+    rows = _report_rows(text, "pv")
+    return (rows[0].get("vg_name") or "").strip() if rows else None
+
+
+def pv_vg(device):
+    """None if the device is not an LVM PV; else the name of its VG ("" when in none)."""
+    result = _run.run(pv_report_argv(device), timeout=_REPORT_TIMEOUT, check=False)
+    if result.returncode != 0:
+        if re.search(r"Failed to find physical volume|not a PV|No physical volume",
+                     result.stderr + result.stdout):
+            return None
+        raise _run.failure(result, f"checking whether {device} is an LVM PV")
+    return parse_pv_report(result.stdout)
+
+
+def create_pv_argv(device):
+    return ["pvcreate", "-q", "-y", device]
+
+
+def create_vg_argv(vg, device):
+    return ["vgcreate", "-q", "-y", vg, device]
+
+
+def create_vg(vg, device):
+    """PV and VG on a whole, blank disk."""
+    _run.run(create_pv_argv(device), timeout=_CHANGE_TIMEOUT, what=f"making {device} an LVM PV")
+    _run.run(create_vg_argv(vg, device), timeout=_CHANGE_TIMEOUT,
+             what=f"creating volume group {vg} on {device}")
+
+
+def create_linear_argv(vg, lv, size_bytes, tags=()):
+    # -Zy: the first 4 KiB are zeroed, which is how dm-cache and dm-clone tell a new metadata
+    # device (they format an all-zero superblock) from one that holds state; -Wy: no stale
+    # signature of a former LV shows through to udev's probes.
+    return (["lvcreate", "-q", "-y", "--type", "linear", "-Zy", "-Wy",
+             "-L", f"{int(size_bytes)}b", "-n", lv] + _addtags(tags) + [vg])
+
+
+def create_linear(vg, lv, size_bytes, tags=()):
+    _run.run(create_linear_argv(vg, lv, size_bytes, tags), timeout=_CHANGE_TIMEOUT,
+             what=f"creating LV {vg}/{lv}")
+
+
+def activate_vg_argv(vg):
+    return ["vgchange", "-q", "-ay", vg]
+
+
+def activate_vg(vg):
+    """Every LV of the VG active: at boot nothing may have done it (no autoactivation service
+    on the host, or a filter that only the helper's own calls satisfy)."""
+    _run.run(activate_vg_argv(vg), timeout=_CHANGE_TIMEOUT, what=f"activating volume group {vg}")
