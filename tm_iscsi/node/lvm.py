@@ -264,7 +264,20 @@ def local_report(vg, missing_ok=False):
                         f"--device DISK --vg {vg} first")
     if result.returncode != 0:
         raise _run.failure(result, f"reading volume group {vg}")
-    return parse_vg_report(vg, result.stdout)
+    rep = parse_vg_report(vg, result.stdout)
+    if rep.size_bytes is None:
+        # A VG without LVs has no rows when LV fields are asked for: ask for the VG alone.
+        result = _run.run(vg_only_report_argv(vg), timeout=_REPORT_TIMEOUT,
+                          what=f"reading volume group {vg}")
+        only = parse_vg_report(vg, result.stdout)
+        rep.size_bytes, rep.free_bytes, rep.extent_bytes = (only.size_bytes, only.free_bytes,
+                                                            only.extent_bytes)
+    return rep
+
+
+def vg_only_report_argv(vg):
+    return ["vgs", "--reportformat", "json", "--units", "b", "--nosuffix",
+            "-o", ",".join(_VG_FIELDS), vg]
 
 
 def pv_report_argv(device):
