@@ -30,8 +30,25 @@ _KINDS = {
     "vm": ("VM", "virtual machine"),
     "datastore": ("DATASTORE", "datastore"),
     "image": ("IMAGE", "image"),
+    "host": ("HOST", "host"),
+    "hook": ("HOOK", "hook"),
+    "template": ("VMTEMPLATE", "template"),
 }
-_KIND_OF_ROOT = {root: kind for kind, (root, _noun) in _KINDS.items()}
+# Pool documents: kind -> (pool root tag, info method).
+_POOLS = {
+    "vm": ("VM_POOL", "one.vmpool.info"),
+    "datastore": ("DATASTORE_POOL", "one.datastorepool.info"),
+    "image": ("IMAGE_POOL", "one.imagepool.info"),
+    "host": ("HOST_POOL", "one.hostpool.info"),
+    "hook": ("HOOK_POOL", "one.hookpool.info"),
+    "template": ("VMTEMPLATE_POOL", "one.templatepool.info"),
+}
+VM_DONE = 6
+# put_xml serves the objects the driver reads; hosts, hooks and VM templates (what the admin
+# tools and hooks read) go through put_document.
+_DRIVER_KINDS = ("vm", "datastore", "image")
+_KIND_OF_ROOT = {root: kind for kind, (root, _noun) in _KINDS.items() if kind in _DRIVER_KINDS}
+_ANY_KIND_OF_ROOT = {root: kind for kind, (root, _noun) in _KINDS.items()}
 
 _TEMPLATE_LINE = re.compile(r'^\s*([A-Za-z0-9_]+)\s*=\s*"?(.*?)"?\s*$')
 
@@ -62,6 +79,9 @@ class OnedStandIn:
         self.calls = []  # (method, params after the session), in arrival order
         self.allocated_images = []  # (image id, template, ds id)
         self.allocated_hooks = []  # (hook id, template)
+        self.instantiated = []  # (vm id, template id, name)
+        self.vm_actions = []  # (action, vm id)
+        self._after = {}  # method -> callback(standin, *params), run after the reply is made
         self._documents = {kind: {} for kind in _KINDS}
         self._failures = {}  # method -> [code, message, remaining count or None]
         self._delays = {}  # method -> seconds
@@ -126,8 +146,15 @@ class OnedStandIn:
 
     def put_xml(self, xml):
         """Register (or replace) a VM, DATASTORE or IMAGE document; returns (kind, id)."""
+        return self._put(xml, _KIND_OF_ROOT)
+
+    def put_document(self, xml):
+        """Like put_xml, for HOST, HOOK and VMTEMPLATE documents too."""
+        return self._put(xml, _ANY_KIND_OF_ROOT)
+
+    def _put(self, xml, kinds):
         root = ET.fromstring(xml)
-        kind = _KIND_OF_ROOT.get(root.tag)
+        kind = kinds.get(root.tag)
         if kind is None:
             raise ValueError("cannot serve a <%s> document" % root.tag)
         object_id = int(root.findtext("ID"))
@@ -186,6 +213,12 @@ class OnedStandIn:
         with self._lock:
             self._failures[method] = [code, message, times]
 
+    def after(self, method, callback):
+        """Call ``callback(standin, *params)`` after each successful ``method`` call: a test plays
+        oned's asynchronous side (a VM reaching RUNNING after instantiate, DONE after terminate)."""
+        with self._lock:
+            self._after[method] = callback
+
     def delay(self, method, seconds):
         """Hold replies to ``method`` for ``seconds`` (for client timeout tests)."""
         with self._lock:
@@ -198,10 +231,18 @@ class OnedStandIn:
             "one.system.version": self._guarded("one.system.version", lambda: [True, self.version, 0]),
             "one.image.allocate": self._guarded("one.image.allocate", self._image_allocate),
             "one.hook.allocate": self._guarded("one.hook.allocate", self._hook_allocate),
+            "one.hook.update": self._guarded("one.hook.update", self._update_for("hook", "one.hook.update")),
+            "one.host.update": self._guarded("one.host.update", self._update_for("host", "one.host.update")),
+            "one.vmpool.infoextended": self._guarded(
+                "one.vmpool.infoextended", self._pool_for("vm", "one.vmpool.infoextended")),
+            "one.template.instantiate": self._guarded("one.template.instantiate", self._template_instantiate),
+            "one.vm.action": self._guarded("one.vm.action", self._vm_action),
         }
         for kind in _KINDS:
             method = "one.%s.info" % kind
             handlers[method] = self._guarded(method, self._info_for(kind, method))
+        for kind, (_root, method) in _POOLS.items():
+            handlers[method] = self._guarded(method, self._pool_for(kind, method))
         return handlers
 
     def _guarded(self, method, body):
@@ -222,9 +263,14 @@ class OnedStandIn:
             if failure:
                 return [False, failure[1], failure[0]]
             try:
-                return body(*params)
+                reply = body(*params)
             except TypeError:
                 return [False, "[%s] Wrong number or type of parameters." % method, XML_RPC_API]
+            with self._lock:
+                callback = self._after.get(method)
+            if callback and reply[0]:
+                callback(self, *params)
+            return reply
 
         return handler
 
@@ -241,6 +287,97 @@ class OnedStandIn:
             return [True, xml, 0]
 
         return info
+
+    def _pool_for(self, kind, method):
+        root_tag = _POOLS[kind][0]
+
+        def pool(*params):
+            # vmpool: (filter, start, end, state[, filter string]); image/hook/template pools:
+            # (filter, start, end); datastore/host pools: no parameters. The ownership filter
+            # is not modelled: the stand-in's only user is oneadmin.
+            if any(isinstance(p, bool) or not isinstance(p, int) for p in params[:4]):
+                raise TypeError(params)
+            start, end = (params[1], params[2]) if len(params) >= 3 else (-1, -1)
+            state = params[3] if kind == "vm" and len(params) >= 4 else -2
+            parts = []
+            with self._lock:
+                for object_id in sorted(self._documents[kind]):
+                    if start >= 0 and object_id < start or end >= 0 and object_id > end:
+                        continue
+                    xml = self._documents[kind][object_id]
+                    if kind == "vm" and state != -2:
+                        vm_state = int(ET.fromstring(xml).findtext("STATE") or -1)
+                        # -1: every state but DONE (oned's default listing)
+                        if (state == -1 and vm_state == VM_DONE) or (state >= 0 and vm_state != state):
+                            continue
+                    parts.append(xml)
+            return [True, "<%s>%s</%s>" % (root_tag, "".join(parts), root_tag), 0]
+
+        return pool
+
+    def _update_for(self, kind, method):
+        noun = _KINDS[kind][1]
+
+        def update(object_id, template, merge=0):
+            if isinstance(object_id, bool) or not isinstance(object_id, int) or not isinstance(template, str):
+                raise TypeError(object_id)
+            with self._lock:
+                if object_id not in self._documents[kind]:
+                    return [False, "[%s] Error getting %s [%d]." % (method, noun, object_id), NO_EXISTS]
+                attributes = _template_attributes(template)
+
+                def change(root):
+                    node = root.find("TEMPLATE")
+                    if node is None:
+                        node = ET.SubElement(root, "TEMPLATE")
+                    if not merge:
+                        for child in list(node):
+                            node.remove(child)
+                    for key, value in attributes.items():
+                        child = node.find(key)
+                        if child is None:
+                            child = ET.SubElement(node, key)
+                        child.text = value
+
+                self.edit_with(kind, object_id, change)
+            return [True, object_id, 0]
+
+        return update
+
+    def _template_instantiate(self, template_id, name="", hold=False, extra="", *_persistent):
+        if isinstance(template_id, bool) or not isinstance(template_id, int):
+            raise TypeError(template_id)
+        with self._lock:
+            xml = self._documents["template"].get(template_id)
+            if xml is None:
+                return [False, "[one.template.instantiate] Error getting template [%d]." % template_id, NO_EXISTS]
+            vm_id = max(self._documents["vm"], default=-1) + 1
+            source = ET.fromstring(xml)
+            vm = ET.Element("VM")
+            for tag, value in (("ID", vm_id), ("NAME", name or "%s-%d" % (source.findtext("NAME"), vm_id)),
+                               ("STATE", 2 if hold else 1), ("LCM_STATE", 0), ("PREV_STATE", 0),
+                               ("PREV_LCM_STATE", 0), ("DEPLOY_ID", "")):
+                ET.SubElement(vm, tag).text = str(value)
+            template = source.find("TEMPLATE")
+            template = ET.fromstring(ET.tostring(template)) if template is not None else ET.Element("TEMPLATE")
+            for disk_id, disk in enumerate(template.findall("DISK")):
+                if disk.find("DISK_ID") is None:
+                    ET.SubElement(disk, "DISK_ID").text = str(disk_id)
+            vm.append(template)
+            ET.SubElement(vm, "USER_TEMPLATE")
+            ET.SubElement(vm, "HISTORY_RECORDS")
+            self._documents["vm"][vm_id] = ET.tostring(vm, encoding="unicode")
+            self.instantiated.append((vm_id, template_id, name))
+        return [True, vm_id, 0]
+
+    def _vm_action(self, action, vm_id):
+        if not isinstance(action, str) or isinstance(vm_id, bool) or not isinstance(vm_id, int):
+            raise TypeError(action)
+        with self._lock:
+            if vm_id not in self._documents["vm"]:
+                return [False, "[one.vm.action] Error getting virtual machine [%d]." % vm_id, NO_EXISTS]
+            self.vm_actions.append((action, vm_id))
+        return [True, vm_id, 0]
 
     def _image_allocate(self, template, ds_id, *_no_capacity_check):
         if not isinstance(template, str) or isinstance(ds_id, bool) or not isinstance(ds_id, int):
@@ -266,9 +403,10 @@ class OnedStandIn:
         if missing:
             return [False, "[one.hook.allocate] Error allocating hook: missing %s." % missing[0], INTERNAL]
         with self._lock:
-            hook_id = self._next_hook_id
-            self._next_hook_id += 1
+            hook_id = max([self._next_hook_id] + [i + 1 for i in self._documents["hook"]])
+            self._next_hook_id = hook_id + 1
             self.allocated_hooks.append((hook_id, template))
+            self._documents["hook"][hook_id] = _new_hook_xml(hook_id, attributes)
         return [True, hook_id, 0]
 
 
@@ -303,3 +441,16 @@ def _new_image_xml(image_id, attributes, ds_id, ds_name):
     for key, value in attributes.items():
         ET.SubElement(template, key).text = value
     return ET.tostring(image, encoding="unicode")
+
+
+def _new_hook_xml(hook_id, attributes):
+    """A hook as oned lists it: NAME and TYPE on top, every attribute in TEMPLATE."""
+    hook = ET.Element("HOOK")
+    ET.SubElement(hook, "ID").text = str(hook_id)
+    ET.SubElement(hook, "NAME").text = attributes["NAME"]
+    ET.SubElement(hook, "TYPE").text = attributes["TYPE"]
+    template = ET.SubElement(hook, "TEMPLATE")
+    for key, value in attributes.items():
+        ET.SubElement(template, key).text = value
+    ET.SubElement(hook, "HOOKLOG")
+    return ET.tostring(hook, encoding="unicode")

@@ -19,6 +19,7 @@ transport with a real per-call timeout.
 """
 
 import os
+import xml.etree.ElementTree as ET
 import xml.parsers.expat
 import xmlrpc.client
 
@@ -239,6 +240,64 @@ class OneClient:
     def hook_allocate(self, template):
         """Register a hook (template text or flat dict); its id."""
         return _as_id(self.call("hook.allocate", template), "hook.allocate")
+
+    # -- pools and the calls of the admin tools and hooks ---------------------------------------
+
+    def vm_pool(self, state=-1):
+        """Every VM with its full body (``infoextended``: the short form has no DISK/SOURCE), in
+        ``state``: -1 every state but DONE, -2 every state."""
+        return [VirtualMachine(e) for e in self._pool("vmpool.infoextended", "VM", -2, -1, -1, int(state))]
+
+    def image_pool(self):
+        return [Image(e) for e in self._pool("imagepool.info", "IMAGE", -2, -1, -1)]
+
+    def datastore_pool(self):
+        return [Datastore(e) for e in self._pool("datastorepool.info", "DATASTORE")]
+
+    def host_pool(self):
+        """The HOST elements (there is no typed view of hosts)."""
+        return self._pool("hostpool.info", "HOST")
+
+    def host_info(self, host_id):
+        return self._element("host.info", host_id, "HOST")
+
+    def host_update(self, host_id, template, merge=True):
+        """Set host template attributes (text or flat dict); merge keeps the others."""
+        return _as_id(self.call("host.update", int(host_id), template, 1 if merge else 0), "host.update")
+
+    def hook_pool(self):
+        return self._pool("hookpool.info", "HOOK", -2, -1, -1)
+
+    def hook_update(self, hook_id, template, merge=False):
+        return _as_id(self.call("hook.update", int(hook_id), template, 1 if merge else 0), "hook.update")
+
+    def template_instantiate(self, template_id, name="", hold=False, extra=""):
+        """Instantiate VM template ``template_id``; the new VM's id."""
+        return _as_id(self.call("template.instantiate", int(template_id), name, bool(hold), extra, False),
+                      "template.instantiate")
+
+    def vm_action(self, action, vm_id):
+        """``onevm <action>`` (terminate, terminate-hard, ...)."""
+        return self.call("vm.action", action, int(vm_id))
+
+    def _pool(self, method, tag, *params):
+        payload = self.call(method, *params)
+        if not isinstance(payload, str) or not payload.lstrip().startswith("<"):
+            raise OnedError("oned answered one.%s with %s, not XML" % (method, show_value(payload)))
+        try:
+            root = ET.fromstring(payload)
+        except ET.ParseError as err:
+            raise OnedError("oned answered one.%s with malformed XML: %s" % (method, err))
+        return root.findall(tag)
+
+    def _element(self, method, object_id, tag):
+        try:
+            root = ET.fromstring(self._xml(method, object_id))
+        except ET.ParseError as err:
+            raise OnedError("oned answered one.%s(%d) with malformed XML: %s" % (method, object_id, err))
+        if root.tag != tag:
+            raise OnedError("oned answered one.%s(%d) with <%s>, not <%s>" % (method, object_id, root.tag, tag))
+        return root
 
     def _xml(self, method, object_id):
         payload = self.call(method, int(object_id))
