@@ -44,6 +44,8 @@ COPY_BYTES = 1 << 20
 # done by the next one (the areas stay marked).
 WARM_SECONDS = float(os.environ.get("TM_ISCSI_WARM_SECONDS", "120"))
 BITMAP_SAVE_BYTES = 64 << 20
+# Direct I/O: the copy must neither come from nor stay in the host's page cache.
+OPEN_FLAGS = os.O_RDWR | os.O_DIRECT
 
 
 class NoSpace(NodeError):
@@ -374,7 +376,7 @@ def warm(rec, budget_seconds):
     complete = True
     todo = set_regions(pending, nregions)
     if todo:
-        fd = os.open(dmsetup.path(name), os.O_RDWR | os.O_DIRECT)
+        fd = os.open(dmsetup.path(name), OPEN_FLAGS)
         buf = mmap.mmap(-1, COPY_BYTES)
         try:
             for offset, length in runs(todo, region_bytes, rec.size_bytes):
