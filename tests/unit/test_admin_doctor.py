@@ -1,0 +1,190 @@
+"""`tm-iscsi doctor`: each misconfiguration it knows is named with its fix, judged from the node
+helper's answers and the read-only probe's facts; a healthy node passes."""
+import json
+import os
+
+import pytest
+
+from tm_iscsi.admin import cli, doctor, probe
+
+from tests.unit.test_admin_world import (  # noqa: F401  (fixtures)
+    HOST1_IQN, HOST2_IQN, cloud, iqn, nodes, oned, runner, target)
+
+GOOD_PROBE = {
+    "hostname": "n",
+    "iscsi": {"startup": "manual", "error": None, "automatic_records": [],
+              "iscsid_running": True},
+    "lvm": {"global_filter": ["a|^/dev/sdb$|", "r|.*|"], "scan_lvs": "0", "error": None},
+    "lio": {"exists": True, "readable": True, "targets": {iqn("vm-0-disk-0"): [HOST1_IQN]}},
+    "sudoers": {"uid": 1000, "file": None, "sudo_list": "(root) NOPASSWD: /usr/sbin/tm-iscsi-node"},
+}
+GOOD_HELPER = {"unreachable": None, "pool-status vg-one-100/tpool": {"data_percent": 1.0,
+                                                                     "metadata_percent": 2.0},
+               "exports": {"targets": [target("vm-0-disk-0", HOST1_IQN)]},
+               "initiator": {"iqn": HOST1_IQN}}
+
+
+def _probe(**changes):
+    facts = json.loads(json.dumps(GOOD_PROBE))
+    for path, value in changes.items():
+        section, key = path.split("__")
+        facts[section][key] = value
+    return facts
+
+
+def _judge(helper=None, probe_facts=None, roles=("storage", "host")):
+    checks = doctor.judge_node("n1", set(roles), helper or GOOD_HELPER,
+                               probe_facts or GOOD_PROBE)
+    return {c.check: c for c in checks}
+
+
+def test_a_healthy_node_passes_every_check():
+    checks = _judge()
+    assert sorted(checks) == ["helper", "initiator", "iscsid", "lio-saved", "lvm-filter",
+                              "node-startup", "pool", "scan-lvs", "sudoers"]
+    assert all(c.ok for c in checks.values()), [c for c in checks.values() if not c.ok]
+
+
+@pytest.mark.parametrize("changes, check, detail, fix", [
+    ({"lio__exists": False}, "lio-saved", "saveconfig.json is missing", "targetctl save"),
+    ({"lio__targets": {}}, "lio-saved", "not saved: " + iqn("vm-0-disk-0"), "targetctl save"),
+    ({"lio__targets": {iqn("vm-0-disk-0"): [HOST2_IQN]}}, "lio-saved", "ACLs differ on",
+     "targetctl save"),
+    ({"iscsi__startup": "automatic"}, "node-startup", "node.startup = automatic",
+     "node.startup = manual"),
+    ({"iscsi__automatic_records": ["/etc/iscsi/nodes/t/p/default"]}, "node-startup",
+     "log in at boot", "iscsiadm -m node -o update -n node.startup -v manual"),
+    ({"iscsi__iscsid_running": False}, "iscsid", "not running", "systemctl enable --now iscsid"),
+    ({"lvm__global_filter": ["a|.*|"]}, "lvm-filter", "global_filter is ['a|.*|']",
+     "/etc/lvm/lvmlocal.conf"),
+    ({"lvm__global_filter": []}, "lvm-filter", "unset", "install.sh --role host,storage"),
+    ({"lvm__scan_lvs": "1"}, "scan-lvs", "scan_lvs = 1", "scan_lvs = 0"),
+    ({"sudoers__sudo_list": "(root) ALL: /bin/true"}, "sudoers", "does not let the ssh user",
+     "/etc/sudoers.d/tm_iscsi"),
+])
+def test_each_misconfiguration_is_named_with_its_fix(changes, check, detail, fix):
+    found = _judge(probe_facts=_probe(**changes))[check]
+    assert not found.ok
+    assert detail in found.detail and fix in found.fix
+
+
+def test_sudoers_as_root_is_the_file():
+    facts = _probe(sudoers__uid=0, sudoers__sudo_list=None, sudoers__file=False)
+    assert _judge(probe_facts=facts)["sudoers"].detail == "/etc/sudoers.d/tm_iscsi is missing"
+
+
+def test_a_node_that_cannot_be_reached_says_so_and_nothing_else():
+    checks = _judge(helper={"unreachable": "cannot reach n1 over ssh: Connection refused"})
+    assert list(checks) == ["helper"]
+    assert "ssh-copy-id n1" in checks["helper"].fix
+
+
+def test_a_helper_that_sudo_refuses_points_at_the_installer():
+    helper = dict(GOOD_HELPER, initiator={"error": "n1: sudo: a password is required"})
+    checks = _judge(helper=helper)
+    assert list(checks) == ["helper"]
+    assert "sudoers.d/tm_iscsi" in checks["helper"].fix
+
+
+def test_a_missing_pool_and_initiator():
+    helper = dict(GOOD_HELPER, **{
+        "pool-status vg-one-100/tpool": {"error": "n1: volume group vg-one-100 does not exist"},
+        "initiator": {"error": "n1: cannot read /etc/iscsi/initiatorname.iscsi"}})
+    checks = _judge(helper=helper)
+    assert "pool-ensure --vg vg-one-100 --pool tpool" in checks["pool"].fix
+    assert "InitiatorName=" in checks["initiator"].fix
+
+
+def test_initiators_must_be_unique_and_recorded():
+    checks = doctor.judge_initiators({"host1": HOST1_IQN, "host2": HOST1_IQN},
+                                     {"host1": None, "host2": None})
+    assert [(c.check, c.node, c.ok) for c in checks] == [("initiator-unique", "host1,host2", False)]
+    assert "iscsi-iname" in checks[0].fix
+    # a host not checked now still counts, with the name oned recorded for it
+    checks = doctor.judge_initiators({"host1": HOST1_IQN}, {"host1": HOST1_IQN,
+                                                            "host2": HOST1_IQN})
+    assert checks[0].check == "initiator-unique"
+    checks = doctor.judge_initiators({"host1": HOST1_IQN, "host2": HOST2_IQN},
+                                     {"host1": HOST1_IQN, "host2": "iqn.2000-01.old:x"})
+    assert [(c.node, c.ok) for c in checks] == [("host1", True), ("host2", False)]
+    assert checks[1].fix == "tm-iscsi-hook record-initiators"
+
+
+def test_doctor_of_one_node_through_the_cli(cloud, nodes, runner, capsys):
+    nodes.answers["initiator"] = {"iqn": HOST1_IQN}
+    runner.answers[("host1", "python3")] = (0, json.dumps(_probe(iscsi__startup="automatic")),
+                                            "")
+    assert cli.main(["doctor", "--node", "host1"], cloud=cloud) == 1
+    out, err = capsys.readouterr()
+    assert err == "tm-iscsi: 2 problem(s) found\n"
+    assert "node-startup        host1  FAIL    node.startup = automatic" in out
+    assert "- node-startup (host1): set `node.startup = manual`" in out
+    assert "initiator-recorded  host1  FAIL" in out
+    # the probe is sent as the program's text, run by the SSH user without sudo
+    host, remote, source = runner.calls[0]
+    assert (host, remote) == ("host1", "python3 -") and "def collect" in source
+    assert nodes.commands() == [("host1", "initiator")]
+
+
+def test_doctor_json_and_roles_without_oned(cloud, oned, nodes, runner, capsys):
+    oned.fail("one.system.version", 0x100, "[one.system.version] User couldn't be "
+              "authenticated, aborting call.", times=None)
+    assert cli.main(["doctor", "--node", "storage"], cloud=cloud) == 1
+    assert "give them with --role storage,host" in capsys.readouterr().err
+    runner.answers["python3"] = (0, json.dumps(GOOD_PROBE), "")
+    nodes.answers["initiator"] = {"iqn": HOST1_IQN}
+    assert cli.main(["doctor", "--node", "n9", "--role", "host", "--json"], cloud=cloud) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["problems"] == 0
+    assert {c["check"] for c in data["checks"]} == {"helper", "initiator", "iscsid",
+                                                    "node-startup", "lvm-filter", "scan-lvs",
+                                                    "sudoers"}
+
+
+def test_the_front_end_checks(cloud, oned, nodes, runner, tmp_path, capsys):
+    remotes = tmp_path / "remotes"
+    for part in ("tm/iscsi_lvm/clone", "datastore/iscsi_lvm/cp"):
+        (remotes / part).parent.mkdir(parents=True, exist_ok=True)
+        (remotes / part).write_text("")
+    runner.answers["python3"] = (0, json.dumps(GOOD_PROBE), "")
+    nodes.answers["exports"] = {"targets": [target("vm-0-disk-0", HOST1_IQN)]}
+    nodes.answers["pool-status"] = {"data_percent": 1, "metadata_percent": 1}
+    code = cli.main(["doctor", "--json", "--oned-conf", str(tmp_path / "oned.conf"),
+                     "--remotes", str(remotes)], cloud=cloud)
+    checks = {(c["check"], c["node"]): c for c in json.loads(capsys.readouterr().out)["checks"]}
+    assert code == 1
+    assert "cannot read" in checks[("oned-conf", "frontend")]["detail"]
+    assert checks[("remotes", "frontend")]["ok"]
+    assert checks[("oned", "frontend")]["ok"]
+    assert not checks[("hooks", "frontend")]["ok"]
+    assert checks[("hooks", "frontend")]["fix"] == "tm-iscsi-hook register"
+    # every node oned knows of is checked: the storage node and both hosts
+    assert {n for _c, n in checks} >= {"frontend", "storage", "host1", "host2"}
+    assert not checks[("initiator-recorded", "host1")]["ok"]
+
+
+def test_frontend_without_an_iso_tool(cloud, tmp_path):
+    checks = doctor.frontend_checks(cloud, str(tmp_path / "none"), str(tmp_path),
+                                    which=lambda tool: None)
+    iso = next(c for c in checks if c.check == "iso-tool")
+    assert not iso.ok and "genisoimage" in iso.fix
+
+
+def test_the_probe_reads_what_it_can_as_any_user(tmp_path, monkeypatch):
+    conf = tmp_path / "iscsid.conf"
+    conf.write_text("# node.startup = automatic\nnode.startup = automatic\nnode.startup = manual\n")
+    monkeypatch.setattr(probe, "ISCSID_CONF", str(conf))
+    monkeypatch.setattr(probe, "NODE_RECORDS", str(tmp_path / "nodes"))
+    record = tmp_path / "nodes" / "iqn.x" / "10.0.0.1,3260,1" / "default"
+    record.parent.mkdir(parents=True)
+    record.write_text("node.startup = automatic\n")
+    saved = tmp_path / "saveconfig.json"
+    saved.write_text(json.dumps({"targets": [{"wwn": "iqn.t", "tpgs": [
+        {"node_acls": [{"node_wwn": "iqn.b"}, {"node_wwn": "iqn.a"}]}]}]}))
+    monkeypatch.setattr(probe, "LIO_SAVED", str(saved))
+    facts = probe.iscsi()
+    assert facts["startup"] == "manual" and facts["automatic_records"] == [str(record)]
+    assert probe.lio() == {"exists": True, "readable": True, "targets": {"iqn.t": ["iqn.a",
+                                                                                 "iqn.b"]}}
+    os.unlink(saved)
+    assert probe.lio()["exists"] is False

@@ -1,0 +1,251 @@
+"""`tm-iscsi`: the administrator's command line for an iscsi_lvm cloud.
+
+    tm-iscsi status                        datastores, thin pools, exports, sessions, caches
+    tm-iscsi doctor [--node NODE]          what is missing or misconfigured, with the fix
+    tm-iscsi orphans [--clean]             what no VM or image owns (removed with --clean)
+    tm-iscsi cache-stats [--host HOST]     read caches and write-back stacks per host
+    tm-iscsi image import FILE|URL --datastore ID [--name N]
+    tm-iscsi image export IMAGE_ID FILE [--format raw|qcow2|tar.gz]
+    tm-iscsi smoke-test --template ID      a VM through its life, checked on its host
+
+Every command takes --json (the data, for scripts) instead of tables. A failure is one line on
+stderr and a non-zero exit."""
+import argparse
+import sys
+
+from ..errors import DriverError
+from ..node.errors import NodeError
+from ..one.errors import OneError
+from . import doctor, images, inventory, output, smoke, status
+from .cloud import Cloud
+
+PROG = "tm-iscsi"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise DriverError(f"{message} (see {self.prog} --help)")
+
+
+def _positive(value):
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number")
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return number
+
+
+def parser():
+    # --json is taken before or after the sub-command; SUPPRESS keeps a sub-command's own
+    # default from overriding `tm-iscsi --json status`.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print JSON instead of tables")
+    p = _Parser(prog=PROG, description="administration of the tm_iscsi (iscsi_lvm) driver")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("status", parents=[common], help="datastores, thin pools, exports, sessions "
+                   "and caches")
+    d = sub.add_parser("doctor", parents=[common], help="what is missing or misconfigured, "
+                       "each with its fix")
+    d.add_argument("--node", help="check this node only (not the front-end)")
+    d.add_argument("--role", help="the node's roles (storage,host) when oned cannot tell")
+    d.add_argument("--oned-conf", default=doctor.ONED_CONF)
+    d.add_argument("--remotes", default=doctor.REMOTES)
+    o = sub.add_parser("orphans", parents=[common], help="LVs, targets, ACLs, sessions and "
+                       "links no VM or image owns")
+    o.add_argument("--clean", action="store_true", help="remove them")
+    o.add_argument("--host", action="append", help="ask only this host (repeatable)")
+    c = sub.add_parser("cache-stats", parents=[common], help="read caches and write-back "
+                       "stacks per host and image")
+    c.add_argument("--host", action="append", help="only this host (repeatable)")
+    i = sub.add_parser("image", parents=[common], help="import or export an image")
+    isub = i.add_subparsers(dest="image_command", required=True, parser_class=_Parser)
+    imp = isub.add_parser("import", parents=[common], help="register FILE or URL as an image "
+                          "(oned copies it with the datastore's cp)")
+    imp.add_argument("source", metavar="FILE|URL")
+    imp.add_argument("--datastore", required=True, type=_positive, help="image datastore id")
+    imp.add_argument("--name")
+    imp.add_argument("--type", default="OS", choices=images.IMAGE_TYPES)
+    imp.add_argument("--persistent", action="store_true")
+    imp.add_argument("--no-wait", action="store_true", help="return once oned has the image")
+    imp.add_argument("--timeout", type=_positive, default=3600)
+    exp = isub.add_parser("export", parents=[common], help="write an image's bytes to FILE")
+    exp.add_argument("image", type=_positive, metavar="IMAGE_ID")
+    exp.add_argument("file", metavar="FILE")
+    exp.add_argument("--format", default="raw", choices=images.FORMATS)
+    exp.add_argument("--force", action="store_true", help="overwrite FILE")
+    s = sub.add_parser("smoke-test", parents=[common], help="instantiate a VM, check its disks "
+                       "on its host, terminate it")
+    s.add_argument("--template", required=True, type=_positive, help="VM template id")
+    s.add_argument("--name")
+    s.add_argument("--timeout", type=_positive, default=600, help="seconds for each wait")
+    s.add_argument("--keep", action="store_true", help="leave the VM running")
+    return p
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+def cmd_status(cloud, args, out):
+    data = status.gather(cloud)
+    if args.json:
+        output.emit_json(data, out)
+        return 1 if data["problems"] else 0
+    output.table(["DS", "NAME", "TYPE", "STORAGE", "VG/POOL", "CACHE_MODE", "ERROR"],
+                 [[d["id"], d["name"], d["type"], d["storage"],
+                   f"{d['vg']}/{d['pool']}" if d["vg"] else None, d["cache_mode"], d["error"]]
+                  for d in data["datastores"]], out)
+    output.heading("THIN POOLS", out)
+    output.table(["STORAGE", "VG/POOL", "DATASTORES", "DATA", "DATA USED", "METADATA", "VG FREE"],
+                 [[p["storage"], f"{p['vg']}/{p['pool']}", ",".join(map(str, p["datastores"])),
+                   output.percent(p.get("data_percent")),
+                   f"{output.size(p.get('data_used_bytes'))} of "
+                   f"{output.size(p.get('data_total_bytes'))}" if "error" not in p else p["error"],
+                   output.percent(p.get("metadata_percent")),
+                   output.size(p.get("vg_free_bytes"))] for p in data["pools"]], out)
+    output.heading("EXPORTS", out)
+    output.table(["STORAGE", "TARGET", "INITIATORS", "SESSIONS"],
+                 [[e["storage"], e["iqn"],
+                   ", ".join(i["host"] or i["iqn"] for i in e["initiators"]) or "(none)",
+                   ", ".join(e["sessions"]) or "(none)"] for e in data["exports"]], out)
+    output.heading("HOSTS", out)
+    output.table(["HOST", "STATE", "INITIATOR", "SESSIONS", "CACHE"],
+                 [[h["name"], h["state"], h["initiator"],
+                   len(h["sessions"]) if h["sessions"] is not None else h.get("error"),
+                   _cache_summary(h["cache"])] for h in data["hosts"]], out)
+    for problem in data["problems"]:
+        print(f"warning: {problem}", file=out)
+    return 1 if data["problems"] else 0
+
+
+def _cache_summary(cache):
+    if cache is None:
+        return None
+    if cache.get("installed") is False:
+        return "no cache layer"
+    if "error" in cache:
+        return f"error: {cache['error']}"
+    if cache.get("present") is False:
+        return f"cache VG {cache.get('vg')} missing"
+    return (f"{len(cache.get('read_caches') or [])} read cache(s), "
+            f"{len(cache.get('stacks') or [])} stack(s), "
+            f"{output.size(cache.get('free_bytes'))} free")
+
+
+def cmd_doctor(cloud, args, out):
+    roles = set(r.strip() for r in args.role.split(",")) if args.role else None
+    if roles and not roles <= {"storage", "host"}:
+        raise DriverError(f"--role takes storage, host or storage,host, not {args.role}")
+    checks = doctor.run(cloud, args.node, roles, args.oned_conf, args.remotes)
+    failed = [c for c in checks if not c.ok]
+    if args.json:
+        output.emit_json({"checks": [c.as_dict() for c in checks], "problems": len(failed)}, out)
+    else:
+        output.table(["CHECK", "NODE", "RESULT", "DETAIL"],
+                     [[c.check, c.node, "ok" if c.ok else "FAIL", c.detail] for c in checks], out)
+        if failed:
+            output.heading("TO FIX", out)
+            for c in failed:
+                print(f"- {c.check} ({c.node}): {c.fix}", file=out)
+    if failed:
+        print(f"{PROG}: {len(failed)} problem(s) found", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_orphans(cloud, args, out):
+    findings, problems = inventory.orphans(cloud, args.host)
+    cleaned = inventory.clean(cloud, findings) if args.clean else None
+    output.findings_report(findings, problems, cleaned, args.json, out,
+                           empty="no orphans: every tm_iscsi object belongs to a VM or image")
+    failed = [e for _f, e in cleaned or [] if e]
+    if failed:
+        raise DriverError(f"{len(failed)} orphan(s) could not be removed; first: {failed[0]}")
+    return 1 if problems else 0
+
+
+def cmd_cache_stats(cloud, args, out):
+    data = status.cache_stats(cloud, args.host)
+    if args.json:
+        output.emit_json(data, out)
+        return 1 if data["problems"] else 0
+    output.table(["HOST", "CACHE", "VG", "SIZE", "FREE"],
+                 [[h["host"], h["state"], h["vg"], output.size(h["size_bytes"]),
+                   output.size(h["free_bytes"])] for h in data["hosts"]], out)
+    if data["read_caches"]:
+        output.heading("READ CACHES (per host and image)", out)
+        output.table(["HOST", "IMAGE", "SIZE", "LOCAL", "READ HITS", "MISSES", "HIT%", "VMS"],
+                     [[r["host"], r["image"] if r["image"] is not None else r["key"],
+                       output.size(r["size_bytes"]), output.percent(r["hydrated_percent"]),
+                       r["read_hits"], r["read_misses"], output.percent(r["hit_percent"]),
+                       r["refs"]] for r in data["read_caches"]], out)
+    if data["stacks"]:
+        output.heading("VM DISK STACKS", out)
+        output.table(["HOST", "DISK", "MODE", "DIRTY", "READ HIT%", "WRITE HITS", "WRITE MISSES"],
+                     [[s["host"], s["name"], s["mode"], s["dirty_blocks"],
+                       output.percent(s["read_hit_percent"]), s["write_hits"],
+                       s["write_misses"]] for s in data["stacks"]], out)
+    return 1 if data["problems"] else 0
+
+
+def cmd_image(cloud, args, out):
+    if args.image_command == "import":
+        result = images.import_image(cloud, args.source, args.datastore, args.name, args.type,
+                                     args.persistent, wait=not args.no_wait,
+                                     timeout=args.timeout)
+        if args.json:
+            output.emit_json(result, out)
+        else:
+            print(f"image {result['id']} ({result['name']}) in datastore {result['datastore']}: "
+                  f"{result['state']}" + (f", {result['source']}" if result["source"] else ""),
+                  file=out)
+        return 0
+    result = images.export_image(cloud, args.image, args.file, args.format, args.force)
+    if args.json:
+        output.emit_json(result, out)
+    else:
+        print(f"image {result['image']} ({result['lv']}, {result['image_bytes']} bytes) -> "
+              f"{result['file']} ({result['format']}, {result['file_bytes']} bytes)", file=out)
+    return 0
+
+
+def cmd_smoke_test(cloud, args, out):
+    log = (lambda line: None) if args.json else (lambda line: print(line, file=sys.stderr))
+    try:
+        result = smoke.smoke_test(cloud, args.template, args.name, args.timeout, args.keep,
+                                  log=log)
+    except smoke.SmokeFailure as err:
+        if args.json:
+            output.emit_json({"ok": False, "error": str(err),
+                              "steps": getattr(err, "steps", [])}, out)
+        raise
+    if args.json:
+        output.emit_json(result, out)
+    else:
+        output.table(["STEP", "RESULT", "AT", "DETAIL"],
+                     [[s["step"], "ok" if s["ok"] else "FAILED", f"{s['seconds']}s", s["detail"]]
+                      for s in result["steps"]], out)
+    return 0
+
+
+COMMANDS = {"status": cmd_status, "doctor": cmd_doctor, "orphans": cmd_orphans,
+            "cache-stats": cmd_cache_stats, "image": cmd_image, "smoke-test": cmd_smoke_test}
+
+
+def main(argv=None, cloud=None, out=None):
+    out = out or sys.stdout
+    try:
+        args = parser().parse_args(argv)
+        cloud = cloud or Cloud()
+        return COMMANDS[args.command](cloud, args, out)
+    except (DriverError, OneError, NodeError) as err:
+        print(f"{PROG}: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def console():
+    sys.exit(main())

@@ -1,0 +1,377 @@
+"""`tm-iscsi doctor`: what is missing or misconfigured on the front-end and the nodes, each
+finding with the command or change that fixes it.
+
+Facts come from three places: oned (datastores, hosts, hooks), the node helper through its sudo
+rule (the same path every driver action takes, so reaching it proves SSH and sudo work), and a
+read-only probe run as the SSH user (probe.py: files and effective LVM settings). The judging is
+pure (judge_* functions) and unit-tested on fake facts."""
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+from ..errors import DriverError
+from ..one.errors import OneError
+from ..remote import NodeUnreachable
+from .views import Hook
+
+INSTALL = "./install.sh --role {role} --site site.ini"
+ONED_CONF = "/etc/one/oned.conf"
+REMOTES = "/var/lib/one/remotes"
+ISO_TOOLS = ("genisoimage", "mkisofs", "xorriso")
+
+
+@dataclass
+class Check:
+    check: str
+    node: str
+    ok: bool
+    detail: str
+    fix: Optional[str] = None
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def _ok(check, node, detail):
+    return Check(check, node, True, detail)
+
+
+def _fail(check, node, detail, fix):
+    return Check(check, node, False, detail, fix)
+
+
+# -- the front-end ---------------------------------------------------------------------------
+
+def frontend_checks(cloud, oned_conf=ONED_CONF, remotes=REMOTES, which=shutil.which):
+    from vmm_hooks.register import HOOK_NAMES
+    checks = []
+    where = "frontend"
+    problems = _oned_conf_problems(oned_conf)
+    if problems:
+        checks.append(_fail("oned-conf", where, "; ".join(problems),
+                            f"{INSTALL.format(role='frontend')} --apply-oned (or add "
+                            "/etc/one/tm_iscsi/iscsi_lvm.conf to oned.conf by hand), then "
+                            "restart oned"))
+    else:
+        checks.append(_ok("oned-conf", where, f"{oned_conf} registers iscsi_lvm"))
+    tool = next((t for t in ISO_TOOLS if which(t)), None)
+    checks.append(_ok("iso-tool", where, f"{tool} builds context CD-ROMs") if tool else
+                  _fail("iso-tool", where, "no genisoimage, mkisofs or xorriso on the front-end:"
+                        " every VM with a context disk fails to deploy",
+                        "apt-get install genisoimage (RHEL: dnf install genisoimage)"))
+    missing = [d for d in ("tm/iscsi_lvm/clone", "datastore/iscsi_lvm/cp")
+               if not os.path.exists(os.path.join(remotes, d))]
+    checks.append(_fail("remotes", where, f"missing in {remotes}: {', '.join(missing)}",
+                        f"{INSTALL.format(role='frontend')} (installs the driver scripts), "
+                        "then `onehost sync --force`") if missing else
+                  _ok("remotes", where, f"driver scripts in {remotes}"))
+    try:
+        version = cloud.one.system_version()
+    except OneError as err:
+        checks.append(_fail("oned", where, str(err),
+                            "start oned, or point ONE_XMLRPC (~/.one/one_endpoint) at it and "
+                            "ONE_AUTH (~/.one/one_auth) at oneadmin's credentials"))
+        return checks
+    checks.append(_ok("oned", where, f"oned {version} at {cloud.one.endpoint}"))
+    entries = cloud.datastores()
+    if not entries:
+        checks.append(_fail("datastores", where, "no iscsi_lvm datastore in oned",
+                            "onedatastore create /etc/one/tm_iscsi/image.tpl; onedatastore "
+                            "create /etc/one/tm_iscsi/system.tpl"))
+    for entry in entries:
+        if entry.error:
+            checks.append(_fail("datastores", where, entry.error,
+                                f"onedatastore update {entry.id}"))
+        else:
+            cfg = entry.config
+            checks.append(_ok("datastores", where, f"datastore {entry.id}: {cfg.storage_host} "
+                              f"{cfg.vg}/{cfg.pool}"))
+    names = {Hook.from_element(e).name for e in cloud.one.hook_pool()}
+    missing = [n for n in HOOK_NAMES.values() if n not in names]
+    checks.append(_fail("hooks", where, f"hooks not registered: {', '.join(missing)}",
+                        "tm-iscsi-hook register") if missing else
+                  _ok("hooks", where, "fence and leftovers hooks registered"))
+    return checks
+
+
+def _oned_conf_problems(path):
+    from ..config_render import OnedSyntaxError, check_oned_file
+    try:
+        return check_oned_file(path)
+    except OSError as err:
+        return [f"cannot read {path}: {err.strerror}"]
+    except OnedSyntaxError as err:
+        return [str(err)]
+
+
+# -- a node ----------------------------------------------------------------------------------
+
+def helper_facts(cloud, name, roles):
+    """What the node helper answers on `name`: {command: answer or {"error": ...}}."""
+    node = cloud.node(name)
+    facts = {"unreachable": None}
+    calls = []
+    if "storage" in roles:
+        for group in cloud.storage_groups():
+            if group.host == name:
+                calls.append((f"pool-status {group.vg}/{group.pool}",
+                              ("pool-status", "--vg", group.vg, "--pool", group.pool)))
+        calls.append(("exports", ("exports",)))
+    if "host" in roles:
+        calls.append(("initiator", ("initiator",)))
+    for key, argv in calls:
+        try:
+            facts[key] = node.call(*argv)
+        except NodeUnreachable as err:
+            facts["unreachable"] = str(err)
+            break
+        except DriverError as err:
+            facts[key] = {"error": str(err)}
+    return facts
+
+
+def probe_facts(cloud, name):
+    source = Path(__file__).with_name("probe.py").read_text()
+    result = cloud.shell(name, ["python3", "-"], input=source)
+    if result.returncode != 0:
+        lines = (result.stderr or "").strip().splitlines()
+        return {"error": lines[-1] if lines else f"exit code {result.returncode}"}
+    try:
+        return json.loads(result.stdout)
+    except ValueError:
+        return {"error": "the probe printed no JSON"}
+
+
+def _helper_fix(name, roles, message):
+    if "sudo" in message or "tm-iscsi-node" in message and "not found" in message:
+        return (f"on {name}: {INSTALL.format(role=','.join(roles))} installs the node helper "
+                "(/usr/sbin/tm-iscsi-node) and /etc/sudoers.d/tm_iscsi")
+    return f"on {name}: see the error; {INSTALL.format(role=','.join(roles))} reinstalls tm_iscsi"
+
+
+def judge_node(name, roles, helper, probe, helper_in_sudo=True):
+    """Checks of one node from its helper answers and its probe facts."""
+    roles = sorted(roles)
+    role_text = ",".join(roles)
+    checks = []
+    if helper.get("unreachable"):
+        checks.append(_fail("helper", name, helper["unreachable"],
+                            f"let oneadmin on the front-end log in to {name} with a key "
+                            f"(ssh-copy-id {name} as oneadmin), then check `ssh {name} true`"))
+        return checks
+    errors = [v["error"] for k, v in helper.items() if isinstance(v, dict) and "error" in v]
+    broken = [e for e in errors if "sudo" in e or "command not found" in e
+              or "No module named" in e]
+    if broken:
+        checks.append(_fail("helper", name, broken[0], _helper_fix(name, roles, broken[0])))
+        return checks
+    checks.append(_ok("helper", name, "node helper answers over ssh" +
+                      (" and sudo" if helper_in_sudo else "")))
+
+    if "storage" in roles:
+        for key, answer in helper.items():
+            if not key.startswith("pool-status"):
+                continue
+            target = key.split(" ", 1)[1]
+            if "error" in answer:
+                vg, pool = target.split("/")
+                checks.append(_fail("pool", name, answer["error"],
+                                    f"on {name}: {INSTALL.format(role='storage')} --device DEV "
+                                    f"(creates VG {vg} and its thin pool), or, when the VG "
+                                    f"exists: tm-iscsi-node pool-ensure --vg {vg} --pool {pool}"))
+            else:
+                checks.append(_ok("pool", name, f"thin pool {target}: data "
+                                  f"{answer.get('data_percent')}%, metadata "
+                                  f"{answer.get('metadata_percent')}%"))
+        checks.extend(_judge_lio(name, helper.get("exports"), probe.get("lio")))
+
+    if "host" in roles:
+        answer = helper.get("initiator") or {}
+        if "error" in answer or not answer.get("iqn"):
+            checks.append(_fail("initiator", name, answer.get("error", "no initiator name"),
+                                f"set InitiatorName= in /etc/iscsi/initiatorname.iscsi on {name}"
+                                f" ({INSTALL.format(role='host')} does), restart iscsid"))
+        else:
+            checks.append(_ok("initiator", name, answer["iqn"]))
+        checks.extend(_judge_iscsi(name, probe.get("iscsi")))
+
+    if "error" in probe:
+        checks.append(_fail("probe", name, f"cannot read the node's settings: {probe['error']}",
+                            f"check that python3 is installed on {name} and `ssh {name} "
+                            "python3 -V` works"))
+        return checks
+    checks.extend(_judge_lvm(name, role_text, probe.get("lvm") or {}))
+    checks.extend(_judge_sudoers(name, role_text, probe.get("sudoers") or {}, helper_in_sudo))
+    return checks
+
+
+def _judge_lio(name, exports, saved):
+    fix = (f"on {name}, as root: targetctl save (the node helper saves after every change it "
+           "makes; a difference means LIO was changed by hand or a save failed)")
+    if saved is None:
+        return []
+    if not saved.get("exists"):
+        return [_fail("lio-saved", name, "/etc/target/saveconfig.json is missing: a reboot of "
+                      f"{name} would lose every export (VMs lose their disks)", fix)]
+    if not saved.get("readable") or exports is None or "error" in exports:
+        return [_ok("lio-saved", name, "/etc/target/saveconfig.json is present (not compared: "
+                    "not readable as the ssh user)")]
+    live = {t["iqn"]: sorted(t.get("initiators") or []) for t in exports.get("targets", [])}
+    stored = {k: sorted(v) for k, v in (saved.get("targets") or {}).items()}
+    if live == stored:
+        return [_ok("lio-saved", name, f"saved LIO config matches the {len(live)} live targets")]
+    only_live = sorted(set(live) - set(stored))
+    only_saved = sorted(set(stored) - set(live))
+    acl = sorted(k for k in set(live) & set(stored) if live[k] != stored[k])
+    parts = []
+    if only_live:
+        parts.append(f"not saved: {', '.join(only_live)}")
+    if only_saved:
+        parts.append(f"saved but gone: {', '.join(only_saved)}")
+    if acl:
+        parts.append(f"ACLs differ on: {', '.join(acl)}")
+    return [_fail("lio-saved", name, "saved LIO config differs from the live one (" +
+                  "; ".join(parts) + ")", fix)]
+
+
+def _judge_iscsi(name, facts):
+    if facts is None:
+        return []
+    checks = []
+    checks.append(_ok("iscsid", name, "iscsid is running") if facts.get("iscsid_running") else
+                  _fail("iscsid", name, "iscsid is not running: no iSCSI login can work",
+                        f"on {name}: systemctl enable --now iscsid"))
+    fix = (f"set `node.startup = manual` in /etc/iscsi/iscsid.conf on {name} "
+           f"({INSTALL.format(role='host')} does): an automatic login at boot brings back "
+           "sessions a fence revoked or whose VMs went elsewhere")
+    if facts.get("error"):
+        checks.append(_fail("node-startup", name, facts["error"], fix))
+    elif facts.get("startup") != "manual":
+        checks.append(_fail("node-startup", name, f"node.startup = {facts.get('startup')} in "
+                            "/etc/iscsi/iscsid.conf", fix))
+    elif facts.get("automatic_records"):
+        records = facts["automatic_records"]
+        checks.append(_fail("node-startup", name, f"{len(records)} node record(s) log in at "
+                            f"boot: {', '.join(records[:3])}",
+                            f"on {name}: iscsiadm -m node -o update -n node.startup -v manual"))
+    else:
+        checks.append(_ok("node-startup", name, "node.startup = manual"))
+    return checks
+
+
+def _judge_lvm(name, role_text, facts):
+    fix = (f"on {name}: {INSTALL.format(role=role_text)} writes the tm_iscsi block into "
+           "/etc/lvm/lvmlocal.conf (a global_filter that accepts only the node's own disks, "
+           "then \"r|.*|\", and scan_lvs = 0)")
+    if facts.get("error"):
+        return [_fail("lvm-filter", name, facts["error"], fix)]
+    checks = []
+    patterns = facts.get("global_filter") or []
+    if not patterns or patterns[-1] != "r|.*|" or any(p == "a|.*|" for p in patterns):
+        checks.append(_fail("lvm-filter", name, f"global_filter is {patterns or 'unset'}: LVM "
+                            "would scan the iSCSI disks and activate the guests' own VGs", fix))
+    else:
+        checks.append(_ok("lvm-filter", name, f"global_filter {patterns}"))
+    if facts.get("scan_lvs") != "0":
+        checks.append(_fail("scan-lvs", name, f"scan_lvs = {facts.get('scan_lvs')}: LVM looks "
+                            "for PVs inside LVs (the guests' disks)", fix))
+    else:
+        checks.append(_ok("scan-lvs", name, "scan_lvs = 0"))
+    return checks
+
+
+def _judge_sudoers(name, role_text, facts, helper_in_sudo):
+    fix = (f"on {name}: {INSTALL.format(role=role_text)} writes /etc/sudoers.d/tm_iscsi "
+           "(oneadmin may run the node helper as root, nothing else)")
+    listed = facts.get("sudo_list")
+    if listed is not None:
+        if "tm-iscsi-node" in listed:
+            return [_ok("sudoers", name, "sudo lets the ssh user run tm-iscsi-node")]
+        return [_fail("sudoers", name, "sudo does not let the ssh user run tm-iscsi-node", fix)]
+    if facts.get("file") is False:
+        return [_fail("sudoers", name, "/etc/sudoers.d/tm_iscsi is missing", fix)]
+    if facts.get("file"):
+        return [_ok("sudoers", name, "/etc/sudoers.d/tm_iscsi is present")]
+    return [_ok("sudoers", name, "not checked (cannot see /etc/sudoers.d as the ssh user)")]
+
+
+def judge_initiators(initiators, recorded):
+    """`initiators`: host -> live name (None: unknown) of the hosts checked; `recorded`: host ->
+    ISCSI_INITIATOR of every host oned has (the others count for uniqueness)."""
+    checks = []
+    seen = {}
+    names = dict((h, i) for h, i in recorded.items() if h not in initiators)
+    names.update(initiators)
+    for host, iqn in sorted(names.items()):
+        if iqn:
+            seen.setdefault(iqn, []).append(host)
+    for iqn, hosts in sorted(seen.items()):
+        if len(hosts) > 1:
+            checks.append(_fail("initiator-unique", ",".join(hosts), f"hosts {', '.join(hosts)} "
+                                f"share the initiator name {iqn}: each would reach the other's "
+                                "LUNs, and fencing one would cut off both",
+                                "give each host its own name (iscsi-iname prints one) in "
+                                "/etc/iscsi/initiatorname.iscsi, restart iscsid, then run "
+                                "tm-iscsi-hook record-initiators"))
+    for host, iqn in sorted(initiators.items()):
+        if iqn is None or len(seen.get(iqn, [])) > 1 or host not in recorded:
+            continue
+        if recorded[host] != iqn:
+            was = recorded[host] or "not set"
+            checks.append(_fail("initiator-recorded", host, f"ISCSI_INITIATOR of host {host} "
+                                f"in oned is {was}, the host says {iqn}: fencing a failed host "
+                                "reads it from oned", "tm-iscsi-hook record-initiators"))
+        else:
+            checks.append(_ok("initiator-recorded", host, "ISCSI_INITIATOR matches"))
+    return checks
+
+
+def node_roles(cloud, name, oned_ok=True):
+    roles = set()
+    if oned_ok:
+        if name in cloud.storage_hosts():
+            roles.add("storage")
+        if any(h.name == name for h in cloud.hosts()):
+            roles.add("host")
+    return roles
+
+
+def run(cloud, node=None, roles=None, oned_conf=ONED_CONF, remotes=REMOTES):
+    """Every check: the front-end's (without --node) and each node's."""
+    checks = []
+    oned_ok = True
+    if node is None:
+        checks.extend(frontend_checks(cloud, oned_conf, remotes))
+        oned_ok = all(c.ok for c in checks if c.check == "oned")
+    else:
+        try:
+            cloud.one.system_version()
+        except OneError as err:
+            oned_ok = False
+            if not roles:
+                raise DriverError(f"cannot tell the roles of {node} without oned ({err}); give "
+                                  "them with --role storage,host")
+    names = [node] if node else sorted(set(cloud.storage_hosts()) |
+                                       {h.name for h in cloud.hosts()}) if oned_ok else []
+    in_sudo = cloud.settings.node_argv[:1] == ("sudo",)
+    initiators = {}
+    for name in names:
+        node_role = set(roles or ()) or node_roles(cloud, name, oned_ok)
+        if not node_role:
+            checks.append(_fail("roles", name, f"{name} is neither the ISCSI_HOST of an iscsi_lvm "
+                                "datastore nor an OpenNebula host", "give --role storage,host, "
+                                "or add it to oned (onehost create / onedatastore update)"))
+            continue
+        helper = helper_facts(cloud, name, node_role)
+        probe = probe_facts(cloud, name) if not helper.get("unreachable") else {}
+        checks.extend(judge_node(name, node_role, helper, probe, in_sudo))
+        if "host" in node_role:
+            answer = helper.get("initiator") or {}
+            initiators[name] = answer.get("iqn")
+    if oned_ok and initiators:
+        recorded = {h.name: h.initiator for h in cloud.hosts()}
+        checks.extend(judge_initiators(initiators, recorded))
+    return checks

@@ -1,0 +1,113 @@
+"""What `tm-iscsi doctor` reads on a node. Sent over SSH to `python3 -` and run as the SSH user,
+without sudo (whose rule allows the node helper only): so it reads, changes nothing, and uses
+the standard library only. It prints one JSON object; the front-end judges it (doctor.py)."""
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+
+ISCSID_CONF = "/etc/iscsi/iscsid.conf"
+NODE_RECORDS = "/etc/iscsi/nodes"
+LIO_SAVED = "/etc/target/saveconfig.json"
+SUDOERS = "/etc/sudoers.d/tm_iscsi"
+
+
+def _startup(path):
+    """The last `node.startup` assignment of an iscsid.conf-style file (later lines win)."""
+    value = None
+    with open(path) as f:
+        for line in f:
+            m = re.match(r"^\s*node\.startup\s*=\s*(\S+)", line)
+            if m:
+                value = m.group(1)
+    return value
+
+
+def iscsi():
+    out = {"startup": None, "error": None, "automatic_records": None, "iscsid_running": False}
+    try:
+        out["startup"] = _startup(ISCSID_CONF)
+    except OSError as err:
+        out["error"] = f"{ISCSID_CONF}: {err.strerror}"
+    try:
+        records = glob.glob(os.path.join(NODE_RECORDS, "*", "*", "*"))
+        out["automatic_records"] = sorted(
+            p for p in records if os.path.isfile(p) and _startup(p) == "automatic")
+    except OSError:
+        pass
+    for comm in glob.glob("/proc/[0-9]*/comm"):
+        try:
+            with open(comm) as f:
+                if f.read().strip() == "iscsid":
+                    out["iscsid_running"] = True
+                    break
+        except OSError:
+            continue
+    return out
+
+
+def lvm():
+    out = {"global_filter": None, "scan_lvs": None, "error": None}
+    if not shutil.which("lvmconfig"):
+        out["error"] = "lvmconfig is not installed"
+        return out
+    # The effective values, defaults included: what LVM really does.
+    result = subprocess.run(["lvmconfig", "--typeconfig", "full", "devices/global_filter",
+                             "devices/scan_lvs"], capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        out["error"] = (result.stderr.strip().splitlines() or ["lvmconfig failed"])[-1]
+        return out
+    for line in result.stdout.splitlines():
+        key, _, value = line.strip().partition("=")
+        if key == "global_filter":
+            out["global_filter"] = re.findall(r'"((?:[^"\\]|\\.)*)"', value)
+        elif key == "scan_lvs":
+            out["scan_lvs"] = value.strip()
+    return out
+
+
+def lio():
+    out = {"exists": os.path.exists(LIO_SAVED), "readable": False, "targets": None}
+    if not out["exists"]:
+        return out
+    try:
+        with open(LIO_SAVED) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return out
+    out["readable"] = True
+    targets = {}
+    for target in saved.get("targets", []):
+        acls = set()
+        for tpg in target.get("tpgs", []):
+            for acl in tpg.get("node_acls", []):
+                acls.add(acl.get("node_wwn"))
+        targets[target.get("wwn")] = sorted(a for a in acls if a)
+    out["targets"] = targets
+    return out
+
+
+def sudoers():
+    out = {"uid": os.getuid(), "file": None, "sudo_list": None}
+    try:
+        os.stat(SUDOERS)
+        out["file"] = True
+    except FileNotFoundError:
+        out["file"] = False
+    except OSError:
+        pass   # /etc/sudoers.d is not searchable for this user: ask sudo instead
+    if os.getuid() != 0 and shutil.which("sudo"):
+        result = subprocess.run(["sudo", "-n", "-l"], capture_output=True, text=True, timeout=30)
+        out["sudo_list"] = result.stdout if result.returncode == 0 else ""
+    return out
+
+
+def collect():
+    return {"iscsi": iscsi(), "lvm": lvm(), "lio": lio(), "sudoers": sudoers(),
+            "hostname": os.uname().nodename}
+
+
+if __name__ == "__main__":
+    print(json.dumps(collect()))
