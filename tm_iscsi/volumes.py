@@ -52,3 +52,15 @@ def of_disk(ctx, vm, disk_id, dsid_hint=None):
     if disk.clone:
         return Volume(ds, naming.disk_lv(vm.id, disk_id), "clone")
     return Volume(ds, image_lv, "image", readonly=bool(disk.readonly or disk.is_cdrom))
+
+
+def cache_plan(vm, disk_id, volume):
+    """(cache mode for this disk, the image LV its read layer caches or None)."""
+    from . import cachemode
+    disk = vm.disk(disk_id)
+    mode = "none" if volume.readonly else cachemode.effective(
+        cachemode.requested(disk, volume.ds), volume.kind)
+    image_lv = None
+    if volume.kind == "clone":
+        image_lv = naming.parse_source(disk.require_source())[1]
+    return mode, image_lv

@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 REMOTES = REPO / "remotes"
 IMAGE_VG = "vg-one-100"
 SYSDIR = "/var/lib/one/datastores/101"
+LOCAL_VG_DM_PREFIX = "tmi--cache-"  # device-mapper doubles the dash of the VG name
 
 
 def driver_env(oned_env):
@@ -49,6 +50,12 @@ class Cloud:
     def prepare_storage(self):
         self.lab.sh("storage", f"pvcreate -q /dev/ubdb && vgcreate -q {IMAGE_VG} /dev/ubdb")
         self.lab.node_helper("storage", "pool-ensure", "--vg", IMAGE_VG)
+        for host in ("host1", "host2"):
+            self.lab.node_helper(host, "cache-init", "--device", "/dev/ubdb")
+
+    def set_cache_mode(self, mode):
+        self.set_template_attr("datastore", 100, "CACHE_MODE", mode)
+        self.set_template_attr("datastore", 101, "CACHE_MODE", mode)
 
     def load_datastores(self):
         root = fixtures.folder("00-datastores")
@@ -147,7 +154,10 @@ class Cloud:
         found = {}
         for host in ("host1", "host2"):
             items = [s["iqn"] for s in self.sessions(host)]
-            dm = self.lab.sh(host, "dmsetup ls | grep -v 'No devices' || true").split()
+            # The local cache VG's own LVs stay: read caches outlive the VMs by design.
+            dm = [name for name in self.lab.sh(
+                host, "dmsetup ls | grep -v 'No devices' | cut -f1 || true").split()
+                if not name.startswith(LOCAL_VG_DM_PREFIX)]
             links = self.lab.sh(host, f"find {SYSDIR} -type l 2>/dev/null || true").split()
             if items or dm or links:
                 found[host] = {"sessions": items, "dm": dm, "links": links}

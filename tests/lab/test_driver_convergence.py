@@ -28,6 +28,7 @@ def cloud(lab, tmp_path):
         cp = c.ds_action("cp", 0, c.ds_xml("01-image-create-from-path", "02-ds-cp", PATH=raw))
         assert cp.success, cp.info
         c.load_vm("04-vm-deploy", "01-tm-clone")
+        c.set_cache_mode("none")
         c.raw = raw
         yield c
 
@@ -55,3 +56,18 @@ def test_clone_migrate_delete_converge_from_any_failed_step(cloud):
     assert cloud.sessions("host2") == []
     assert cloud.lab.sh("host2", f"test -e {DISK0} && echo yes || echo no").strip() == "no"
     assert cloud.sha_on("storage", f"/dev/{IMAGE_VG}/img-0", 2) == sha_of_file(cloud.raw, 2)
+
+
+def test_cached_clone_and_delete_converge_from_any_failed_step(cloud):
+    """read+writeback: base, map, three LUNs, the stack and the guard tags, each step failed."""
+    cloud.set_cache_mode("read+writeback")
+    calls = cloud.converge(CLONE)
+    assert calls >= 10
+    assert cloud.sha_on("host1", DISK0, 2) == sha_of_file(cloud.raw, 2)
+    written = cloud.write_on("host1", DISK0, b"cached-converge-", offset_mib=1)
+    cloud.converge("MV iscsi_lvm host1:/var/lib/one//datastores/101/0/disk.0 "
+                   "frontend:/var/lib/one//datastores/101/0/disk.0 0 100")
+    assert cloud.sha_on("storage", f"/dev/{IMAGE_VG}/vm-0-disk-0", 1) == written
+    cloud.converge("DELETE iscsi_lvm frontend:/var/lib/one//datastores/101/0/disk.0 0 100")
+    assert [lv for lv in cloud.lvs() if lv.startswith("vm-0")] == []
+    assert cloud.leftovers_on_hosts() == {}

@@ -13,12 +13,17 @@ VM_DIR = f"{SYSDIR}/0"
 IMAGE_MIB = 64
 
 
-@pytest.fixture
-def cloud(lab, tmp_path):
+MODES = ("none", "read", "writeback", "read+writeback")
+
+
+@pytest.fixture(params=MODES)
+def cloud(request, lab, tmp_path):
     with OnedStandIn() as oned:
         c = Cloud(lab, oned, tmp_path)
         c.prepare_storage()
         c.load_datastores()
+        c.set_cache_mode(request.param)
+        c.mode = request.param
         yield c
 
 
@@ -89,9 +94,13 @@ def test_vm_lifecycle_on_real_devices(cloud, tmp_path):
     cloud.transfer_file("04-vm-deploy", "vm0.transfer.0.prolog")
     assert (cloud.lvs(), cloud.exports(), cloud.sessions("host1")) == before
 
-    # stop / resume: disks leave host1 for the front-end, the VM dir (context ISO) travels too
+    # stop / resume: disks leave host1 for the front-end, the VM dir (context ISO) travels too;
+    # every write is on the storage node once the host let go (write-back caches flushed)
     cloud.transfer_file("07-stop-resume", "vm0.transfer.2.stop")
     assert cloud.sessions("host1") == []
+    assert cloud.sha_on("storage", f"/dev/{IMAGE_VG}/vm-0-disk-0", 3) == written[(0, 3)]
+    assert cloud.sha_on("storage", f"/dev/{IMAGE_VG}/img-1", 700) == written[(1, 700)]
+    assert cloud.sha_on("storage", f"/dev/{IMAGE_VG}/vm-0-disk-2", 100) == written[(2, 100)]
     assert cloud.lab.sh("host1", f"ls {VM_DIR} 2>/dev/null || true").strip() == ""
     cloud.transfer_file("07-stop-resume", "vm0.transfer.3.resume")
     _check_disks(cloud, "host1", written)

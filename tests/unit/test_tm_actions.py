@@ -69,13 +69,17 @@ def _ds(ds_id, **template):
 def world():
     vm = VirtualMachine.from_xml(
         (fixtures.folder("04-vm-deploy") / "01-tm-clone.vm.xml").read_text())
-    one = FakeOne({0: vm}, {100: _ds(100), 101: _ds(101, VG_NAME="vg-one-100")})
+    # The captured datastore asks for read+writeback; these tests are about the plain path.
+    one = FakeOne({0: vm}, {100: _ds(100, CACHE_MODE="none"),
+                            101: _ds(101, VG_NAME="vg-one-100")})
     calls = []
     answers = {
         "initiator": {"iqn": HOST1_IQN},
         "export": lambda host, args: {"iqn": "iqn.x:" + args[3], "serial": "s-" + args[3]},
         "attach": {"device": "/dev/sda"},
-        "lv-info": {"exists": True},
+        "lv-info": lambda host, args: {"exists": not args[3].endswith(("-map", "-base")),
+                                       "tags": []},
+        "stack-teardown": {"existed": False},
         "lv-create": {"created": True},
         "lv-list": {"lvs": []},
     }
@@ -98,13 +102,14 @@ def test_clone_is_snapshot_then_export_to_this_host_then_attach(world, capsys):
     code, plain = _run(ctx, "CLONE iscsi_lvm frontend:vg-one-100/img-0 "
                             "host1:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
     assert code == 0 and plain == []
+    # lv-info: no other host holds unflushed write-back data of the disk
     assert [(h, c) for h, c, _ in calls] == [
-        ("storage", "lv-snapshot"), ("host1", "initiator"), ("storage", "export"),
-        ("host1", "attach")]
+        ("storage", "lv-snapshot"), ("storage", "lv-info"), ("host1", "initiator"),
+        ("storage", "export"), ("host1", "attach")]
     snap_args = calls[0][2]
     assert snap_args[:6] == ("--vg", "vg-one-100", "--origin", "img-0", "--lv", "vm-0-disk-0")
-    assert ("--initiator", HOST1_IQN) == calls[2][2][4:6]
-    attach = calls[3][2]
+    assert ("--initiator", HOST1_IQN) == calls[3][2][4:6]
+    attach = calls[4][2]
     assert attach[attach.index("--link") + 1] == "/var/lib/one/datastores/101/0/disk.0"
     assert attach[attach.index("--serial") + 1] == "s-vm-0-disk-0"
 
@@ -115,8 +120,9 @@ def test_stop_detaches_and_revokes_but_keeps_the_clone(world, capsys):
                             "frontend:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
     assert code == 0, plain
     commands = [(h, c) for h, c, _ in calls]
-    assert commands == [("host1", "detach"), ("host1", "initiator"), ("storage", "unexport")]
-    assert ("--initiator", HOST1_IQN) == calls[2][2][-2:]
+    assert commands == [("host1", "stack-teardown"), ("storage", "lv-info"), ("host1", "detach"),
+                        ("host1", "initiator"), ("storage", "unexport")]
+    assert ("--initiator", HOST1_IQN) == calls[4][2][-2:]
 
 
 def test_delete_of_a_persistent_disk_never_removes_the_image(world, capsys):
@@ -194,3 +200,127 @@ def test_every_action_oned_can_emit_exists_and_is_executable(kind, actions):
         path = os.path.join(REPO, "remotes", kind, "iscsi_lvm", action)
         assert os.path.exists(path), path
         assert os.stat(path).st_mode & stat.S_IXUSR, path
+
+
+class LvState:
+    """lv-info / lv-tag / lv-create / lv-snapshot / lv-remove over a dict, so the cache paths see
+    the storage node's LVs and tags change as the real node would."""
+
+    def __init__(self, existing=()):
+        self.lvs = {name: set() for name in existing}
+
+    def answers(self):
+        def info(host, args):
+            lv = args[3]
+            return {"exists": lv in self.lvs, "tags": sorted(self.lvs.get(lv, ()))}
+
+        def tag(host, args):
+            lv = args[3]
+            pairs = list(zip(args[4::2], args[5::2]))
+            for flag, value in pairs:
+                if flag == "--add":
+                    key = value.split("=", 1)[0] + "="
+                    self.lvs[lv] = {t for t in self.lvs[lv] if not t.startswith(key)}
+                    self.lvs[lv].add(value)
+                else:
+                    self.lvs[lv].discard(value)
+            return {"tags": sorted(self.lvs[lv])}
+
+        def create(host, args):
+            self.lvs.setdefault(args[args.index("--lv") + 1], set())
+            return {"created": True}
+
+        def remove(host, args):
+            return {"removed": self.lvs.pop(args[3], None) is not None}
+
+        return {"lv-info": info, "lv-tag": tag, "lv-create": create, "lv-snapshot": create,
+                "lv-remove": remove, "exports": {"targets": []},
+                "stack-assemble": {"top": "/dev/mapper/tmi-top"},
+                "stack-teardown": {"existed": True, "read_cache_released": True},
+                "stack-flush": {"dirty_after_blocks": 0}}
+
+
+@pytest.fixture
+def cached_world(world):
+    ctx, calls, one = world
+    one.datastores[100] = _ds(100, CACHE_MODE="read+writeback")
+    lvs = LvState(["img-0", "img-1"])
+    answers = {
+        "initiator": {"iqn": HOST1_IQN},
+        "export": lambda host, args: {"iqn": "iqn.x:" + args[3], "serial": "s-" + args[3]},
+        "attach": lambda host, args: {"stable_path": "/dev/disk/by-path/" + args[3]},
+        "lv-list": {"lvs": []},
+    }
+    answers.update(lvs.answers())
+    ctx.node = lambda host: RecordingNode(host, calls, answers)
+    return ctx, calls, lvs
+
+
+def test_clone_with_read_cache_makes_base_and_map_and_assembles_over_three_luns(
+        cached_world, capsys):
+    ctx, calls, lvs = cached_world
+    code, plain = _run(ctx, "CLONE iscsi_lvm frontend:vg-one-100/img-0 "
+                            "host1:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
+    assert code == 0, plain
+    assert {"img-0-base", "vm-0-disk-0", "vm-0-disk-0-map"} <= set(lvs.lvs)
+    gen = [t for t in lvs.lvs["img-0-base"] if t.startswith("tm_iscsi.base=")]
+    assert gen and gen[0] in lvs.lvs["vm-0-disk-0"] and gen[0] in lvs.lvs["vm-0-disk-0-map"]
+    assert "tm_iscsi.wb-host=host1" in lvs.lvs["vm-0-disk-0"]
+    attached = [a[3] for h, c, a in calls if c == "attach"]
+    assert sorted(attached) == sorted(["iqn.x:vm-0-disk-0", "iqn.x:img-0-base",
+                                       "iqn.x:vm-0-disk-0-map"])
+    (assemble,) = [a for h, c, a in calls if c == "stack-assemble"]
+    assert assemble[assemble.index("--mode") + 1] == "read+writeback"
+    assert assemble[assemble.index("--link") + 1] == "/var/lib/one/datastores/101/0/disk.0"
+
+
+def test_a_disk_with_dirty_cache_on_another_host_is_refused(cached_world, capsys):
+    ctx, calls, lvs = cached_world
+    lvs.lvs["vm-0-disk-0"] = {"tm_iscsi.wb-host=host2"}
+    code, plain = _run(ctx, "CLONE iscsi_lvm frontend:vg-one-100/img-0 "
+                            "host1:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
+    assert code == 1 and "host2" in plain[0] and "unflushed" in plain[0]
+    assert "stack-assemble" not in [c for _, c, _ in calls]
+
+
+def test_stale_region_map_means_no_read_layer(cached_world, capsys):
+    ctx, calls, lvs = cached_world
+    _run(ctx, "CLONE iscsi_lvm frontend:vg-one-100/img-0 "
+              "host1:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
+    lvs.lvs["vm-0-disk-0-map"].add("tm_iscsi.map=stale")
+    calls.clear()
+    code, plain = _run(ctx, "MV iscsi_lvm frontend:/var/lib/one//datastores/101/0/disk.0 "
+                            "host1:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
+    assert code == 0, plain
+    (assemble,) = [a for h, c, a in calls if c == "stack-assemble"]
+    assert assemble[assemble.index("--mode") + 1] == "writeback"
+    assert "--map-dev" not in assemble
+
+
+def test_delete_drops_the_cache_of_a_clone_and_keeps_none_of_it(cached_world, capsys):
+    ctx, calls, lvs = cached_world
+    _run(ctx, "CLONE iscsi_lvm frontend:vg-one-100/img-0 "
+              "host1:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
+    calls.clear()
+    code, plain = _run(ctx, "DELETE iscsi_lvm host1:/var/lib/one//datastores/101/0/disk.0 0 100",
+                       capsys)
+    assert code == 0, plain
+    (teardown,) = [a for h, c, a in calls if c == "stack-teardown"]
+    assert "--drop" in teardown
+    assert "vm-0-disk-0" not in lvs.lvs and "vm-0-disk-0-map" not in lvs.lvs
+    assert "img-0" in lvs.lvs
+
+
+def test_stop_flushes_before_the_host_lets_go(cached_world, capsys):
+    ctx, calls, lvs = cached_world
+    _run(ctx, "CLONE iscsi_lvm frontend:vg-one-100/img-0 "
+              "host1:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
+    calls.clear()
+    code, plain = _run(ctx, "MV iscsi_lvm host1:/var/lib/one//datastores/101/0/disk.0 "
+                            "frontend:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
+    assert code == 0, plain
+    commands = [c for _, c, _ in calls]
+    assert commands.index("stack-teardown") < commands.index("detach")
+    (teardown,) = [a for h, c, a in calls if c == "stack-teardown"]
+    assert "--flush" in teardown
+    assert not any(t.startswith("tm_iscsi.wb-host=") for t in lvs.lvs["vm-0-disk-0"])

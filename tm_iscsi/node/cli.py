@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _load_commands():
     # Storage commands need rtslib_fb only when they run; hosts do not have it.
-    from . import cmd_cache, cmd_host, cmd_storage, cmd_vmdir  # noqa: F401
+    from . import cmd_cache, cmd_host, cmd_storage, cmd_tags, cmd_vmdir  # noqa: F401
 
 
 def build_parser():

@@ -189,7 +189,9 @@ def lv_create(args):
             if lv.origin:
                 raise NodeError(f"{args.vg}/{args.lv} exists as a snapshot of {lv.origin}, not "
                                 "as a new LV; refusing to reuse it")
-            if sorted(set(lv.tags)) != tags:
+            # Ownership is what the asked tags say; tags added later (guards such as
+            # tm_iscsi.wb-host=) do not make the LV someone else's.
+            if not set(tags) <= set(lv.tags) or _owner_tags(lv.tags) != _owner_tags(tags):
                 raise NodeError(f"{args.vg}/{args.lv} exists with tags {lv.tags or '(none)'}, "
                                 f"not {tags or '(none)'}: it belongs to something else")
             size = lv.size_bytes
@@ -382,6 +384,14 @@ class _Progress:
             amount = f" ({done // MIB} MiB)" if self.in_bytes else ""
             _run.info(f"{self.what}: {min(percent, 100)}%{amount}")
             self.next_mark = (percent // 5 + 1) * 5
+
+
+_OWNER_KEYS = ("tm_iscsi.kind=", "tm_iscsi.vm=", "tm_iscsi.disk=", "tm_iscsi.image=",
+               "tm_iscsi.ds=")
+
+
+def _owner_tags(tags):
+    return sorted(t for t in tags if t.startswith(_OWNER_KEYS))
 
 
 def _read_full(stream, size):

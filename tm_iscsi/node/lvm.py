@@ -337,3 +337,17 @@ def activate_vg(vg):
     """Every LV of the VG active: at boot nothing may have done it (no autoactivation service
     on the host, or a filter that only the helper's own calls satisfy)."""
     _run.run(activate_vg_argv(vg), timeout=_CHANGE_TIMEOUT, what=f"activating volume group {vg}")
+
+
+def change_tags_argv(vg, lv, add=(), delete=()):
+    argv = ["lvchange", "-q"]
+    for tag in add:
+        argv += ["--addtag", tag]
+    for tag in delete:
+        argv += ["--deltag", tag]
+    return argv + [f"{vg}/{lv}"]
+
+
+def change_tags(vg, lv, add=(), delete=()):
+    _run.run(change_tags_argv(vg, lv, add, delete), timeout=_CHANGE_TIMEOUT,
+             what=f"changing the tags of {vg}/{lv}")

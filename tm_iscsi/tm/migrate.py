@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from .. import attachment, log, volumes
+from .. import attachment, cachemode, caching, log, volumes
 from ..errors import DriverError
 from ..one.objects import VirtualMachine
 from ..one.tm_args import HostPath
@@ -29,23 +29,45 @@ def _vm(ctx, args, stdin_xml):
     return ctx.vm(args.vmid)
 
 
+def _disk_plans(ctx, vm):
+    for disk in _our_disks(ctx, vm):
+        volume = volumes.of_disk(ctx, vm, disk.disk_id)
+        mode, image_lv = volumes.cache_plan(vm, disk.disk_id, volume)
+        yield disk, volume, mode, image_lv
+
+
 def premigrate(ctx, args, stdin_xml=None):
+    """The destination gets every disk before the switch. The source's write-back caches are
+    flushed and stay clean (writes go through to the storage node), so both hosts see the same
+    bytes during the move; the destination assembles without the read layer, because the
+    region map is still written by the source and cannot be trusted by a second host."""
     vm = _vm(ctx, args, stdin_xml)
     if args.src_host != args.dst_host:
         moves.copy_dir(ctx, HostPath(args.src_host, args.vm_dir),
                        HostPath(args.dst_host, args.vm_dir))
-    for disk in _our_disks(ctx, vm):
-        volume = volumes.of_disk(ctx, vm, disk.disk_id)
-        attachment.attach(ctx, args.dst_host, volume, f"{args.vm_dir}/disk.{disk.disk_id}")
+    for disk, volume, mode, image_lv in _disk_plans(ctx, vm):
+        link = f"{args.vm_dir}/disk.{disk.disk_id}"
+        if args.src_host == args.dst_host:
+            continue
+        if cachemode.has_writeback(mode):
+            attachment.flush(ctx, args.src_host, volume)
+            caching.tag(ctx, volume, add=[caching.WB_TAG + args.dst_host])
+        if cachemode.has_read(mode) and caching.map_exists(ctx, volume):
+            caching.tag(ctx, caching.map_volume(volume), add=[caching.STALE_MAP_TAG])
+        dst_mode = "writeback" if cachemode.has_writeback(mode) else "none"
+        attachment.attach(ctx, args.dst_host, volume, link, dst_mode, image_lv)
     _migrate_other(args, "premigrate", vm, stdin_xml)
 
 
 def postmigrate(ctx, args, stdin_xml=None):
     vm = _vm(ctx, args, stdin_xml)
     if args.src_host != args.dst_host:
-        for disk in _our_disks(ctx, vm):
-            volume = volumes.of_disk(ctx, vm, disk.disk_id)
-            attachment.detach(ctx, args.src_host, volume, f"{args.vm_dir}/disk.{disk.disk_id}")
+        for disk, volume, mode, image_lv in _disk_plans(ctx, vm):
+            link = f"{args.vm_dir}/disk.{disk.disk_id}"
+            attachment.detach(ctx, args.src_host, volume, link, flush=True, image_lv=image_lv,
+                              keep_wb_guard=True)
+            if volume.kind == "clone":
+                caching.forget_map(ctx, volume)
         moves.remove_dir(ctx, args.src_host, args.vm_dir)
     _migrate_other(args, "postmigrate", vm, stdin_xml)
 
@@ -53,9 +75,16 @@ def postmigrate(ctx, args, stdin_xml=None):
 def failmigrate(ctx, args, stdin_xml=None):
     vm = _vm(ctx, args, stdin_xml)
     if args.src_host != args.dst_host:
-        for disk in _our_disks(ctx, vm):
-            volume = volumes.of_disk(ctx, vm, disk.disk_id)
-            attachment.detach(ctx, args.dst_host, volume, f"{args.vm_dir}/disk.{disk.disk_id}")
+        for disk, volume, mode, image_lv in _disk_plans(ctx, vm):
+            link = f"{args.vm_dir}/disk.{disk.disk_id}"
+            # Nothing ran on the destination: its (clean, unused) stack goes, the source keeps
+            # the disk and its region map stays valid (the source was the only writer).
+            attachment.detach(ctx, args.dst_host, volume, link, flush=False,
+                              image_lv=image_lv, keep_wb_guard=True)
+            if cachemode.has_writeback(mode):
+                caching.tag(ctx, volume, add=[caching.WB_TAG + args.src_host])
+            if cachemode.has_read(mode) and caching.map_exists(ctx, volume):
+                caching.tag(ctx, caching.map_volume(volume), delete=[caching.STALE_MAP_TAG])
         moves.remove_dir(ctx, args.dst_host, args.vm_dir)
     _migrate_other(args, "failmigrate", vm, stdin_xml)
 

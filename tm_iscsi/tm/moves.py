@@ -24,12 +24,15 @@ def _mv_disk(ctx, args):
     if vm.find_disk(disk_id) is None:
         return  # the context disk travels with the VM directory
     volume = volumes.of_disk(ctx, vm, disk_id, args.dsid)
+    mode, image_lv = volumes.cache_plan(vm, disk_id, volume)
     src_is_host = not ctx.is_frontend(args.src.host)
     dst_is_host = not ctx.is_frontend(args.dst.host)
     if src_is_host and (args.src.host != args.dst.host or args.src.path != args.dst.path):
-        attachment.detach(ctx, args.src.host, volume, args.src.path)
+        # Stop, undeploy, cold migrate: every dirty block reaches the storage node first.
+        attachment.detach(ctx, args.src.host, volume, args.src.path, flush=True,
+                          image_lv=image_lv)
     if dst_is_host:
-        attachment.attach(ctx, args.dst.host, volume, args.dst.path)
+        attachment.attach(ctx, args.dst.host, volume, args.dst.path, mode, image_lv)
 
 
 def _mv_dir(ctx, src, dst):

@@ -1,11 +1,15 @@
 """Disk snapshots: thin snapshots of the disk's LV, named `<lv>-snap-<id>`."""
-from .. import attachment, naming, volumes
+from .. import attachment, cachemode, caching, naming, volumes
 from . import storage
 
 
 def snap_create(ctx, args):
     vm = ctx.vm(args.vmid)
     volume = volumes.of_disk(ctx, vm, args.disk.disk_id, args.dsid)
+    mode, _ = volumes.cache_plan(vm, args.disk.disk_id, volume)
+    if cachemode.has_writeback(mode) and not ctx.is_frontend(args.disk.host):
+        # The snapshot is taken of the storage node's LV: the host's dirty blocks go there first.
+        attachment.flush(ctx, args.disk.host, volume)
     storage.snapshot(ctx, volume.ds, volume.lv, naming.snapshot_lv(volume.lv, args.snap_id),
                      kind="snapshot", vm=vm.id if volume.owned_by_vm else None,
                      snap=args.snap_id)
@@ -31,11 +35,16 @@ def snap_revert(ctx, args):
                           f"({volume.vg}/{snap_lv}) does not exist")
     host = args.disk.host
     on_host = not ctx.is_frontend(host)
+    mode, image_lv = volumes.cache_plan(vm, args.disk.disk_id, volume)
     if on_host:
-        attachment.detach(ctx, host, volume, args.disk.path, unexport=False)
+        # The disk's content is replaced: what its write-back cache holds is dropped.
+        attachment.detach(ctx, host, volume, args.disk.path, unexport=False, flush=False,
+                          image_lv=image_lv)
+    if volume.kind == "clone":
+        caching.forget_map(ctx, volume)
     storage.remove(ctx, volume.ds, volume.lv, with_snapshots=False)
     owner = {"kind": volume.kind, "vm": vm.id if volume.owned_by_vm else None,
              "disk": args.disk.disk_id if volume.owned_by_vm else None}
     storage.snapshot(ctx, volume.ds, snap_lv, volume.lv, **owner)
     if on_host:
-        attachment.attach(ctx, host, volume, args.disk.path)
+        attachment.attach(ctx, host, volume, args.disk.path, mode, image_lv)

@@ -1,0 +1,71 @@
+"""Keeping a non-persistent disk when its VM is done ("sync"), as a new image.
+
+Asked per VM in its user template: TM_ISCSI_SYNC = "YES" (every non-persistent disk) or a list
+of disk ids ("0 2" or "0,2"); TM_ISCSI_SYNC_NAME names the new image (with more than one disk,
+"-disk-<id>" is appended); without it the name is "<vm name>-disk-<id>-<vm id>". At terminate the
+disk's write-back cache is flushed, the clone is kept as it is (a thin snapshot: no copy) and
+registered in oned as a new image of the same datastore."""
+import re
+
+from .. import log, naming
+from ..errors import DriverError
+
+SYNC_ATTR = "TM_ISCSI_SYNC"
+NAME_ATTR = "TM_ISCSI_SYNC_NAME"
+PENDING_TAG = "tm_iscsi.sync=pending"
+
+
+def requested(vm, disk_id):
+    value = (vm.user_template_attr(SYNC_ATTR) or "").strip()
+    if not value or value.upper() in ("NO", "FALSE", "0"):
+        return False
+    if value.upper() in ("YES", "TRUE", "ALL"):
+        return True
+    ids = re.split(r"[\s,]+", value)
+    if not all(i.isdigit() for i in ids):
+        raise DriverError(f"VM {vm.id}: {SYNC_ATTR}={value!r} must be YES or a list of disk ids")
+    return str(disk_id) in ids
+
+
+def image_name(vm, disk_id):
+    chosen = (vm.user_template_attr(NAME_ATTR) or "").strip()
+    sync_all = (vm.user_template_attr(SYNC_ATTR) or "").strip().upper() in ("YES", "TRUE", "ALL")
+    if chosen:
+        several = sync_all or len(re.split(r"[\s,]+", vm.user_template_attr(SYNC_ATTR))) > 1
+        return f"{chosen}-disk-{disk_id}" if several else chosen
+    return f"{vm.name or 'vm'}-disk-{disk_id}-{vm.id}"
+
+
+def keep_as_image(ctx, vm, disk_id, volume):
+    from . import storage
+    node = ctx.node(volume.ds.storage_host)
+    info = storage.lv_info(ctx, volume.ds, volume.lv)
+    if not info.get("exists"):
+        raise DriverError(f"cannot keep disk {disk_id} of VM {vm.id}: {volume.vg}/{volume.lv} "
+                          "does not exist")
+    tags = info.get("tags") or []
+    if any(t.startswith("tm_iscsi.image-of-sync=") for t in tags):
+        log.info(f"{volume.vg}/{volume.lv} is already registered as an image")
+        return
+    disk = vm.disk(disk_id)
+    name = image_name(vm, disk_id)
+    size_mib = max(1, int(info["size_bytes"]) >> 20)
+    template = "\n".join([
+        f'NAME = "{_quote(name)}"',
+        f'SOURCE = "{naming.source(volume.vg, volume.lv)}"',
+        f'SIZE = "{size_mib}"',
+        'FORMAT = "raw"',
+        f'TYPE = "{"OS" if (disk.type or "").upper() in ("", "OS", "FILE", "BLOCK") else "DATABLOCK"}"',
+        f'DESCRIPTION = "disk {disk_id} of VM {vm.id}, kept at terminate by tm_iscsi"',
+    ])
+    node.call("lv-tag", "--vg", volume.vg, "--lv", volume.lv, "--add", PENDING_TAG)
+    image_id = ctx.one.image_allocate(template, volume.ds.ds_id)
+    node.call("lv-tag", "--vg", volume.vg, "--lv", volume.lv,
+              "--add", f"tm_iscsi.image-of-sync={image_id}", "--add", "tm_iscsi.kind=image",
+              "--delete", PENDING_TAG, "--delete", "tm_iscsi.kind=clone",
+              "--delete", f"tm_iscsi.vm={vm.id}")
+    log.info(f"disk {disk_id} of VM {vm.id} kept as image {image_id} ({name})")
+
+
+def _quote(text):
+    return str(text).replace("\\", "\\\\").replace('"', '\\"')
