@@ -188,3 +188,37 @@ def test_the_probe_reads_what_it_can_as_any_user(tmp_path, monkeypatch):
                                                                                  "iqn.b"]}}
     os.unlink(saved)
     assert probe.lio()["exists"] is False
+
+
+BOOT = {"systemd": True, "unit": "rtslib-fb-targetctl.service", "enabled": "enabled",
+        "restore_file": "/etc/target/saveconfig.json", "same_file": True}
+
+
+@pytest.mark.parametrize("boot, ok, fragment", [
+    (BOOT, True, "restores /etc/target/saveconfig.json"),
+    (dict(BOOT, restore_file="/etc/rtslib-fb-target/saveconfig.json", same_file=False), False,
+     "ln -sfn /etc/target/saveconfig.json /etc/rtslib-fb-target/saveconfig.json"),
+    (dict(BOOT, enabled="disabled"), False, "systemctl enable rtslib-fb-targetctl.service"),
+    (dict(BOOT, unit=None, restore_file=None), False, "install targetcli"),
+])
+def test_the_saved_lio_config_must_be_the_one_restored_at_boot(boot, ok, fragment):
+    check = _judge(probe_facts=dict(GOOD_PROBE, lio_boot=boot))["lio-boot"]
+    assert check.ok is ok
+    assert fragment in (check.detail if ok else check.fix)
+
+
+def test_without_systemd_the_boot_restore_is_not_judged():
+    assert "lio-boot" not in _judge(probe_facts=dict(GOOD_PROBE, lio_boot=dict(
+        BOOT, systemd=False, same_file=False)))
+
+
+def test_the_probe_finds_the_file_a_unit_restores(tmp_path, monkeypatch):
+    targetctl = tmp_path / "targetctl"
+    targetctl.write_text('default_save_file = "/etc/rtslib-fb-target/saveconfig.json"\n')
+    monkeypatch.setattr(probe, "TARGETCTL", str(targetctl))
+    assert probe._restore_file(["[Service]\nExecStart=/usr/bin/targetctl restore\n"]) == \
+        "/etc/rtslib-fb-target/saveconfig.json"
+    dropin = "[Service]\nExecStart=\nExecStart=/usr/bin/targetctl restore /etc/target/x.json\n"
+    assert probe._restore_file(["ExecStart=/usr/bin/targetctl restore\n", dropin]) == \
+        "/etc/target/x.json"
+    assert probe._restore_file(["ExecStart=/bin/true\n"]) is None

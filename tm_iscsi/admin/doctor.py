@@ -187,6 +187,7 @@ def judge_node(name, roles, helper, probe, helper_in_sudo=True):
                                   f"{answer.get('data_percent')}%, metadata "
                                   f"{answer.get('metadata_percent')}%"))
         checks.extend(_judge_lio(name, helper.get("exports"), probe.get("lio")))
+        checks.extend(_judge_lio_boot(name, probe.get("lio_boot")))
 
     if "host" in roles:
         answer = helper.get("initiator") or {}
@@ -208,9 +209,40 @@ def judge_node(name, roles, helper, probe, helper_in_sudo=True):
     return checks
 
 
+LIO_SAVED = "/etc/target/saveconfig.json"
+
+
+def _judge_lio_boot(name, boot):
+    """The file the node helper saves must be the one the boot unit restores: Debian's
+    rtslib-fb-targetctl restores /etc/rtslib-fb-target/saveconfig.json by default, RHEL's
+    target.service /etc/target/saveconfig.json."""
+    if not boot or not boot.get("systemd"):
+        return []   # no systemd: its init restores the file it is told to (the lab's does)
+    unit = boot.get("unit")
+    if unit is None:
+        return [_fail("lio-boot", name, "no rtslib-fb-targetctl.service or target.service: LIO "
+                      "is not restored at boot, every export is lost on a reboot",
+                      f"on {name}: install targetcli (Debian: targetcli-fb), then "
+                      f"{INSTALL.format(role='storage')} enables the unit")]
+    checks = []
+    restore = boot.get("restore_file")
+    if restore and not boot.get("same_file"):
+        checks.append(_fail("lio-boot", name, f"{unit} restores {restore} at boot, but the "
+                            f"node helper saves {LIO_SAVED}: a reboot would bring back stale "
+                            "exports or none", f"on {name}, as root: ln -sfn {LIO_SAVED} "
+                            f"{restore} (or a drop-in for {unit} with ExecStart=targetctl "
+                            f"restore {LIO_SAVED})"))
+    elif boot.get("enabled") not in (None, "enabled", "static"):
+        checks.append(_fail("lio-boot", name, f"{unit} is {boot.get('enabled')}: LIO is not "
+                            "restored at boot", f"on {name}: systemctl enable {unit}"))
+    else:
+        checks.append(_ok("lio-boot", name, f"{unit} restores {restore or 'the saved config'}"))
+    return checks
+
+
 def _judge_lio(name, exports, saved):
-    fix = (f"on {name}, as root: targetctl save (the node helper saves after every change it "
-           "makes; a difference means LIO was changed by hand or a save failed)")
+    fix = (f"on {name}, as root: targetctl save {LIO_SAVED} (the node helper saves after every "
+           "change it makes; a difference means LIO was changed by hand or a save failed)")
     if saved is None:
         return []
     if not saved.get("exists"):

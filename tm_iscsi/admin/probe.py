@@ -12,6 +12,10 @@ ISCSID_CONF = "/etc/iscsi/iscsid.conf"
 NODE_RECORDS = "/etc/iscsi/nodes"
 LIO_SAVED = "/etc/target/saveconfig.json"
 SUDOERS = "/etc/sudoers.d/tm_iscsi"
+LIO_UNITS = ("rtslib-fb-targetctl.service", "target.service")
+UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system",
+             "/usr/lib/systemd/system")
+TARGETCTL = "/usr/bin/targetctl"
 
 
 def _startup(path):
@@ -89,6 +93,55 @@ def lio():
     return out
 
 
+def _restore_file(unit_texts):
+    """The file the last `targetctl restore` ExecStart of a unit (and its drop-ins) restores:
+    its argument, else targetctl's own default (which differs between distributions)."""
+    restore = None
+    for text in unit_texts:
+        for line in text.splitlines():
+            m = re.match(r"^\s*ExecStart\s*=\s*\S*targetctl\s+restore\b\s*(\S*)", line)
+            if m:
+                restore = m.group(1) or ""
+    if restore is None:
+        return None
+    if restore:
+        return restore
+    try:
+        with open(TARGETCTL) as f:
+            m = re.search(r'default_save_file\s*=\s*["\']([^"\']+)["\']', f.read())
+        return m.group(1) if m else None
+    except OSError:
+        return None
+
+
+def lio_boot():
+    """Which unit restores LIO at boot, and from which file."""
+    out = {"systemd": os.path.isdir("/run/systemd/system"), "unit": None, "enabled": None,
+           "restore_file": None}
+    for unit in LIO_UNITS:
+        texts = []
+        for directory in reversed(UNIT_DIRS):   # later ones override earlier ones
+            for path in [os.path.join(directory, unit)] + sorted(
+                    glob.glob(os.path.join(directory, unit + ".d", "*.conf"))):
+                try:
+                    with open(path) as f:
+                        texts.append(f.read())
+                except OSError:
+                    continue
+        if not texts:
+            continue
+        out["unit"] = unit
+        out["restore_file"] = _restore_file(texts)
+        if out["systemd"] and shutil.which("systemctl"):
+            result = subprocess.run(["systemctl", "is-enabled", unit], capture_output=True,
+                                    text=True, timeout=30)
+            out["enabled"] = result.stdout.strip() or None
+        break
+    if out["restore_file"]:
+        out["same_file"] = os.path.realpath(out["restore_file"]) == os.path.realpath(LIO_SAVED)
+    return out
+
+
 def sudoers():
     out = {"uid": os.getuid(), "file": None, "sudo_list": None}
     try:
@@ -105,8 +158,8 @@ def sudoers():
 
 
 def collect():
-    return {"iscsi": iscsi(), "lvm": lvm(), "lio": lio(), "sudoers": sudoers(),
-            "hostname": os.uname().nodename}
+    return {"iscsi": iscsi(), "lvm": lvm(), "lio": lio(), "lio_boot": lio_boot(),
+            "sudoers": sudoers(), "hostname": os.uname().nodename}
 
 
 if __name__ == "__main__":
