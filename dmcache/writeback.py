@@ -18,11 +18,11 @@ from . import status as dmstatus
 
 DM_PREFIX = "tmi-wb-"
 BLOCK_SECTORS = tables.BLOCK_SECTORS
-# While the VM runs no block is migrated in the background (smq would otherwise write every dirty
-# block back whenever the disk is idle for a second): written blocks stay on the host until the
-# flush, and a block rewritten many times crosses the network once. Whole-block writes (and the
-# regions the clone layer above copies in) are still cached in-line; other writes to blocks not
-# in the cache, and all writes once it is full, go straight to the clone.
+# No migration bandwidth while the VM runs: smq still promotes the blocks it chooses (queued
+# promotions do not wait for it), but it never writes dirty blocks back on its own (it would,
+# whenever the disk is idle for a second). Written blocks stay on the host until the flush, and a
+# block rewritten many times crosses the network once. Once the cache is full of dirty blocks,
+# writes to other blocks go straight to the clone: slower, never wrong.
 RUNNING_CORE_ARGS = {"migration_threshold": 0}
 # A flush may move this many sectors at once (1 MiB, the kernel's default, makes it crawl).
 FLUSH_MIGRATION_SECTORS = 65536
