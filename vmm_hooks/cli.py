@@ -73,7 +73,13 @@ def _host(cloud, args):
 
 def _vm(cloud, args):
     if args.template:
-        return VirtualMachine.from_xml(decode(args.template, "VM"))
+        event = VirtualMachine.from_xml(decode(args.template, "VM"))
+        # The event carries the newest placement only; one.vm.info has every host the VM was
+        # on (a DONE VM stays readable), and the older ones may hold leftovers too.
+        try:
+            return cloud.one.vm_info(event.id)
+        except OneError:
+            return event
     if args.vm is not None:
         return cloud.one.vm_info(args.vm)
     raise DriverError("give the VM: $TEMPLATE (as oned does) or --vm ID")

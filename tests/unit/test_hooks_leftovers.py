@@ -93,3 +93,11 @@ def test_a_shared_image_loses_only_this_vms_acl(cloud, done_vm3, oned):
     found, _ = leftovers.find(cloud, cloud.one.vm_info(3))
     img1 = [(f.kind, f.name) for f in found if iqn("img-1") in (f.name, f.detail.get("iqn"))]
     assert img1 == [("session", iqn("img-1")), ("acl", HOST2_IQN)]
+
+
+def test_every_host_of_the_history_is_asked_not_only_the_events(cloud, done_vm3, nodes, capsys):
+    event = vm_xml(3, state=6, lcm=0, hosts=("host2",))   # the event has the last placement
+    assert cli.main(["leftovers", base64.b64encode(event.encode()).decode()], cloud=cloud) == 0
+    assert {h for h, c in nodes.commands() if c == "sessions"} == {"host1", "host2"}
+    done_vm3.remove("vm", 3)   # oned lost it: the event's own XML is used
+    assert cli.main(["leftovers", base64.b64encode(event.encode()).decode()], cloud=cloud) == 0
