@@ -8,14 +8,12 @@
 oned runs the first two with the base64 XML of the host or VM ($TEMPLATE); an administrator
 can run them by name. Output goes to stdout (oned keeps it in the hook's HOOKLOG); a failure is
 one line on stderr and a non-zero exit."""
-import argparse
 import sys
 
 from tm_iscsi.admin import inventory, output
-from tm_iscsi.admin.cloud import Cloud
+from tm_iscsi.admin.cliutil import Parser as _Parser, run
 from tm_iscsi.admin.views import Host
 from tm_iscsi.errors import DriverError
-from tm_iscsi.node.errors import NodeError
 from tm_iscsi.one.errors import OneError
 from tm_iscsi.one.objects import VirtualMachine
 
@@ -23,11 +21,6 @@ from . import fence as fence_mod, leftovers as leftovers_mod, register as regist
 from .template import decode
 
 PROG = "tm-iscsi-hook"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise DriverError(f"{message} (see {self.prog} --help)")
 
 
 def parser():
@@ -156,17 +149,7 @@ COMMANDS = {"fence": cmd_fence, "leftovers": cmd_leftovers, "register": cmd_regi
 
 
 def main(argv=None, cloud=None, out=None):
-    out = out or sys.stdout
-    try:
-        args = parser().parse_args(argv)
-        cloud = cloud or Cloud()
-        return COMMANDS[args.command](cloud, args, out)
-    except (DriverError, OneError, NodeError) as err:
-        print(f"{PROG}: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    return run(PROG, parser(), COMMANDS, argv, cloud, out)
 
 
 def console():

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from tm_iscsi.admin import ownership
-from tm_iscsi.admin.views import INITIATOR_ATTR
+from tm_iscsi.admin.views import INITIATOR_ATTR, Host
 from tm_iscsi.errors import DriverError
 
 # Host states in which a fence is expected; any other needs --force (a healthy host would lose
-# every disk of its running VMs).
-FENCEABLE = ("ERROR", "MONITORING_ERROR", "OFFLINE", "DISABLED")
+# every disk of its running VMs, and a DISABLED one still runs its VMs).
+FENCEABLE = ("ERROR", "MONITORING_ERROR", "OFFLINE")
 
 
 @dataclass
@@ -70,7 +70,7 @@ def infer_initiator(host_name, targets, exports, others):
 def fence(cloud, host, force=False):
     """Fence `host` (a views.Host); a FenceResult. Idempotent: a second run revokes nothing."""
     current = cloud.one.host_info(host.id)
-    state = type(host).from_element(current).state
+    state = Host.from_element(current).state
     if state not in FENCEABLE and not force:
         raise DriverError(f"host {host.name} is {state} now, not in ERROR: not fencing a host "
                           "that may be running VMs (add --force to fence it anyway)")

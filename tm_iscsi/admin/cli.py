@@ -14,17 +14,10 @@ import argparse
 import sys
 
 from ..errors import DriverError
-from ..node.errors import NodeError
-from ..one.errors import OneError
 from . import doctor, images, inventory, output, smoke, status
-from .cloud import Cloud
+from .cliutil import Parser as _Parser, run
 
 PROG = "tm-iscsi"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise DriverError(f"{message} (see {self.prog} --help)")
 
 
 def _positive(value):
@@ -234,17 +227,7 @@ COMMANDS = {"status": cmd_status, "doctor": cmd_doctor, "orphans": cmd_orphans,
 
 
 def main(argv=None, cloud=None, out=None):
-    out = out or sys.stdout
-    try:
-        args = parser().parse_args(argv)
-        cloud = cloud or Cloud()
-        return COMMANDS[args.command](cloud, args, out)
-    except (DriverError, OneError, NodeError) as err:
-        print(f"{PROG}: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    return run(PROG, parser(), COMMANDS, argv, cloud, out)
 
 
 def console():

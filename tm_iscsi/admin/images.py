@@ -88,9 +88,10 @@ def import_image(cloud, source, ds_id, name=None, image_type="OS", persistent=Fa
         sleep(poll)
 
 
-def _watch(path_fd, total, progress, stop):
+def _watch(fd, progress, stop):
+    # The node helper's output goes straight into the file; its growth is the progress.
     while not stop.wait(0.25):
-        progress.update(os.fstat(path_fd).st_size)
+        progress.update(os.fstat(fd).st_size)
 
 
 def _partial(dest):
@@ -149,7 +150,7 @@ def _read_lv(cloud, node, vg, lv, path, size, out):
     progress = Progress(f"reading {vg}/{lv}", size, out)
     stop = threading.Event()
     with open(path, "wb") as sink:
-        watcher = threading.Thread(target=_watch, args=(sink.fileno(), size, progress, stop),
+        watcher = threading.Thread(target=_watch, args=(sink.fileno(), progress, stop),
                                    daemon=True)
         watcher.start()
         try:
