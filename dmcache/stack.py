@@ -227,6 +227,8 @@ def assemble(req):
             old_cache = st.read_cache
             st = None
         kept = True
+        # Nothing of it existed before this call: a failure takes away what the call made.
+        fresh = st is None and top_dev is None and wb_dev is None
         if st is None:
             kept = False
             st = state.StackState(
@@ -242,85 +244,107 @@ def assemble(req):
         state.save_stack(st)
         if old_cache and old_cache != st.read_cache:
             readcache.release(req.vg, old_cache)
-        layers = {}
+        try:
+            layers, kept = _build(req, st, sectors, clone_bytes, kept)
+        except NodeError:
+            if fresh:
+                _rollback(req)
+            raise
+    return {"name": req.name, "mode": req.mode, "top": link_target(st), "layers": layers,
+            "kept": kept, "degraded": st.degraded, "link": st.link}
 
-        source = None
-        if has_read(req.mode):
-            existing = dmsetup.table(top)
-            if existing is not None and st.read_cache is None:
-                # Built over the base itself (no room for a read cache then): keep it so.
+
+def _rollback(req):
+    """Undo a new stack that could not be built (no dirty data can exist in it yet)."""
+    try:
+        _, cache, cache_vg = _teardown(req.name, False, 60, req.vg)
+        if cache:
+            readcache.release(cache_vg, cache)
+    except NodeError as err:
+        _run.info(f"could not undo the partial stack {req.name}: {err}; stack-teardown "
+                  "removes it")
+
+
+def _build(req, st, sectors, clone_bytes, kept):
+    """The layers bottom-up (with the stack's lock held); returns (layers, kept)."""
+    top = top_name(req.name)
+    wbn = writeback.dm_name(req.name)
+    layers = {}
+    source = None
+    if has_read(req.mode):
+        existing = dmsetup.table(top)
+        if existing is not None and st.read_cache is None:
+            # Built over the base itself (no room for a read cache then): keep it so.
+            source = req.base_dev
+            layers["read_cache"] = None
+        else:
+            try:
+                rc = readcache.acquire(req.vg, req.base_key, req.base_dev,
+                                       (req.luns.get("base") or st.luns.get("base")
+                                        or state.Lun("", "", "")).serial or None)
+                source = rc["device"]
+                layers["read_cache"] = rc
+                if st.read_cache is None:
+                    st.read_cache = readcache.cache_id(req.base_key)
+                    st.degraded = None
+                kept = kept and not rc["created"] and not rc["device_created"]
+            except readcache.NoSpace as err:
+                # Correct without a read cache, only slower: read the base directly.
+                st.read_cache = None
+                st.degraded = f"no read cache ({err}); reading the base directly"
+                _run.info(st.degraded)
+                if not readcache.is_readonly(req.base_dev):
+                    readcache.set_readonly(req.base_dev)
                 source = req.base_dev
                 layers["read_cache"] = None
-            else:
-                try:
-                    rc = readcache.acquire(req.vg, req.base_key, req.base_dev,
-                                           (req.luns.get("base") or st.luns.get("base")
-                                            or state.Lun("", "", "")).serial or None)
-                    source = rc["device"]
-                    layers["read_cache"] = rc
-                    if st.read_cache is None:
-                        st.read_cache = readcache.cache_id(req.base_key)
-                        st.degraded = None
-                    kept = kept and not rc["created"] and not rc["device_created"]
-                except readcache.NoSpace as err:
-                    # Correct without a read cache, only slower: read the base directly.
-                    st.read_cache = None
-                    st.degraded = f"no read cache ({err}); reading the base directly"
-                    _run.info(st.degraded)
-                    if not readcache.is_readonly(req.base_dev):
-                        readcache.set_readonly(req.base_dev)
-                    source = req.base_dev
-                    layers["read_cache"] = None
-                state.save_stack(st)
+            state.save_stack(st)
 
-        dest = req.clone_dev
-        if has_wb(req.mode):
-            if st.wb is None or not writeback.lvs_present(st.wb, lvm.local_report(req.vg)):
-                kept = False
-                rep = _allocate_wb(st, req, clone_bytes)
-            else:
-                rep = lvm.local_report(req.vg)
-            _activate_lvs(req.vg, (st.wb.data_lv, st.wb.meta_lv), rep)
-            ok = _layer_verdict(wbn, lambda t: writeback.matches(t, st.wb, req.clone_dev,
-                                                                  sectors))
-            if ok:
-                if not writeback.is_writeback(dmsetup.table(wbn)):
-                    # Left clean by a flush (or by boot-time activation): running again.
-                    _run.info(f"{wbn} is writethrough after a flush; back to writeback")
-                    writeback.set_writeback(wbn)
-            else:
-                kept = False
-                dmsetup.create(wbn, writeback.table(st.wb, req.clone_dev, sectors))
-            dest = dmsetup.path(wbn)
-            layers["writeback"] = {"device": dest, "size_bytes": st.wb.size_bytes,
-                                   "data_lv": st.wb.data_lv, "meta_lv": st.wb.meta_lv}
+    dest = req.clone_dev
+    if has_wb(req.mode):
+        if st.wb is None or not writeback.lvs_present(st.wb, lvm.local_report(req.vg)):
+            kept = False
+            rep = _allocate_wb(st, req, clone_bytes)
+        else:
+            rep = lvm.local_report(req.vg)
+        _activate_lvs(req.vg, (st.wb.data_lv, st.wb.meta_lv), rep)
+        ok = _layer_verdict(wbn, lambda t: writeback.matches(t, st.wb, req.clone_dev,
+                                                              sectors))
+        if ok:
+            if not writeback.is_writeback(dmsetup.table(wbn)):
+                # Left clean by a flush (or by boot-time activation): running again.
+                _run.info(f"{wbn} is writethrough after a flush; back to writeback")
+                writeback.set_writeback(wbn)
+        else:
+            kept = False
+            dmsetup.create(wbn, writeback.table(st.wb, req.clone_dev, sectors))
+        dest = dmsetup.path(wbn)
+        layers["writeback"] = {"device": dest, "size_bytes": st.wb.size_bytes,
+                               "data_lv": st.wb.data_lv, "meta_lv": st.wb.meta_lv}
 
-        if has_read(req.mode):
-            want = tables.clone(sectors, req.map_dev, dest, source, REGION_SECTORS,
-                                features=["no_hydration"])
+    if has_read(req.mode):
+        want = tables.clone(sectors, req.map_dev, dest, source, REGION_SECTORS,
+                            features=["no_hydration"])
 
-            def top_matches(live):
-                try:
-                    t = tables.parse(live)
-                    devs = tuple(tables.devno(p) for p in (req.map_dev, dest, source))
-                except (ValueError, OSError):
-                    return False
-                return (t.target == "clone" and t.devices == devs and t.length == sectors
-                        and t.block_sectors == REGION_SECTORS)
+        def top_matches(live):
+            try:
+                t = tables.parse(live)
+                devs = tuple(tables.devno(p) for p in (req.map_dev, dest, source))
+            except (ValueError, OSError):
+                return False
+            return (t.target == "clone" and t.devices == devs and t.length == sectors
+                    and t.block_sectors == REGION_SECTORS)
 
-            if not _layer_verdict(top, top_matches):
-                kept = False
-                dmsetup.create(top, want)
-            layers["top"] = {"device": dmsetup.path(top), "map": req.map_dev,
-                             "source": source, "dest": dest}
+        if not _layer_verdict(top, top_matches):
+            kept = False
+            dmsetup.create(top, want)
+        layers["top"] = {"device": dmsetup.path(top), "map": req.map_dev,
+                         "source": source, "dest": dest}
 
-        target = link_target(st)
-        if req.link:
-            replace_symlink(req.link, target)
-        st.phase = "assembled"
-        state.save_stack(st)
-    return {"name": req.name, "mode": req.mode, "top": target, "layers": layers,
-            "kept": kept, "degraded": st.degraded, "link": st.link}
+    if req.link:
+        replace_symlink(req.link, link_target(st))
+    st.phase = "assembled"
+    state.save_stack(st)
+    return layers, kept
 
 
 # -- flush / teardown --------------------------------------------------------------------------
@@ -357,40 +381,44 @@ def _remove_link(st):
 
 def teardown(name, do_flush, timeout, vg=localvg.DEFAULT_VG):
     with locks.lock("stack", name):
-        st = state.load_stack(name)
-        top, wbn = top_name(name), writeback.dm_name(name)
-        top_dev, wb_dev = dmsetup.info(top), dmsetup.info(wbn)
-        result = {"name": name, "flushed": False, "dropped_dirty_blocks": 0,
-                  "read_cache_key": st.base_key if st else None, "read_cache_released": False,
-                  "existed": bool(st or top_dev or wb_dev)}
-        if not result["existed"]:
-            return result
-        users = top_dev if top_dev is not None else wb_dev
-        if users is not None and users.open_count:
-            raise NodeError(f"stack {name} is in use ({users.name} open {users.open_count} "
-                            "time(s)); stop the VM first")
-        if wb_dev is not None:
-            if do_flush:
-                result["flush"] = writeback.flush(wbn, timeout)
-            else:
-                st_wb = writeback.read_status(wbn)
-                result["dropped_dirty_blocks"] = st_wb.dirty if st_wb else 0
-                if result["dropped_dirty_blocks"]:
-                    _run.info(f"dropping {result['dropped_dirty_blocks']} dirty block(s) of "
-                              f"{name} as asked")
-        result["flushed"] = bool(do_flush)
-        result["link_removed"] = _remove_link(st)
-        # dm-clone commits the map's metadata as it goes away.
-        dmsetup.remove(top)
-        dmsetup.remove(wbn)
-        wb = st.wb if st and st.wb else writeback.plan(st.vg if st else vg, name, 0)
-        writeback.free(wb)
-        state.delete_stack(name)
-        cache = st.read_cache if st else None
-        cache_vg = st.vg if st else vg
+        result, cache, cache_vg = _teardown(name, do_flush, timeout, vg)
     if cache:
         result["read_cache_released"] = readcache.release(cache_vg, cache) == 0
     return result
+
+
+def _teardown(name, do_flush, timeout, vg):
+    """With the stack's lock held. Returns (result, read cache id to release, its VG)."""
+    st = state.load_stack(name)
+    top, wbn = top_name(name), writeback.dm_name(name)
+    top_dev, wb_dev = dmsetup.info(top), dmsetup.info(wbn)
+    result = {"name": name, "flushed": False, "dropped_dirty_blocks": 0,
+              "read_cache_key": st.base_key if st else None, "read_cache_released": False,
+              "existed": bool(st or top_dev or wb_dev)}
+    if not result["existed"]:
+        return result, None, vg
+    users = top_dev if top_dev is not None else wb_dev
+    if users is not None and users.open_count:
+        raise NodeError(f"stack {name} is in use ({users.name} open {users.open_count} "
+                        "time(s)); stop the VM first")
+    if wb_dev is not None:
+        if do_flush:
+            result["flush"] = writeback.flush(wbn, timeout)
+        else:
+            st_wb = writeback.read_status(wbn)
+            result["dropped_dirty_blocks"] = st_wb.dirty if st_wb else 0
+            if result["dropped_dirty_blocks"]:
+                _run.info(f"dropping {result['dropped_dirty_blocks']} dirty block(s) of "
+                          f"{name} as asked")
+    result["flushed"] = bool(do_flush)
+    result["link_removed"] = _remove_link(st)
+    # dm-clone commits the map's metadata as it goes away.
+    dmsetup.remove(top)
+    dmsetup.remove(wbn)
+    wb = st.wb if st and st.wb else writeback.plan(st.vg if st else vg, name, 0)
+    writeback.free(wb)
+    state.delete_stack(name)
+    return result, (st.read_cache if st else None), (st.vg if st else vg)
 
 
 # -- status ------------------------------------------------------------------------------------

@@ -170,6 +170,11 @@ def test_every_mode_reads_and_writes_back_and_is_idempotent(lab):
             assert again["kept"] is True and again["top"] == out["top"]
             line = refused(lab, "host1", *img.assemble_args("host1", disk, "writeback", devs))
             assert "exists in mode read+writeback" in line
+            # Half built (an assemble killed before its top layer): completed, not refused.
+            lab.sh("host1", f"dmsetup remove tmi-top-{disk}")
+            again = lab.node_helper("host1", *args)
+            assert again["kept"] is False and again["top"] == out["top"]
+            assert again["layers"]["writeback"] == out["layers"]["writeback"]
         link = img.link(disk)
         written[i] = write(lab, "host1", link, 4 + i, 1, seed=i)
         for j, digest in written.items():

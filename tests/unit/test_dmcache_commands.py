@@ -293,3 +293,55 @@ def test_dmsetup_create_clears_a_stale_file_node(tmp_path, mocker):
     dmsetup.create("tmi-wb-x", "0 8 error")
     assert not os.path.exists(tmp_path / "tmi-wb-x")
     assert run.call_args[0][0] == ["dmsetup", "create", "tmi-wb-x", "--table", "0 8 error"]
+
+
+# -- no room in the local VG -----------------------------------------------------------------------
+
+@pytest.fixture
+def assemble_env(mocker, fake_dm):
+    mocker.patch.object(stack, "check_request", return_value={"clone": 1 << 30})
+    mocker.patch.object(stack, "replace_symlink")
+    mocker.patch.object(readcache, "is_readonly", return_value=False)
+    mocker.patch.object(readcache, "set_readonly")
+    mocker.patch.object(dmsetup, "create", side_effect=lambda name, table: fake_dm.__setitem__(
+        name, dmsetup.Info(name, 0, False, True, 254, len(fake_dm), "", 1)))
+    return fake_dm
+
+
+def test_no_room_for_a_read_cache_reads_the_base_directly(mocker, assemble_env):
+    mocker.patch.object(readcache, "acquire", side_effect=readcache.NoSpace("only 10 MiB free"))
+    out = stack.assemble(stack.Request(name="vm-1-disk-0", mode="read", clone_dev="/dev/c",
+                                       base_key="k@1", base_dev="/dev/b", map_dev="/dev/m"))
+    assert out["layers"]["read_cache"] is None and "reading the base directly" in out["degraded"]
+    name, table = dmsetup.create.call_args[0]
+    assert name == "tmi-top-vm-1-disk-0"
+    assert table == "0 2097152 clone /dev/m /dev/c /dev/b 128 1 no_hydration"
+    readcache.set_readonly.assert_called_once_with("/dev/b")
+    st = state.load_stack("vm-1-disk-0")
+    assert st.read_cache is None and st.phase == "assembled" and st.degraded
+    # Not counted as a user of the image's cache.
+    assert state.refs(readcache.cache_id("k@1")) == 0
+
+
+def test_write_back_cache_shrinks_then_refuses(mocker, assemble_env):
+    rep = lvm.VGReport("tmi-cache", 4 << 30, 300 << 20, 4 << 20, {})
+    mocker.patch.object(lvm, "local_report", return_value=rep)
+    mocker.patch.object(writeback, "free")
+    allocate = mocker.patch.object(writeback, "allocate")
+    mocker.patch.object(readcache, "make_room", side_effect=lambda vg, need: (
+        rep if need <= 300 << 20 else (_ for _ in ()).throw(readcache.NoSpace("full"))))
+    out = stack.assemble(stack.Request(name="vm-1-disk-0", mode="writeback", clone_dev="/dev/c",
+                                       wb_size_bytes=1 << 30))
+    wb = allocate.call_args[0][0]
+    assert wb.size_bytes == 256 << 20 and "shrunk to 256 MiB" in out["degraded"]
+    assert state.load_stack("vm-1-disk-0").wb.size_bytes == 256 << 20
+
+    state.delete_stack("vm-1-disk-0")
+    assemble_env.clear()
+    readcache.make_room.side_effect = readcache.NoSpace("full")
+    with pytest.raises(stack.NoSpaceForWriteback) as err:
+        stack.assemble(stack.Request(name="vm-1-disk-0", mode="writeback", clone_dev="/dev/c"))
+    assert "at least 64 MiB" in str(err.value)
+    # A refused new stack leaves nothing behind: no device, no state file.
+    assert "tmi-wb-vm-1-disk-0" not in assemble_env
+    assert state.load_stack("vm-1-disk-0") is None
