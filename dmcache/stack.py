@@ -382,8 +382,13 @@ def _remove_link(st):
 def teardown(name, do_flush, timeout, vg=localvg.DEFAULT_VG):
     with locks.lock("stack", name):
         result, cache, cache_vg = _teardown(name, do_flush, timeout, vg)
-    if cache:
-        result["read_cache_released"] = readcache.release(cache_vg, cache) == 0
+    key = result["read_cache_key"]
+    if key:
+        left = readcache.release(cache_vg, cache) if cache else 0
+        # True when nothing on this host reads the image's base any more (the front-end may
+        # detach it): neither its read cache nor a stack built over the base directly.
+        result["read_cache_released"] = left == 0 and not any(
+            st.base_key == key for st in state.list_stacks())
     return result
 
 

@@ -345,3 +345,17 @@ def test_write_back_cache_shrinks_then_refuses(mocker, assemble_env):
     # A refused new stack leaves nothing behind: no device, no state file.
     assert "tmi-wb-vm-1-disk-0" not in assemble_env
     assert state.load_stack("vm-1-disk-0") is None
+
+
+def test_released_means_nothing_reads_the_base_any_more(mocker, fake_dm):
+    recorded("vm-1-disk-0")
+    degraded = recorded("vm-2-disk-0")
+    degraded.read_cache = None  # built over the base directly for lack of room
+    state.save_stack(degraded)
+    mocker.patch.object(writeback, "free")
+    release = mocker.patch.object(readcache, "release", return_value=0)
+    out = stack.teardown("vm-1-disk-0", True, 60)
+    assert out["read_cache_key"] == "k@1" and out["read_cache_released"] is False
+    release.assert_called_once_with("tmi-cache", readcache.cache_id("k@1"))
+    out = stack.teardown("vm-2-disk-0", True, 60)
+    assert out["read_cache_released"] is True and release.call_count == 1
