@@ -359,3 +359,42 @@ def test_released_means_nothing_reads_the_base_any_more(mocker, fake_dm):
     release.assert_called_once_with("tmi-cache", readcache.cache_id("k@1"))
     out = stack.teardown("vm-2-disk-0", True, 60)
     assert out["read_cache_released"] is True and release.call_count == 1
+
+
+# -- cache-init --------------------------------------------------------------------------------
+
+@pytest.fixture
+def disk(mocker):
+    from dmcache import localvg
+    mocker.patch.object(localvg, "_block_device", return_value="sdz")
+    mocker.patch.object(localvg, "_in_use", return_value=[])
+    mocker.patch.object(localvg, "signatures", return_value=[])
+    mocker.patch.object(lvm, "create_vg")
+    return localvg
+
+
+@pytest.mark.parametrize("vg_exists, owner, found, busy, message", [
+    (True, "tmi-cache", [], [], None),
+    (True, None, [], [], "already exists on another disk"),
+    (False, "vg-one-100", [], [], "is a PV of volume group vg-one-100"),
+    (False, None, ["TYPE=ext4"], [], "holds data (TYPE=ext4)"),
+    (False, None, ["PTTYPE=gpt"], [], "holds data (PTTYPE=gpt)"),
+    (False, None, [], ["is mounted"], "is mounted"),
+    (False, "", [], [], None),  # an orphan PV left by an interrupted init
+    (False, None, [], [], None),
+])
+def test_cache_init_decisions(capsys, mocker, disk, vg_exists, owner, found, busy, message):
+    reports = [lvm.VGReport("tmi-cache", 6 << 30, 6 << 30, 4 << 20, {})] * 2
+    mocker.patch.object(lvm, "local_report", side_effect=lambda vg, missing_ok=False: (
+        reports.pop() if vg_exists or lvm.create_vg.called else None))
+    mocker.patch.object(lvm, "pv_vg", return_value=owner)
+    disk.signatures.return_value = found
+    disk._in_use.return_value = busy
+    code, out, err = main(capsys, "cache-init", "--device", "/dev/sdz")
+    if message:
+        assert code == 1 and len(err) == 1 and message in err[0]
+        assert not lvm.create_vg.called
+    else:
+        assert code == 0 and out == {"vg": "tmi-cache", "size_bytes": 6 << 30,
+                                     "created": not vg_exists}
+        assert lvm.create_vg.called is (not vg_exists)
