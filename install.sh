@@ -665,6 +665,25 @@ step_storage() {
     *) refuse "$E_STORAGE_VG/$E_THIN_POOL exists but is a $segtype LV, not a thin pool" ;;
   esac
 
+  step "LIO configuration file the distribution restores at boot"
+  # The node helper saves /etc/target/saveconfig.json (RHEL's targetctl default). Debian's
+  # rtslib-fb restores /etc/rtslib-fb-target/saveconfig.json instead: point that at ours, or a
+  # rebooted storage node would come back with no exports (or stale ones).
+  local distro_file=''
+  distro_file=$(python3 -c 'import rtslib_fb.root as r; print(r.default_save_file)' 2>/dev/null || true)
+  if [ -z "$distro_file" ] || [ "$distro_file" = /etc/target/saveconfig.json ]; then
+    ok "targetctl restores /etc/target/saveconfig.json"
+  elif [ "$(readlink "$(path "$distro_file")" 2>/dev/null)" = /etc/target/saveconfig.json ]; then
+    ok "$distro_file points at /etc/target/saveconfig.json"
+  elif [ -e "$(path "$distro_file")" ] && [ ! -L "$(path "$distro_file")" ] && \
+       ! cmp -s "$(path "$distro_file")" "$(path /etc/target/saveconfig.json)"; then
+    refuse "$distro_file holds an LIO configuration of its own; merge it into /etc/target/saveconfig.json (targetcli) and remove it, then re-run"
+  else
+    change "make $distro_file a link to /etc/target/saveconfig.json" \
+      sh -c 'mkdir -p "$1" "$2" && ln -sfn /etc/target/saveconfig.json "$3"' sh \
+      "$(path "$(dirname "$distro_file")")" "$(path /etc/target)" "$(path "$distro_file")"
+  fi
+
   step "LIO configuration restored at boot"
   if ! systemd_running; then
     note "systemd is not running here: make the init system run 'targetctl restore' at boot"

@@ -33,7 +33,7 @@ INSTALL = f"TM_ISCSI_NO_PACKAGES=1 {config.GUEST_SRC_DIR}/install.sh"
 # tests that follow find the nodes as the lab made them.
 TOUCHED = ("etc/lvm/lvmlocal.conf", "etc/iscsi/iscsid.conf", "etc/iscsi/initiatorname.iscsi",
            "etc/sudoers.d", "etc/tm_iscsi", "etc/systemd/system/tm-iscsi-activate.service",
-           "usr/sbin/tm-iscsi-node")
+           "usr/sbin/tm-iscsi-node", "etc/rtslib-fb-target")
 # A node's state as install.sh could change it: files, users, PVs/VGs/LVs, the data disk.
 STATE = r"""
 find /etc /usr/sbin /opt/tm_iscsi-venv -xdev \( -type f -o -type l \) \
