@@ -22,6 +22,7 @@ MAPPER_DIR = "/dev/mapper"
 CHANGE_TIMEOUT = 150
 QUERY_TIMEOUT = 30
 SETTLE_TIMEOUT = 30
+UDEV_GRACE = 5
 _NOT_FOUND = ("No such device or address", "not found", "does not exist")
 
 
@@ -188,10 +189,25 @@ def remove_argv(name):
     return ["dmsetup", "remove", "--retry", name]
 
 
+def settled_info(name, seconds=UDEV_GRACE):
+    """info() once udev is done with the device. Closing a device that was open for writing
+    makes udev probe it (its inotify watch), so a count of 1 right after our own writes is often
+    udev's blkid: that is not a user, waiting for it is enough."""
+    dev = info(name)
+    if dev is None or not dev.open_count:
+        return dev
+    settle(timeout=seconds)
+    deadline = time.monotonic() + seconds
+    while dev is not None and dev.open_count and time.monotonic() < deadline:
+        time.sleep(0.1)
+        dev = info(name)
+    return dev
+
+
 def remove(name, timeout=CHANGE_TIMEOUT):
     """Remove the device; False if there was none. A device still open stays, with an error
     that says by how many."""
-    dev = info(name)
+    dev = settled_info(name)
     if dev is None:
         return False
     if dev.open_count:

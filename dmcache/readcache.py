@@ -263,11 +263,12 @@ def acquire(vg, key, base_dev, base_serial=None, warm_seconds=None):
             if not is_readonly(base_dev):
                 set_readonly(base_dev)
             dmsetup.create(name, _table(rec, base_dev))
-            if not dmsetup.stats_regions(name, STATS_PROGRAM):
-                dmsetup.stats_create(name, area_sectors(rec.size_bytes, rec.region_sectors),
-                                     STATS_PROGRAM)
         else:
             warmed = warm(rec, WARM_SECONDS if warm_seconds is None else warm_seconds)
+        # Also for a device an interrupted run made: reads are only learnt while this exists.
+        if not dmsetup.stats_regions(name, STATS_PROGRAM):
+            dmsetup.stats_create(name, area_sectors(rec.size_bytes, rec.region_sectors),
+                                 STATS_PROGRAM)
         rec.last_used = time.time()
         state.save_record(rec)
     return {"id": cid, "key": key, "device": dmsetup.path(name), "created": created,
@@ -363,13 +364,12 @@ def warm(rec, budget_seconds):
     region_bytes = rec.region_sectors * 512
     nregions = tables.regions(rec.size_bytes, rec.region_sectors)
     region_id = _stats_region(name)
-    if region_id is None:
-        return {"regions": 0, "bytes": 0, "seconds": 0.0, "complete": True}
     bits = state.load_bitmap(rec.id, nregions)
     pending = state.load_bitmap(rec.id, nregions, "pending")
-    mark_read(dmsetup.stats_print(name, region_id, clear=True), bits, pending,
-              rec.region_sectors, nregions)
-    state.save_bitmap(rec.id, pending, "pending")
+    if region_id is not None:
+        mark_read(dmsetup.stats_print(name, region_id, clear=True), bits, pending,
+                  rec.region_sectors, nregions)
+        state.save_bitmap(rec.id, pending, "pending")
     start = time.monotonic()
     deadline = start + budget_seconds
     copied = done_bytes = unsaved = 0

@@ -102,6 +102,7 @@ def test_devices_must_be_block_devices(capsys, mocker):
 def fake_dm(mocker):
     devices = {}
     mocker.patch.object(dmsetup, "info", side_effect=lambda n: devices.get(n))
+    mocker.patch.object(dmsetup, "settled_info", side_effect=lambda n: devices.get(n))
     mocker.patch.object(dmsetup, "exists", side_effect=lambda n: n in devices)
     mocker.patch.object(dmsetup, "table", side_effect=lambda n: "0 8 error" if n in devices
                         else None)
@@ -275,14 +276,31 @@ def test_dmsetup_parsing():
 
 
 def test_dmsetup_remove_refuses_an_open_device(mocker):
-    mocker.patch.object(dmsetup, "info", return_value=dmsetup.Info("d", 2, False, True, 1, 1,
-                                                                   "", 1))
+    mocker.patch.object(dmsetup, "settled_info", return_value=dmsetup.Info(
+        "d", 2, False, True, 1, 1, "", 1))
     run = mocker.patch.object(_run, "run")
     with pytest.raises(NodeError) as err:
         dmsetup.remove("d")
     assert "in use (open 2 time(s))" in str(err.value) and not run.called
-    dmsetup.info.return_value = None
+    dmsetup.settled_info.return_value = None
     assert dmsetup.remove("d") is False and not run.called
+
+
+def test_a_udev_probe_is_not_a_user(mocker):
+    """Right after our own writes udev's blkid holds the device for a moment."""
+    states = [1, 1, 0]
+    mocker.patch.object(dmsetup, "info", side_effect=lambda name: dmsetup.Info(
+        name, states.pop(0), False, True, 254, 3, "", 1))
+    settle = mocker.patch.object(dmsetup, "settle")
+    mocker.patch.object(dmsetup.time, "sleep")
+    assert dmsetup.settled_info("tmi-rc-1").open_count == 0
+    settle.assert_called_once()
+    # Really in use: still open after the grace period.
+    mocker.patch.object(dmsetup, "info", return_value=dmsetup.Info("x", 1, False, True, 1, 1,
+                                                                   "", 1))
+    clock = iter([0.0, 1.0, 6.0])
+    mocker.patch.object(dmsetup.time, "monotonic", side_effect=lambda: next(clock))
+    assert dmsetup.settled_info("x").open_count == 1
 
 
 def test_dmsetup_create_clears_a_stale_file_node(tmp_path, mocker):
