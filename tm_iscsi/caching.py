@@ -151,13 +151,16 @@ def assemble(ctx, host, volume, link_path, mode, image_lv=None):
     read = cachemode.has_read(mode)
     base = gen = None
     if read:
-        clone_gen = _tag_value(_info(ctx, volume).get("tags"), BASE_GEN_TAG)
+        clone_info = _info(ctx, volume)
+        clone_gen = _tag_value(clone_info.get("tags"), BASE_GEN_TAG)
         mapv = map_volume(volume)
         map_info = _info(ctx, mapv)
         base = base_volume(volume, image_lv) if image_lv else None
         base_info = _info(ctx, base) if base else {}
         gen = _tag_value(base_info.get("tags"), BASE_GEN_TAG)
-        if not (clone_gen and map_info.get("exists") and gen == clone_gen and
+        # A disk grown past its image has regions the base cannot serve.
+        fits = int(clone_info.get("size_bytes") or 0) <= int(base_info.get("size_bytes") or 0)
+        if not (clone_gen and map_info.get("exists") and gen == clone_gen and fits and
                 _tag_value(map_info.get("tags"), BASE_GEN_TAG) == gen and
                 STALE_MAP_TAG not in (map_info.get("tags") or [])):
             log.info(f"{volume.vg}/{volume.lv}: no valid region map; assembling without the "

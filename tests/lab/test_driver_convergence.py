@@ -71,3 +71,43 @@ def test_cached_clone_and_delete_converge_from_any_failed_step(cloud):
     cloud.converge("DELETE iscsi_lvm frontend:/var/lib/one//datastores/101/0/disk.0 0 100")
     assert [lv for lv in cloud.lvs() if lv.startswith("vm-0")] == []
     assert cloud.leftovers_on_hosts() == {}
+
+
+LN = f"LN iscsi_lvm frontend:{IMAGE_VG}/img-1 host1:/var/lib/one//datastores/101/0/disk.1 0 100"
+SNAP = "iscsi_lvm host1:/var/lib/one//datastores/101/0/disk.0 {snap} 0 100"
+
+
+def test_snapshot_saveas_resize_migrate_and_mvds_converge(cloud):
+    mkfs = cloud.ds_action("mkfs", 1, cloud.ds_xml("02-image-create-datablock", "01-ds-mkfs"))
+    assert mkfs.success, mkfs.info
+    for line in (CLONE, MKIMAGE, "MKSWAP iscsi_lvm 256 host1:/var/lib/one//datastores/101/0/"
+                                 "disk.3 0 101"):
+        assert cloud.tm_action(line).success
+    cloud.converge(LN)
+    before = cloud.write_on("host1", DISK0, b"before-snapshot-", offset_mib=4)
+    cloud.converge("SNAP_CREATE " + SNAP.format(snap=0))
+    cloud.write_on("host1", DISK0, b"after-snapshot-", offset_mib=4)
+    cloud.converge("SNAP_REVERT " + SNAP.format(snap=0))
+    assert cloud.sha_on("host1", DISK0, 4) == before
+    mkfs = cloud.ds_action("mkfs", 3,
+                           cloud.ds_xml("11-disk-saveas-snapshot-poweroff", "01-ds-mkfs"))
+    assert mkfs.success, mkfs.info
+    cloud.converge("CPDS iscsi_lvm host1:/var/lib/one//datastores/101/0/disk.0 "
+                   f"{IMAGE_VG}/img-3 0 0 100")
+    assert cloud.sha_on("storage", f"/dev/{IMAGE_VG}/img-3", 4) == before
+    cloud.converge("SNAP_DELETE " + SNAP.format(snap=0))
+    assert "vm-0-disk-0-snap-0" not in cloud.lvs()
+    cloud.converge("RESIZE iscsi_lvm host1:/var/lib/one//datastores/101/0/disk.0 96 0 100")
+    assert cloud.lab.sh("host1", f"blockdev --getsize64 {DISK0}").strip() == str(96 << 20)
+
+    stdin = (fixtures.folder("09-migrate-live") / "01-tm-premigrate.stdin").read_text()
+    cloud.converge(f"PREMIGRATE iscsi_lvm host1 host2 {SYSDIR}/0 0 101", stdin=stdin)
+    cloud.converge(f"POSTMIGRATE iscsi_lvm host1 host2 {SYSDIR}/0 0 101", stdin=stdin)
+    assert cloud.sessions("host1") == []
+    assert cloud.sha_on("host2", DISK0, 4) == before
+
+    written = cloud.write_on("host2", f"{SYSDIR}/0/disk.1", b"persistent-", offset_mib=2)
+    cloud.converge(f"MVDS iscsi_lvm host2:/var/lib/one//datastores/101/0/disk.1 "
+                   f"{IMAGE_VG}/img-1 0 100")
+    assert cloud.sha_on("storage", f"/dev/{IMAGE_VG}/img-1", 2) == written
+    assert all(not t["iqn"].endswith("img-1") for t in cloud.exports())
