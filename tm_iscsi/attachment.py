@@ -70,7 +70,10 @@ def detach(ctx, host, volume, link_path=None, unexport=True, flush=True, image_l
         log.info(f"{err}; its cache stack of {volume.lv} stays until it boots")
         torn = None
     detach_lun(ctx, host, volume, link_path, unexport)
-    if torn and torn.get("existed") and volume.kind == "clone":
+    # The map LUN goes with the clone; on a re-run the stack may be gone already, so it is not
+    # the stack's existence that says whether the map is still attached.
+    if volume.kind == "clone" and ((torn and torn.get("existed")) or image_lv or
+                                   caching.map_exists(ctx, volume)):
         detach_lun(ctx, host, caching.map_volume(volume))
 
 

@@ -195,9 +195,14 @@ def teardown(ctx, host, volume, flush, image_lv=None, keep_wb_guard=False):
     node = ctx.node(host)
     result = node.call("stack-teardown", "--name", volume.lv, "--flush" if flush else "--drop",
                        timeout=ctx.settings.copy_timeout)
-    if result.get("read_cache_released") and image_lv:
-        base = base_volume(volume, image_lv)
-        attachment.detach_lun(ctx, host, base)
+    released = result.get("read_cache_released")
+    if image_lv and not result.get("existed"):
+        # A re-run after a failure: the stack went the first time, maybe before the base did.
+        prefix = f"{volume.vg}.{image_lv}-base."
+        stacks = node.call("cache-status").get("stacks", [])
+        released = not any((st.get("base_key") or "").startswith(prefix) for st in stacks)
+    if released and image_lv:
+        attachment.detach_lun(ctx, host, base_volume(volume, image_lv))
     if not keep_wb_guard:
         info_tags = _info(ctx, volume).get("tags") or []
         if _tag_value(info_tags, WB_TAG) == host:

@@ -55,12 +55,12 @@ def of_disk(ctx, vm, disk_id, dsid_hint=None):
 
 
 def cache_plan(vm, disk_id, volume):
-    """(cache mode for this disk, the image LV its read layer caches or None)."""
+    """(cache mode for this disk, the image LV its read layer caches, or None without one)."""
     from . import cachemode
     disk = vm.disk(disk_id)
     mode = "none" if volume.readonly else cachemode.effective(
         cachemode.requested(disk, volume.ds), volume.kind)
     image_lv = None
-    if volume.kind == "clone":
+    if volume.kind == "clone" and cachemode.has_read(mode):
         image_lv = naming.parse_source(disk.require_source())[1]
     return mode, image_lv

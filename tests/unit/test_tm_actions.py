@@ -121,7 +121,7 @@ def test_stop_detaches_and_revokes_but_keeps_the_clone(world, capsys):
     assert code == 0, plain
     commands = [(h, c) for h, c, _ in calls]
     assert commands == [("host1", "stack-teardown"), ("storage", "lv-info"), ("host1", "detach"),
-                        ("host1", "initiator"), ("storage", "unexport")]
+                        ("host1", "initiator"), ("storage", "unexport"), ("storage", "lv-info")]
     assert ("--initiator", HOST1_IQN) == calls[4][2][-2:]
 
 
