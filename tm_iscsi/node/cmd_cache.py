@@ -18,6 +18,7 @@ from . import iscsi, locks, lvm, paths
 from .cli import command
 from .cmd_host import LINK, SERIAL
 from .errors import NodeError
+from .naming_args import checked as _checked, int_range as _int_range
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,79}$")
 _DEV_RE = re.compile(r"^/dev/[A-Za-z0-9_.+@=:/-]{1,4000}$")
@@ -25,13 +26,6 @@ _KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
 MIB = 1024 * 1024
 
 
-def _checked(predicate, what):
-    def check(value):
-        if not predicate(value):
-            raise argparse.ArgumentTypeError(f"{value!r} is not a valid {what}")
-        return value
-    check.__name__ = what
-    return check
 
 
 NAME = _checked(lambda v: bool(_NAME_RE.match(v)), "stack name (letters, digits, _.+-)")
@@ -41,17 +35,6 @@ DEV = _checked(lambda v: bool(_DEV_RE.match(v)) and ".." not in v.split("/"),
 KEY = _checked(lambda v: bool(_KEY_RE.match(v)), "base key (printable, no spaces, <= 200)")
 
 
-def _int_range(low, high, what):
-    def check(value):
-        try:
-            number = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number ({what})")
-        if not low <= number <= high:
-            raise argparse.ArgumentTypeError(f"{what} must be between {low} and {high}")
-        return number
-    check.__name__ = what
-    return check
 
 
 def _luns(value):

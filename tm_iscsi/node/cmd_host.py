@@ -14,6 +14,7 @@ from . import iscsi, locks
 from . import run as _run
 from .cli import command as _register
 from .errors import NodeError
+from .naming_args import checked as _checked, int_range as _int_range
 
 
 def command(name, help):
@@ -31,13 +32,6 @@ BY_PATH_WAIT = 3.0
 POLL = 0.1
 
 
-def _checked(predicate, what):
-    def check(value):
-        if not predicate(value):
-            raise argparse.ArgumentTypeError(f"{value!r} is not a valid {what}")
-        return value
-    check.__name__ = what
-    return check
 
 
 def _valid_path(value):
@@ -59,17 +53,6 @@ SERIAL = _checked(lambda v: bool(_SERIAL_RE.match(v)), "unit serial")
 LINK = _checked(_valid_path, "link path (absolute, no '..', letters, digits, _.+@=:/-)")
 
 
-def _int_range(low, high, what):
-    def check(value):
-        try:
-            number = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number ({what})")
-        if not low <= number <= high:
-            raise argparse.ArgumentTypeError(f"{what} must be between {low} and {high}")
-        return number
-    check.__name__ = what
-    return check
 
 
 @command("initiator", "this host's iSCSI initiator name")

@@ -18,6 +18,7 @@ from . import iscsi, lio, locks, lvm
 from . import run as _run
 from .cli import command as _register
 from .errors import NodeError
+from .naming_args import checked as _checked, int_range as _int_range
 
 
 def command(name, help):
@@ -37,13 +38,6 @@ FILESYSTEMS = ("ext4", "ext3", "ext2", "xfs", "swap", "raw")
 
 # -- argument types: bad input is refused before anything runs (exit 2) ------------------------
 
-def _checked(predicate, what):
-    def check(value):
-        if not predicate(value):
-            raise argparse.ArgumentTypeError(f"{value!r} is not a valid {what}")
-        return value
-    check.__name__ = what
-    return check
 
 
 NAME = _checked(naming.valid_name, "name (letters, digits and +_.- only)")
@@ -54,18 +48,6 @@ IQN_BASE = _checked(lambda v: iscsi.valid_iqn(v) and ":" not in v,
 CHAP = _checked(lambda v: bool(_CHAP_RE.match(v)), "CHAP value (letters, digits, ._@:+/=-)")
 
 
-def _int_range(low, high, what):
-    def check(value):
-        try:
-            number = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number ({what})")
-        if not low <= number <= high:
-            raise argparse.ArgumentTypeError(f"{what} must be between {low} and {high}, "
-                                             f"not {number}")
-        return number
-    check.__name__ = what
-    return check
 
 
 SIZE_MIB = _int_range(1, 1024 * 1024 * 1024, "size in MiB")
