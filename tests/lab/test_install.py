@@ -56,7 +56,8 @@ def shipped(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "tm_iscsi.config_render", "--site", str(site),
                     "--out", str(SHIP / "rendered")], cwd=REPO, check=True)
     stage = tmp_path_factory.mktemp("stage")
-    for item in ("pyproject.toml", "README.md", "tm_iscsi", "dmcache", "vmm_hooks"):
+    # conf/ too: the wheel carries its templates (pyproject's data-files).
+    for item in ("pyproject.toml", "README.md", "tm_iscsi", "dmcache", "vmm_hooks", "conf"):
         src = REPO / item
         (shutil.copytree if src.is_dir() else shutil.copy)(
             src, stage / item, **({"ignore": shutil.ignore_patterns("__pycache__", "*.egg-info")}

@@ -173,6 +173,15 @@ def attach(args):
                 # grown (resize) or changed since.
                 iscsi.rescan_disk(disk.name)
             found = iscsi.unit_serial(disk.name)
+            # Right after a login the disk can show in sysfs before its VPD pages are read: no
+            # serial yet is not a wrong serial. Wait for it (bounded), rescanning once.
+            rescanned = False
+            while found is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+                if not rescanned:
+                    iscsi.rescan_disk(disk.name)
+                    rescanned = True
+                found = iscsi.unit_serial(disk.name)
             if found != args.serial:
                 raise NodeError(f"LUN {args.lun} of {args.iqn} is {disk.device} with unit serial "
                                 f"{found or '(none)'}, expected {args.serial}; not linking it")
