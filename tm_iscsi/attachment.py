@@ -85,6 +85,15 @@ def unexport_from(ctx, volume, initiator=None):
     return ctx.node(ds.storage_host).call("unexport", *args)
 
 
+def flush_if_cached(ctx, vm, disk_id, volume, host):
+    """flush() when the disk has a write-back layer on a host: before a snapshot or a save-as of
+    the storage node's LV."""
+    from . import cachemode, volumes
+    mode, _ = volumes.cache_plan(vm, disk_id, volume)
+    if cachemode.has_writeback(mode) and not ctx.is_frontend(host):
+        flush(ctx, host, volume)
+
+
 def flush(ctx, host, volume):
     """Write the host's dirty blocks of `volume` back to the storage node, keeping the stack (and
     keeping it clean from now on): before a snapshot, a save-as, a live migration."""

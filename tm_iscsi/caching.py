@@ -19,7 +19,7 @@ Guards, as LV tags on the storage node:
 import json
 import secrets
 
-from . import cachemode, log, naming
+from . import cachemode, log
 from .errors import DriverError
 from .volumes import Volume
 

@@ -50,18 +50,14 @@ class Node:
         return [*self.settings.ssh_argv, self.host, "--", " ".join(shlex.quote(w) for w in remote)]
 
     def call(self, command, *args, stdin=None, timeout=None):
-        """Run `tm-iscsi-node COMMAND ARGS` on the node; return its JSON object."""
+        """Run `tm-iscsi-node COMMAND ARGS` on the node; return its JSON object. `stdin` is
+        bytes, text, or a file object streamed as bulk data (an image, a tar of a VM dir)."""
         result = self._run(command, args, stdin, timeout, binary_out=False)
         try:
             return json.loads(result.stdout) if result.stdout.strip() else {}
         except ValueError:
             raise DriverError(f"{self.host}: tm-iscsi-node {command} printed no JSON: "
                               f"{result.stdout[:200]!r}")
-
-    def stream_in(self, command, *args, source, timeout=None):
-        """Run a command that reads bulk data (a file object) on stdin; return its JSON object."""
-        result = self._run(command, args, source, timeout, binary_out=False)
-        return json.loads(result.stdout) if result.stdout.strip() else {}
 
     def stream_out(self, command, *args, sink, timeout=None):
         """Run a command whose stdout is bulk data, written to the file object `sink`."""

@@ -45,9 +45,9 @@ def cp(ctx, action):
     # A known length lets the node refuse an image that does not fit before writing a byte.
     length_args = ["--size-bytes", length] if length else []
     try:
-        ctx.node(ds.storage_host).stream_in("lv-write", "--vg", ds.vg, "--lv", lv,
-                                            "--format", fmt, *length_args, source=stream,
-                                            timeout=ctx.settings.copy_timeout)
+        ctx.node(ds.storage_host).call("lv-write", "--vg", ds.vg, "--lv", lv,
+                                       "--format", fmt, *length_args, stdin=stream,
+                                       timeout=ctx.settings.copy_timeout)
     except DriverError:
         # A half-written image must not be left for oned to retry into: it would look complete.
         storage.remove(ctx, ds, lv)
@@ -123,11 +123,8 @@ def snap_flatten(ctx, action):
     snap_revert(ctx, action)
     ds = _config(ctx, action)
     lv = _source_lv(ds, action.require_image())
-    node = ctx.node(ds.storage_host)
-    prefix = f"{lv}-snap-"
-    for entry in node.call("lv-list", "--vg", ds.vg).get("lvs", []):
-        if entry["lv"].startswith(prefix) and entry["lv"][len(prefix):].isdigit():
-            storage.remove(ctx, ds, entry["lv"], with_snapshots=False)
+    for name in storage.snapshots_of(ctx, ds, lv):
+        storage.remove(ctx, ds, name, with_snapshots=False)
 
 
 def export(ctx, action):

@@ -36,6 +36,6 @@ def context(ctx, args):
             raise DriverError(f"building the context ISO failed: "
                               f"{result.stderr.decode(errors='replace').strip()[:200]}")
         with open(iso, "rb") as data:
-            ctx.node(args.disk.host).stream_in("file-put", "--path", args.disk.path,
-                                               source=data, timeout=ctx.settings.ssh_timeout)
+            ctx.node(args.disk.host).call("file-put", "--path", args.disk.path,
+                                          stdin=data, timeout=ctx.settings.ssh_timeout)
     log.info(f"context disk at {args.disk.host}:{args.disk.path}")

@@ -96,12 +96,6 @@ def mvds(ctx, args):
         attachment.unexport_from(ctx, volume)
 
 
-def _flush_if_cached(ctx, vm, disk_id, volume, host):
-    mode, _ = volumes.cache_plan(vm, disk_id, volume)
-    if cachemode.has_writeback(mode) and not ctx.is_frontend(host):
-        attachment.flush(ctx, host, volume)
-
-
 def cpds(ctx, args):
     """Save-as: the new image (SOURCE, named by DS mkfs) becomes a thin snapshot of the disk or of
     one of its snapshots."""
@@ -112,7 +106,7 @@ def cpds(ctx, args):
         raise DriverError(f"cannot save disk {args.disk.disk_id} of VM {vm.id} from VG "
                           f"{volume.vg} into VG {vg}: a thin snapshot stays in its pool")
     if args.snap_id < 0:
-        _flush_if_cached(ctx, vm, args.disk.disk_id, volume, args.disk.host)
+        attachment.flush_if_cached(ctx, vm, args.disk.disk_id, volume, args.disk.host)
         origin = volume.lv
     else:
         origin = naming.snapshot_lv(volume.lv, args.snap_id)

@@ -22,7 +22,7 @@ NOT_SUPPORTED = {
 
 
 def _handlers():
-    from . import context, disks, migrate, monitor, moves, snapshots
+    from . import context, disks, migrate, moves, snapshots
     return {
         "clone": disks.clone, "ln": disks.ln, "mkimage": disks.mkimage, "mkswap": disks.mkswap,
         "delete": moves.delete, "mv": moves.mv, "mvds": disks.mvds, "cpds": disks.cpds,

@@ -54,8 +54,8 @@ def copy_dir(ctx, src, dst):
         pack = subprocess.Popen(["tar", "-C", src.path, "--exclude=./disk.[0-9]*", "-cf", "-", "."],
                                 stdout=subprocess.PIPE)
         try:
-            ctx.node(dst.host).stream_in("dir-unpack", "--path", dst.path, source=pack.stdout,
-                                         timeout=timeout)
+            ctx.node(dst.host).call("dir-unpack", "--path", dst.path, stdin=pack.stdout,
+                                    timeout=timeout)
         finally:
             pack.stdout.close()
             pack.wait()
@@ -75,8 +75,8 @@ def copy_dir(ctx, src, dst):
     relay = subprocess.Popen(ctx.node(src.host)._argv("dir-pack", ["--path", src.path]),
                              stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
-        ctx.node(dst.host).stream_in("dir-unpack", "--path", dst.path, source=relay.stdout,
-                                     timeout=timeout)
+        ctx.node(dst.host).call("dir-unpack", "--path", dst.path, stdin=relay.stdout,
+                                timeout=timeout)
     finally:
         relay.stdout.close()
         if relay.wait() != 0:

@@ -1,15 +1,13 @@
 """Disk snapshots: thin snapshots of the disk's LV, named `<lv>-snap-<id>`."""
-from .. import attachment, cachemode, caching, naming, volumes
+from .. import attachment, caching, naming, volumes
 from . import storage
 
 
 def snap_create(ctx, args):
     vm = ctx.vm(args.vmid)
     volume = volumes.of_disk(ctx, vm, args.disk.disk_id, args.dsid)
-    mode, _ = volumes.cache_plan(vm, args.disk.disk_id, volume)
-    if cachemode.has_writeback(mode) and not ctx.is_frontend(args.disk.host):
-        # The snapshot is taken of the storage node's LV: the host's dirty blocks go there first.
-        attachment.flush(ctx, args.disk.host, volume)
+    # The snapshot is taken of the storage node's LV: the host's dirty blocks go there first.
+    attachment.flush_if_cached(ctx, vm, args.disk.disk_id, volume, args.disk.host)
     storage.snapshot(ctx, volume.ds, volume.lv, naming.snapshot_lv(volume.lv, args.snap_id),
                      kind="snapshot", vm=vm.id if volume.owned_by_vm else None,
                      snap=args.snap_id)

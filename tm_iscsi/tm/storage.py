@@ -22,16 +22,21 @@ def create(ctx, ds, lv, size_mib, **owner):
     return ctx.node(ds.storage_host).call("lv-create", *args)
 
 
+def snapshots_of(ctx, ds, lv):
+    """The snapshots tm_iscsi named after `lv` (`<lv>-snap-N`) that exist on the node."""
+    prefix = f"{lv}-snap-"
+    return [entry["lv"] for entry in
+            ctx.node(ds.storage_host).call("lv-list", "--vg", ds.vg).get("lvs", [])
+            if entry["lv"].startswith(prefix) and entry["lv"][len(prefix):].isdigit()]
+
+
 def remove(ctx, ds, lv, with_snapshots=True):
     """Remove an LV and the snapshots tm_iscsi named after it (`<lv>-snap-N`)."""
     node = ctx.node(ds.storage_host)
     if with_snapshots:
-        prefix = f"{lv}-snap-"
-        for entry in node.call("lv-list", "--vg", ds.vg).get("lvs", []):
-            name = entry["lv"]
-            if name.startswith(prefix) and name[len(prefix):].isdigit():
-                node.call("unexport", "--vg", ds.vg, "--lv", name, "--iqn-base", ds.iqn_base)
-                node.call("lv-remove", "--vg", ds.vg, "--lv", name)
+        for name in snapshots_of(ctx, ds, lv):
+            node.call("unexport", "--vg", ds.vg, "--lv", name, "--iqn-base", ds.iqn_base)
+            node.call("lv-remove", "--vg", ds.vg, "--lv", name)
     node.call("unexport", "--vg", ds.vg, "--lv", lv, "--iqn-base", ds.iqn_base)
     return node.call("lv-remove", "--vg", ds.vg, "--lv", lv)
 
