@@ -109,9 +109,19 @@ def kill(node, timeout=20):
         pass
     deadline = time.monotonic() + timeout
     while _session_alive(pid) and time.monotonic() < deadline:
+        _reap(pid)
         time.sleep(0.1)
     (node.run_dir / "ready").unlink(missing_ok=True)
     return True
+
+
+def _reap(pid):
+    # A node booted by this process (a test session) is our child: its zombie stays until we
+    # wait for it. One booted by an earlier `lab up` was reparented to init, which reaps it.
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
 
 
 def _session_alive(sid):

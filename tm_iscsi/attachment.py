@@ -7,7 +7,7 @@ from .remote import NodeUnreachable
 
 
 def initiator_of(ctx, host):
-    return ctx.node(host).call("initiator")["iqn"]
+    return ctx.initiator(host)
 
 
 def export_to(ctx, volume, initiator):

@@ -10,6 +10,7 @@ class ActionContext:
         self._one = one
         self._nodes = {}
         self._datastores = {}
+        self._initiators = {}
 
     @property
     def one(self):
@@ -22,6 +23,13 @@ class ActionContext:
         if host not in self._nodes:
             self._nodes[host] = Node(host, self.settings)
         return self._nodes[host]
+
+    def initiator(self, host):
+        """The host's iSCSI initiator name, asked once per action: it does not change while an
+        action runs, and a cached disk exports up to three LUNs to the same host."""
+        if host not in self._initiators:
+            self._initiators[host] = self.node(host).call("initiator")["iqn"]
+        return self._initiators[host]
 
     def datastore(self, ds_id):
         ds_id = int(ds_id)

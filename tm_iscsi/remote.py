@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import subprocess
+import time
 
 from . import log
 from .errors import DriverError
@@ -39,6 +40,16 @@ class _FaultPlan:
 _FAULTS = _FaultPlan(os.environ.get("TM_ISCSI_FAULT"))
 
 
+def _trace(host, command, seconds):
+    """TM_ISCSI_TRACE=FILE appends one JSON line per node call (host, command, seconds): what
+    the benchmarks and the demo read to tell where an action's time goes."""
+    path = os.environ.get("TM_ISCSI_TRACE")
+    if path:
+        with open(path, "a") as trace:
+            trace.write(json.dumps({"host": host, "command": command,
+                                    "seconds": round(seconds, 3)}) + "\n")
+
+
 class Node:
     def __init__(self, host, settings):
         self.host = host
@@ -66,7 +77,11 @@ class Node:
     def _run(self, command, args, stdin, timeout, binary_out, sink=None):
         _FAULTS.next()
         _FAULTS.check("before", self.host, command)
-        result = self._execute(command, args, stdin, timeout, binary_out, sink)
+        started = time.monotonic()
+        try:
+            result = self._execute(command, args, stdin, timeout, binary_out, sink)
+        finally:
+            _trace(self.host, command, time.monotonic() - started)
         _FAULTS.check("after", self.host, command)
         return result
 

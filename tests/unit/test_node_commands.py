@@ -433,3 +433,21 @@ def test_dead_upload_spools_are_removed(tmp_path, monkeypatch):
         f.write_text("x")
     cmd_storage._remove_dead_spools()
     assert sorted(os.listdir(tmp_path)) == sorted([alive.name, other.name])
+
+
+def test_command_table_names_the_module_that_registers_each_command():
+    cli.build_parser(["--help"])  # an unknown word loads every module
+    registered = {name: func.__module__.rsplit(".", 1)[1]
+                  for name, (func, _) in cli._COMMANDS.items()}
+    assert registered == cli.MODULE_OF
+
+
+def test_a_command_imports_only_its_own_module():
+    import subprocess
+    import sys
+    code = ("import sys; from tm_iscsi.node import cli; cli.build_parser(['initiator']); "
+            "print(sorted(m for m in sys.modules if '.cmd_' in m or m.startswith('dmcache')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+                             os.path.abspath(__file__))))).stdout
+    assert out.strip() == "['tm_iscsi.node.cmd_host']"
