@@ -10,11 +10,12 @@ import stat
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
-from tm_iscsi.node import lvm
+from tm_iscsi.node import lvm, nodeconf
 from tm_iscsi.node import run as _run
 from tm_iscsi.node.errors import NodeError
 
-DEFAULT_VG = "tmi-cache"
+# install.sh names the host's cache VG in node.conf (the site file's cache_vg).
+DEFAULT_VG = nodeconf.get("CACHE_VG", "tmi-cache")
 TAG = "tm_iscsi"
 
 

@@ -4,31 +4,13 @@ refused. The nodes reach no package index, so packages are skipped and tm_iscsi 
 wheel, with files rendered on the machine (the nodes have no Jinja2): the offline way an
 administrator installs a node."""
 import json
-import shutil
-import subprocess
-import sys
 
 import pytest
 
-from lab import config
-from tests.conftest import REPO
+from lab import config, ship
 
-SITE = """\
-[cloud]
-opennebula = 7.4
-oneadmin = oneadmin
-frontend = frontend
-[storage]
-host = storage
-vg = vg-one-100
-devices = /dev/ubdb
-[host]
-cache_vg = vg-tm-iscsi-cache
-devices = /dev/ubdb
-"""
-SHIP = config.RUN_DIR / "install-test"  # the nodes see lab/run<N> as /lab
-NODE_SHIP = "/lab/install-test"
-INSTALL = f"TM_ISCSI_NO_PACKAGES=1 {config.GUEST_SRC_DIR}/install.sh"
+SHIP = "install-test"
+INSTALL = ship.INSTALL
 # What install.sh may write on a node; saved before each test and put back after it, so the
 # tests that follow find the nodes as the lab made them.
 TOUCHED = ("etc/lvm/lvmlocal.conf", "etc/iscsi/iscsid.conf", "etc/iscsi/initiatorname.iscsi",
@@ -46,27 +28,10 @@ blkid -p -o export /dev/ubdb || true
 
 
 @pytest.fixture(scope="module")
-def shipped(tmp_path_factory):
+def shipped():
     """Files rendered on the machine and a wheel of this checkout, where the nodes see them."""
-    if SHIP.exists():
-        shutil.rmtree(SHIP)
-    SHIP.mkdir(parents=True)
-    site = SHIP / "site.ini"
-    site.write_text(SITE)
-    subprocess.run([sys.executable, "-m", "tm_iscsi.config_render", "--site", str(site),
-                    "--out", str(SHIP / "rendered")], cwd=REPO, check=True)
-    stage = tmp_path_factory.mktemp("stage")
-    # conf/ too: the wheel carries its templates (pyproject's data-files).
-    for item in ("pyproject.toml", "README.md", "tm_iscsi", "dmcache", "vmm_hooks", "conf"):
-        src = REPO / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(
-            src, stage / item, **({"ignore": shutil.ignore_patterns("__pycache__", "*.egg-info")}
-                                  if src.is_dir() else {}))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
-                    str(SHIP / "wheel"), str(stage)], check=True)
-    (wheel,) = (SHIP / "wheel").glob("tm_iscsi-*.whl")
-    yield f"--rendered {NODE_SHIP}/rendered --wheel {NODE_SHIP}/wheel/{wheel.name}"
-    shutil.rmtree(SHIP, ignore_errors=True)
+    yield ship.ship(SHIP)
+    ship.unship(SHIP)
 
 
 @pytest.fixture

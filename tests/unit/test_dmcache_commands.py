@@ -2,6 +2,7 @@
 decisions of flush, teardown and dmsetup handling, with dmsetup and LVM replaced by mocks."""
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -416,3 +417,19 @@ def test_cache_init_decisions(capsys, mocker, disk, vg_exists, owner, found, bus
         assert code == 0 and out == {"vg": "tmi-cache", "size_bytes": 6 << 30,
                                      "created": not vg_exists}
         assert lvm.create_vg.called is (not vg_exists)
+
+
+def test_the_cache_vg_is_the_one_install_sh_named(tmp_path):
+    import subprocess
+    import sys
+    conf = tmp_path / "node.conf"
+    conf.write_text("# install.sh\nROLES=host\nCACHE_VG=vg-tm-iscsi-cache\n")
+    code = "from dmcache import localvg; print(localvg.DEFAULT_VG)"
+    repo = str(Path(__file__).resolve().parents[2])
+    named = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           cwd=repo, env={"TM_ISCSI_NODE_CONF": str(conf), "PATH": "/usr/bin:/bin"},
+                           check=True).stdout.strip()
+    unset = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           cwd=repo, env={"TM_ISCSI_NODE_CONF": str(tmp_path / "none"),
+                                          "PATH": "/usr/bin:/bin"}, check=True).stdout.strip()
+    assert (named, unset) == ("vg-tm-iscsi-cache", "tmi-cache")

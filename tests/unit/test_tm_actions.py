@@ -324,3 +324,41 @@ def test_stop_flushes_before_the_host_lets_go(cached_world, capsys):
     (teardown,) = [a for h, c, a in calls if c == "stack-teardown"]
     assert "--flush" in teardown
     assert not any(t.startswith("tm_iscsi.wb-host=") for t in lvs.lvs["vm-0-disk-0"])
+
+
+def test_delete_with_sync_flushes_keeps_the_clone_as_an_image_and_drops_its_map(
+        cached_world, capsys):
+    """TM_ISCSI_SYNC=YES: the clone is flushed (not dropped), registered in oned with the name
+    the user chose, retagged as an image, and its region map goes; replayed, nothing repeats."""
+    import xml.etree.ElementTree as ET
+    ctx, calls, lvs = cached_world
+    _run(ctx, "CLONE iscsi_lvm frontend:vg-one-100/img-0 "
+              "host1:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
+    vm = ctx.one.vms[0]
+    user = vm.element.find("USER_TEMPLATE")
+    ET.SubElement(user, "TM_ISCSI_SYNC").text = "YES"
+    ET.SubElement(user, "TM_ISCSI_SYNC_NAME").text = "golden"
+    allocated = []
+    ctx.one.image_allocate = lambda template, ds_id: allocated.append((template, ds_id)) or 42
+    info = dict(lvs.answers())["lv-info"]
+    answers_info = lambda host, args: {**info(host, args), "size_bytes": 64 << 20}  # noqa: E731
+    ctx.node = lambda host, base=ctx.node: _with_answer(base(host), "lv-info", answers_info)
+    calls.clear()
+    line = "DELETE iscsi_lvm host1:/var/lib/one//datastores/101/0/disk.0 0 100"
+    code, plain = _run(ctx, line, capsys)
+    assert code == 0, plain
+    (teardown,) = [a for h, c, a in calls if c == "stack-teardown"]
+    assert "--flush" in teardown
+    ((template, ds_id),) = allocated
+    assert ds_id == 100 and 'NAME = "golden-disk-0"' in template  # YES: every disk
+    assert 'SOURCE = "vg-one-100/vm-0-disk-0"' in template and 'SIZE = "64"' in template
+    assert "tm_iscsi.image-of-sync=42" in lvs.lvs["vm-0-disk-0"]
+    assert "vm-0-disk-0-map" not in lvs.lvs
+    assert "lv-remove" not in [c for _, c, a in calls if "vm-0-disk-0" in a]
+    code, plain = _run(ctx, line, capsys)
+    assert code == 0 and len(allocated) == 1, plain
+
+
+def _with_answer(node, command, answer):
+    node.answers = {**node.answers, command: answer}
+    return node

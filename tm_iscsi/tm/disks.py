@@ -78,6 +78,9 @@ def delete_disk(ctx, args):
                           flush=keep or not volume.owned_by_vm, image_lv=image_lv)
     if keep:
         sync.keep_as_image(ctx, vm, disk_id, volume)
+        # The region map described the VM's disk against its image's base; the new image has
+        # no base yet (its first cached clone makes one) and nothing else owns the map.
+        caching.forget_map(ctx, volume)
         return
     if volume.owned_by_vm:
         caching.forget_map(ctx, volume)

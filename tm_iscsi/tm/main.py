@@ -42,8 +42,12 @@ def _monitor(ctx, args):
     action = read_ds_action("monitor", [a for a in (args.legacy_payload, str(args.dsid)) if a],
                             stdin)
     from .. import dsconf
+    from .monitor import cache_hosts, cache_lines
     ds = dsconf.from_datastore(action.datastore, ctx.settings)
-    print("\n".join(monitor_lines(ctx, ds)))
+    lines = monitor_lines(ctx, ds)
+    clusters = [c.text for c in action.datastore.element.findall("CLUSTERS/ID") if c.text]
+    lines += cache_lines(ctx, cache_hosts(ctx, clusters))
+    print("\n".join(lines))
 
 
 def run(action, argv, stdin=None, ctx=None):
