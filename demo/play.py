@@ -232,15 +232,17 @@ class Demo:
 
         self.step(f"import a {mib} MiB OS image and make a 1 GiB persistent datablock",
                   import_image)
+        # Each VM boots (reads its disk) before the next one of the image is deployed: the
+        # host's read cache copies what the first VM read when the next stack is assembled.
         self.step("deploy VM 0 on host1 (clone of the image + the persistent disk)",
                   self.deploy, 0, "host1", persistent=True)
+        self.step("VM 0 reads its whole disk on host1", self.vm_reads_its_disk, 0, "host1")
         self.step("deploy VM 1 on host1 (clone; keep its disk as an image when done)",
                   self.deploy, 1, "host1",
                   user_template={"TM_ISCSI_SYNC": "0", "TM_ISCSI_SYNC_NAME": "demo-golden"})
+        self.step("VM 1 reads its whole disk on host1", self.vm_reads_its_disk, 1, "host1")
         self.step("deploy VM 2 on host2 (clone)", self.deploy, 2, "host2")
-        for vm_id, host in ((0, "host1"), (1, "host1"), (2, "host2")):
-            self.step(f"VM {vm_id} reads its whole disk on {host}", self.vm_reads_its_disk,
-                      vm_id, host)
+        self.step("VM 2 reads its whole disk on host2", self.vm_reads_its_disk, 2, "host2")
         first, second = self.reads[0][2], self.reads[1][2]
         check(second <= 0.10 * first,
               f"VM 1, the second VM of the image on host1, read {second:.1f} MiB over iSCSI "

@@ -362,3 +362,26 @@ def test_delete_with_sync_flushes_keeps_the_clone_as_an_image_and_drops_its_map(
 def _with_answer(node, command, answer):
     node.answers = {**node.answers, command: answer}
     return node
+
+
+@pytest.mark.parametrize("value, disk_id, wanted", [
+    ("YES", 0, True), ("yes", 3, True), ("NO", 0, False), ("", 0, False), ("0", 0, True),
+    ("0", 2, False), ("0 2", 2, True), ("0,2", 1, False), ("false", 0, False)])
+def test_sync_request_names_disks_and_0_is_disk_0(value, disk_id, wanted):
+    import xml.etree.ElementTree as ET
+    from tm_iscsi.tm import sync
+    vm = VirtualMachine.from_xml(
+        (fixtures.folder("04-vm-deploy") / "01-tm-clone.vm.xml").read_text())
+    ET.SubElement(vm.element.find("USER_TEMPLATE"), "TM_ISCSI_SYNC").text = value
+    assert sync.requested(vm, disk_id) is wanted
+
+
+def test_sync_request_that_is_neither_yes_nor_ids_is_refused():
+    import xml.etree.ElementTree as ET
+    from tm_iscsi.errors import DriverError
+    from tm_iscsi.tm import sync
+    vm = VirtualMachine.from_xml(
+        (fixtures.folder("04-vm-deploy") / "01-tm-clone.vm.xml").read_text())
+    ET.SubElement(vm.element.find("USER_TEMPLATE"), "TM_ISCSI_SYNC").text = "disk0"
+    with pytest.raises(DriverError, match="must be YES or a list of disk ids"):
+        sync.requested(vm, 0)

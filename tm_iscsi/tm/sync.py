@@ -17,7 +17,8 @@ PENDING_TAG = "tm_iscsi.sync=pending"
 
 def requested(vm, disk_id):
     value = (vm.user_template_attr(SYNC_ATTR) or "").strip()
-    if not value or value.upper() in ("NO", "FALSE", "0"):
+    # "0" is disk 0, the OS disk users most often keep; never read it as a boolean.
+    if not value or value.upper() in ("NO", "FALSE"):
         return False
     if value.upper() in ("YES", "TRUE", "ALL"):
         return True
