@@ -187,3 +187,36 @@ def test_lv_owner_rules():
     assert ownership.lv_owner("img-22-base", ["tm_iscsi"]) == ("image", 22)
     assert ownership.lv_owner("saved", ["tm_iscsi"]) == ("unknown", None)
     assert ownership.lv_owner("image7", []) is None
+
+
+def test_a_cache_stack_no_attached_vm_uses_is_an_orphan_and_goes_first(cloud, live):
+    """A gone VM's stack (its LV gone too: dropped), a live VM's stack on a host it is not on
+    (its LV exists: flushed), and the running VM's own stacks (kept)."""
+    live.answers[("host1", "cache-status")] = {"stacks": [
+        {"name": "vm-0-disk-0", "mode": "read+writeback", "dirty_blocks": 3},
+        {"name": "img-1", "mode": "writeback", "dirty_blocks": 0}]}
+    live.answers[("host2", "cache-status")] = {"stacks": [
+        {"name": "vm-7-disk-0", "mode": "writeback", "dirty_blocks": 5},
+        {"name": "vm-0-disk-2", "mode": "writeback", "dirty_blocks": 1}]}
+    found, findings, problems = _found(cloud)
+    assert problems == []
+    assert found == [("stack", "host2", "vm-0-disk-2"), ("stack", "host2", "vm-7-disk-0")]
+    by_name = {f.name: f for f in findings}
+    assert by_name["vm-7-disk-0"].vm == 7 and "VM 7 is gone" in by_name["vm-7-disk-0"].reason
+    assert "5 dirty blocks will be dropped" in by_name["vm-7-disk-0"].reason
+    assert by_name["vm-7-disk-0"].detail["flush"] is False
+    assert by_name["vm-0-disk-2"].detail["flush"] is True
+    assert "no VM has vm-0-disk-2 attached on host2" in by_name["vm-0-disk-2"].reason
+
+    live.calls.clear()
+    inventory.clean(cloud, findings)
+    teardowns = [(h, a) for h, c, a in live.calls if c == "stack-teardown"]
+    assert teardowns == [("host2", ("--name", "vm-0-disk-2", "--flush")),
+                         ("host2", ("--name", "vm-7-disk-0", "--drop"))]
+
+
+def test_a_host_whose_cache_status_fails_is_a_problem_not_a_verdict(cloud, live):
+    live.answers[("host2", "cache-status")] = DriverError("host2: cache-status timed out")
+    found, _, problems = _found(cloud)
+    assert found == []
+    assert problems == ["host2: cache-status failed: host2: cache-status timed out"]

@@ -64,7 +64,12 @@ def host_facts(cloud, problems, names=None, with_links=True):
             continue
         initiator = host.initiator or cloud.live_initiator(host.name)
         links = links_on(cloud, host.name, problems) if with_links else None
-        facts.append(ownership.HostFacts(host.name, initiator, sessions, links))
+        try:
+            stacks = node.call("cache-status").get("stacks", [])
+        except DriverError as err:
+            problems.append(f"{host.name}: cache-status failed: {err}")
+            stacks = None
+        facts.append(ownership.HostFacts(host.name, initiator, sessions, links, stacks))
     return facts
 
 
@@ -92,6 +97,9 @@ def remove(cloud, finding):
     node = cloud.node(finding.node)
     if finding.kind == "link":
         return node.call("path-remove", "--path", d["path"])
+    if finding.kind == "stack":
+        return node.call("stack-teardown", "--name", d["name"],
+                         "--flush" if d.get("flush") else "--drop")
     if finding.kind == "session":
         portal = _portal_of(cloud, finding)
         if not portal:
@@ -114,7 +122,7 @@ def remove(cloud, finding):
 
 
 def clean(cloud, findings):
-    """Remove findings in dependency order (links, sessions, ACLs, targets, LVs); a failure is
+    """Remove findings in dependency order (links, stacks, sessions, ACLs, targets, LVs); a failure is
     recorded and the rest goes on. [(finding, error or None)]."""
     done = []
     for finding in sorted(findings, key=lambda f: ownership.KINDS.index(f.kind)):

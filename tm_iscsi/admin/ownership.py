@@ -25,7 +25,9 @@ from typing import Dict, List, Optional, Set, Tuple
 from .. import naming
 from ..one.states import LcmState, VmState
 
-KINDS = ("link", "session", "acl", "target", "lv")   # also the order --clean removes them in
+# Also the order --clean removes them in: a host's cache stack goes while its LUNs' sessions are
+# still there (its write-back data is flushed through them).
+KINDS = ("link", "stack", "session", "acl", "target", "lv")
 
 ATTACHED_STATES = (VmState.ACTIVE, VmState.SUSPENDED, VmState.POWEROFF)
 # LCM states in which the disks may be on the previous host and the new one at once.
@@ -77,6 +79,7 @@ class HostFacts:
     initiator: Optional[str]
     sessions: Optional[List[dict]]            # None: the host did not answer
     links: Optional[List[Tuple[str, str]]]    # (path, target); None: not looked at / no answer
+    stacks: Optional[List[dict]] = None       # cache-status stacks; None: no answer
 
 
 @dataclass
@@ -220,6 +223,12 @@ def find_orphans(own, storages, hosts):
     all_bases = {b for s in storages for b in s.iqn_bases}
     owners = {}
     target_lvs = {}        # iqn -> (vg, lv, base), over every storage node
+    names = {row["lv"] for s in storages for rows in s.vgs.values() for row in rows}
+    complete_vgs = bool(storages) and all(s.vgs for s in storages)
+
+    def lv_exists(lv):
+        # None: cannot tell (no storage node answered with its VGs).
+        return (lv in names) if complete_vgs else None
 
     for storage in storages:
         lv_rows = {(vg, row["lv"]): row for vg, rows in storage.vgs.items() for row in rows}
@@ -305,6 +314,7 @@ def find_orphans(own, storages, hosts):
             else:
                 reason = f"no VM using this target is attached on {host.name}"
             findings.append(Finding("session", host.name, iqn, reason, vm, image, detail))
+        findings.extend(_stack_findings(own, host, lv_exists))
         for path, target in host.links or []:
             m = _LINK.search(path)
             if not m:
@@ -319,6 +329,30 @@ def find_orphans(own, storages, hosts):
             findings.append(Finding("link", host.name, path, f"{reason} (-> {target})", vm_id,
                                     detail={"path": path}))
     return sorted(findings, key=lambda f: (KINDS.index(f.kind), f.node, f.name))
+
+
+def _stack_findings(own, host, lv_exists):
+    """A host's cache stack (named after its disk's LV) that no VM attached there uses. Removing
+    it flushes its write-back data when the LV still exists, and drops it when it does not."""
+    for stack in host.stacks or []:
+        name = stack.get("name") or ""
+        m, n = _VM_LV.match(name), _IMAGE_LV.match(name)
+        users = {h for (_vg, lv), hosts in own.entitled.items() if lv == name for h in hosts}
+        if host.name in users:
+            continue
+        vm = int(m.group(1)) if m else None
+        if vm is not None and vm not in own.vm_ids:
+            reason = f"VM {vm} is gone (DONE or deleted)"
+        elif vm is not None and host.name in own.vm_hosts.get(vm, set()):
+            continue   # a disk of a live VM on this host that oned does not list (yet)
+        else:
+            reason = f"no VM has {name} attached on {host.name}"
+        exists = lv_exists(name)
+        dirty = int(stack.get("dirty_blocks") or 0)
+        if exists is False and dirty:
+            reason += f"; its LV is gone, {dirty} dirty blocks will be dropped"
+        yield Finding("stack", host.name, name, reason, vm, int(n.group(1)) if n else None,
+                      {"name": name, "flush": exists is not False})
 
 
 def related_to_vm(findings, vm_id):
