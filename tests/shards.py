@@ -17,17 +17,18 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Minutes per test file, measured on an idle CI machine; update when a file grows a lot.
+# Minutes per test file, measured in a whole run (36 min on this machine's 2 cores, both shards
+# together); update when a file grows a lot.
 MINUTES = {
-    "tests/lab/test_driver_convergence.py": 26,
-    "tests/lab/test_driver_lifecycle.py": 17,
-    "tests/lab/test_driver_scenarios.py": 9,
-    "tests/lab/test_dmcache_stacks.py": 7,
-    "tests/lab/test_demo.py": 8,
-    "tests/lab/test_driver_crash.py": 3,
-    "tests/lab/test_hooks.py": 3,
+    "tests/lab/test_driver_convergence.py": 15,
+    "tests/lab/test_driver_lifecycle.py": 11,
+    "tests/lab/test_driver_scenarios.py": 10,
+    "tests/lab/test_dmcache_stacks.py": 6,
+    "tests/lab/test_demo.py": 6,
     "tests/lab/test_node_host.py": 3,
-    "tests/lab/test_node_storage.py": 3,
+    "tests/lab/test_driver_crash.py": 2,
+    "tests/lab/test_hooks.py": 2,
+    "tests/lab/test_node_storage.py": 2,
     "tests/lab/test_install.py": 2,
     "tests/lab/test_admin.py": 2,
     "tests/lab/test_kernel.py": 2,
