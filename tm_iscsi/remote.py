@@ -2,10 +2,12 @@
 
 The node helper's contract (tm_iscsi/node): one JSON object on stdout, one line on stderr and a
 non-zero exit on failure, `INFO:` progress lines on stderr."""
+import io
 import json
 import os
 import shlex
 import subprocess
+import threading
 import time
 
 from . import log
@@ -50,6 +52,54 @@ def _trace(host, command, seconds):
                                     "seconds": round(seconds, 3)}) + "\n")
 
 
+def _plain_file(stream):
+    """A local file whose descriptor ssh may read directly. Anything else (an HTTP response
+    holds the start of the body in Python's buffer, not in its socket) goes through a pipe."""
+    raw = getattr(stream, "raw", None)
+    if not isinstance(stream, io.BufferedReader) or not isinstance(raw, io.FileIO):
+        return False
+    try:
+        # Python may have read ahead (a seek inside its buffer moves no descriptor): put the
+        # descriptor where the reader is.
+        os.lseek(stream.fileno(), stream.tell(), os.SEEK_SET)
+    except OSError:
+        return False
+    return True
+
+
+class _Feeder:
+    """Copies a Python file object into a pipe the child reads, in a thread."""
+    CHUNK = 1 << 20
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.read_end, self._write_end = os.pipe()
+        self.error = None
+        self._thread = threading.Thread(target=self._copy, daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def _copy(self):
+        try:
+            with open(self._write_end, "wb", closefd=True) as sink:
+                while True:
+                    chunk = self.stream.read(self.CHUNK)
+                    if not chunk:
+                        break
+                    sink.write(chunk)
+        except BrokenPipeError:
+            pass   # the child stopped reading: its exit code says why
+        except OSError as err:
+            self.error = str(err)
+
+    def finish(self):
+        # The child has ended: our copy of the read end goes, so a feeder still writing gets
+        # EPIPE instead of blocking on a full pipe.
+        os.close(self.read_end)
+        self._thread.join(timeout=30)
+
+
 class Node:
     def __init__(self, host, settings):
         self.host = host
@@ -89,18 +139,30 @@ class Node:
         argv = self._argv(command, args)
         timeout = timeout or self.settings.ssh_timeout
         kwargs = {}
+        feeder = None
         if stdin is None:
             kwargs["stdin"] = subprocess.DEVNULL
         elif isinstance(stdin, (bytes, str)):
             kwargs["input"] = stdin.encode() if isinstance(stdin, str) else stdin
-        else:
+        elif _plain_file(stdin):
             kwargs["stdin"] = stdin
+        else:
+            feeder = _Feeder(stdin)
+            kwargs["stdin"] = feeder.read_end
         try:
+            if feeder:
+                feeder.start()
             result = subprocess.run(argv, stdout=sink if sink is not None else subprocess.PIPE,
                                     stderr=subprocess.PIPE, timeout=timeout, **kwargs)
         except subprocess.TimeoutExpired:
             raise DriverError(f"{self.host}: tm-iscsi-node {command} did not finish within "
                               f"{timeout}s")
+        finally:
+            if feeder:
+                feeder.finish()
+        if feeder and feeder.error and result.returncode != 0:
+            raise DriverError(f"{self.host}: tm-iscsi-node {command}: reading its input failed: "
+                              f"{feeder.error}")
         stderr = result.stderr.decode(errors="replace")
         plain = []
         for line in stderr.splitlines():
