@@ -9,22 +9,9 @@ import socket
 from dataclasses import dataclass, field
 from typing import FrozenSet, Tuple
 
+from . import kvfile
+
 CONFIG_FILE = os.environ.get("TM_ISCSI_CONF", "/etc/one/tm_iscsi.conf")
-
-
-def _file_values(path):
-    values = {}
-    try:
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if not line or line.startswith("#") or "=" not in line:
-                    continue
-                key, value = line.split("=", 1)
-                values[key.strip()] = value.strip().strip('"')
-    except FileNotFoundError:
-        pass
-    return values
 
 
 @dataclass(frozen=True)
@@ -43,7 +30,7 @@ class Settings:
 
 
 def load(environ=None):
-    env = dict(_file_values(CONFIG_FILE))
+    env = kvfile.read(CONFIG_FILE)
     env.update({k: v for k, v in (environ or os.environ).items() if k.startswith("TM_ISCSI_")})
 
     def get(key, default):

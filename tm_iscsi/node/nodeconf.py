@@ -3,21 +3,16 @@ what this node is (ROLES) and which VGs it uses (CACHE_VG on a host). A node set
 no file, and the built-in defaults apply."""
 import os
 
+from .. import kvfile
+
 PATH = os.environ.get("TM_ISCSI_NODE_CONF", "/etc/tm_iscsi/node.conf")
 
 
 def values(path=PATH):
-    out = {}
     try:
-        with open(path) as conf:
-            for line in conf:
-                line = line.strip()
-                if line and not line.startswith("#") and "=" in line:
-                    key, _, value = line.partition("=")
-                    out[key.strip()] = value.strip()
+        return kvfile.read(path)
     except OSError:
-        pass
-    return out
+        return {}   # unreadable: the defaults, as with no file
 
 
 def get(key, default, path=PATH):
