@@ -115,10 +115,17 @@ class Cloud:
                 final = self.tm_action(line, stdin=stdin)
                 assert final.success, final.info
                 return calls
-            plain = [l for l in result.stderr.splitlines()
-                     if l.strip() and not l.startswith(("INFO:", "ERROR:"))]
+            plain = plain_lines(result)
             assert len(plain) == 1 and "injected fault" in plain[0], result.stderr
         raise AssertionError(f"{line}: more than {max_steps} node calls")
+
+    def import_image(self, mib, seed):
+        """Image 0 from a pattern file of `mib` MiB through the real DS cp; kept as self.raw."""
+        self.raw = pattern_file(self.workdir / "img.raw", mib, seed)
+        cp = self.ds_action("cp", 0, self.ds_xml("01-image-create-from-path", "02-ds-cp",
+                                                 PATH=self.raw))
+        assert cp.success, cp.info
+        return self.raw
 
     def ds_action(self, action, object_id, xml):
         return self.ds.run(action, object_id, xml)
@@ -170,6 +177,12 @@ class Cloud:
             if items or dm or links:
                 found[host] = {"sessions": items, "dm": dm, "links": links}
         return found
+
+
+def plain_lines(result):
+    """What an administrator reads of a failed action: stderr without oned's log lines."""
+    return [l for l in result.stderr.splitlines()
+            if l.strip() and not l.startswith(("INFO:", "ERROR:"))]
 
 
 def b64(xml):

@@ -6,7 +6,7 @@ done its work, each re-run starting from what the previous failure left; then it
 the result must be the same as an undisturbed run's."""
 import pytest
 
-from tests.lab.cloud import IMAGE_VG, SYSDIR, Cloud, pattern_file, sha_of_file
+from tests.lab.cloud import IMAGE_VG, SYSDIR, Cloud, sha_of_file
 from tests.standin import fixtures
 from tests.standin.oned import OnedStandIn
 
@@ -24,12 +24,9 @@ def cloud(lab, tmp_path):
         c = Cloud(lab, oned, tmp_path)
         c.prepare_storage()
         c.load_datastores()
-        raw = pattern_file(tmp_path / "img.raw", 16, "converge")
-        cp = c.ds_action("cp", 0, c.ds_xml("01-image-create-from-path", "02-ds-cp", PATH=raw))
-        assert cp.success, cp.info
+        c.import_image(16, "converge")
         c.load_vm("04-vm-deploy", "01-tm-clone")
         c.set_cache_mode("none")
-        c.raw = raw
         yield c
 
 

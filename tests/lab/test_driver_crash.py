@@ -4,7 +4,7 @@ using the disk (a VM recreated elsewhere is refused with the one line that says 
 the host's boot-time activation flushes it, and then the disk moves with every byte."""
 import pytest
 
-from tests.lab.cloud import IMAGE_VG, SYSDIR, Cloud, pattern_file, sha_of_file
+from tests.lab.cloud import IMAGE_VG, SYSDIR, Cloud, plain_lines, sha_of_file
 from tests.standin.oned import OnedStandIn
 
 IMAGE_MIB = 32
@@ -20,9 +20,7 @@ def cloud(lab, tmp_path):
         c.prepare_storage()
         c.load_datastores()
         c.set_cache_mode("writeback")
-        c.raw = pattern_file(tmp_path / "img.raw", IMAGE_MIB, "crash")
-        cp = c.ds_action("cp", 0, c.ds_xml("01-image-create-from-path", "02-ds-cp", PATH=c.raw))
-        assert cp.success, cp.info
+        c.import_image(IMAGE_MIB, "crash")
         c.load_vm("04-vm-deploy", "01-tm-clone")
         yield c
 
@@ -42,8 +40,7 @@ def test_crashed_host_keeps_its_dirty_data_and_no_other_host_gets_the_disk(cloud
     # oned recreates the VM on host2 (the HOST ERROR hook's reschedule): the prolog runs there.
     recreate = cloud.tm_action(CLONE_TO.format(host="host2"))
     assert not recreate.success
-    plain = [l for l in recreate.stderr.splitlines()
-             if l.strip() and not l.startswith(("INFO:", "ERROR:"))]
+    plain = plain_lines(recreate)
     assert len(plain) == 1 and "unflushed write-back data on host1" in plain[0], plain
     assert "boot host1" in plain[0]
     assert cloud.sessions("host2") == []

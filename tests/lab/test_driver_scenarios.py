@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from tests.lab.cloud import IMAGE_VG, SYSDIR, Cloud, pattern_file, sha_of_file
+from tests.lab.cloud import IMAGE_VG, SYSDIR, Cloud, plain_lines, sha_of_file
 from tests.standin import fixtures
 from tests.standin.oned import OnedStandIn
 
@@ -25,17 +25,10 @@ def cloud(lab, tmp_path):
         c = Cloud(lab, oned, tmp_path)
         c.prepare_storage()
         c.load_datastores()
-        c.raw = pattern_file(tmp_path / "img.raw", 16, "scenarios")
-        cp = c.ds_action("cp", 0, c.ds_xml("01-image-create-from-path", "02-ds-cp", PATH=c.raw))
-        assert cp.success, cp.info
+        c.import_image(16, "scenarios")
         mkfs = c.ds_action("mkfs", 1, c.ds_xml("02-image-create-datablock", "01-ds-mkfs"))
         assert mkfs.success, mkfs.info
         yield c
-
-
-def _plain_lines(result):
-    return [l for l in result.stderr.splitlines()
-            if l.strip() and not l.startswith(("INFO:", "ERROR:"))]
 
 
 def test_terminate_of_an_undeployed_vm_runs_on_frontend_paths(cloud):
@@ -130,7 +123,7 @@ def test_image_datastore_actions(cloud, tmp_path):
     # a failed copy leaves nothing behind
     bad = cloud.ds_action("cp", 6, cloud.ds_xml("01-image-create-from-path", "02-ds-cp",
                                                 PATH=str(tmp_path / "missing.raw"), ID=6))
-    assert not bad.success and len(_plain_lines(bad)) == 1
+    assert not bad.success and len(plain_lines(bad)) == 1
     assert "img-6" not in cloud.lvs()
 
     # clone: a thin snapshot, same bytes
@@ -197,7 +190,7 @@ def test_full_pool_refuses_a_clone_and_changes_nothing(cloud):
     result = cloud.tm_action("CLONE iscsi_lvm frontend:vg-one-100/img-0 "
                              "host1:/var/lib/one//datastores/101/0/disk.0 0 100")
     assert not result.success
-    assert len(_plain_lines(result)) == 1 and "full" in result.info.lower(), result.info
+    assert len(plain_lines(result)) == 1 and "full" in result.info.lower(), result.info
     assert (cloud.lvs(), cloud.exports()) == before
     assert cloud.sessions("host1") == []
 

@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from tests.lab.cloud import IMAGE_VG, SYSDIR, Cloud, pattern_file, sha_of_file
+from tests.lab.cloud import IMAGE_VG, SYSDIR, Cloud, sha_of_file
 from tests.standin.oned import OnedStandIn
 from tests.unit.test_admin_world import host_xml, vm_xml
 
@@ -45,9 +45,7 @@ def cloud(lab, tmp_path):
         c.prepare_storage()
         c.load_datastores()
         c.set_template_attr("datastore", 100, "CACHE_MODE", "none")
-        c.raw = pattern_file(tmp_path / "img.raw", IMAGE_MIB, "hooks")
-        cp = c.ds_action("cp", 0, c.ds_xml("01-image-create-from-path", "02-ds-cp", PATH=c.raw))
-        assert cp.success, cp.info
+        c.import_image(IMAGE_MIB, "hooks")
         oned.put_document(host_xml(0, "host1", vm_ids=(0,)))
         oned.put_document(host_xml(1, "host2", vm_ids=(1,)))
         yield c
