@@ -192,9 +192,6 @@ class Demo:
         check(result.success, f"system datastore monitor failed: {result.info}")
         return base64.b64decode(result.info).decode().strip().splitlines()
 
-    def cache_of(self, host):
-        return json.loads(self.lab.sh(host, "tm-iscsi-node cache-status"))
-
     # -- the play --------------------------------------------------------------------------------
 
     def play(self):
@@ -255,7 +252,6 @@ class Demo:
                    for vm, host in ((0, "host1"), (1, "host1"), (2, "host2"))}
         persistent = cloud.write_on("host1", f"{SYS}/0/disk.1", b"vm0-persistent-",
                                     offset_mib=300)
-        cache_before = {h: self.cache_of(h) for h in ("host1", "host2")}
         self.step("live-migrate VM 2 host2 -> host1 while it writes",
                   self.live_migrate_under_load, 2, "host2", "host1")
         check(cloud.sha_on("host1", f"{SYS}/2/disk.0", 2) == written[2],
@@ -311,7 +307,6 @@ class Demo:
         left = {h: [s["iqn"] for s in cloud.sessions(h) if not s["iqn"].endswith("-base")]
                 for h in ("host1", "host2")}
         check(not any(left.values()), f"terminate left sessions {left}")
-        self.cache_before = cache_before
         self.notes.append(f"VM 1's disk kept as image {kept[0]} (demo-golden), "
                           f"{IMAGE_VG}/vm-1-disk-0, with VM 1's write in it")
 
