@@ -16,7 +16,7 @@ def export_to(ctx, volume, initiator):
             "--iqn-base", ds.iqn_base, *ds.chap_args()]
     if volume.readonly:
         args.append("--readonly")
-    return ctx.node(ds.storage_host).call("export", *args)
+    return ctx.node(ds.storage_host).call("export", *args, stdin=ds.chap_stdin())
 
 
 def attach_lun(ctx, host, volume, link_path=None):
@@ -27,7 +27,7 @@ def attach_lun(ctx, host, volume, link_path=None):
             exported["serial"], *volume.ds.chap_args(), "--timeout", ctx.settings.attach_timeout]
     if link_path:
         args += ["--link", link_path]
-    return ctx.node(host).call("attach", *args,
+    return ctx.node(host).call("attach", *args, stdin=volume.ds.chap_stdin(),
                                timeout=ctx.settings.attach_timeout + ctx.settings.ssh_timeout)
 
 

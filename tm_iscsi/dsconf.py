@@ -31,9 +31,11 @@ class DatastoreConfig:
     cache_mode: str
 
     def chap_args(self):
-        if not self.chap_user:
-            return []
-        return ["--chap-user", self.chap_user, "--chap-password", self.chap_password]
+        return ["--chap-user", self.chap_user] if self.chap_user else []
+
+    def chap_stdin(self):
+        """What export and attach read the secret from: never argv, which `ps` shows."""
+        return f"{self.chap_password}\n" if self.chap_user else None
 
 
 def from_datastore(ds, settings):
@@ -57,6 +59,12 @@ def from_datastore(ds, settings):
     if bool(chap_user) != bool(chap_password):
         raise DriverError(f"datastore {ds_id}: set both ISCSI_CHAP_USER and ISCSI_CHAP_PASSWORD, "
                           "or neither")
+    if chap_user and not naming.valid_chap_user(chap_user):
+        raise DriverError(f"datastore {ds_id}: ISCSI_CHAP_USER={chap_user!r} is not a valid CHAP "
+                          "user name (letters, digits, ._@:+/=-)")
+    if chap_password and not naming.valid_chap_secret(chap_password):
+        raise DriverError(f"datastore {ds_id}: ISCSI_CHAP_PASSWORD must be 1-255 printable "
+                          "characters without blanks")
     try:
         max_fill = int(attr("MAX_POOL_FILL", settings.max_pool_fill))
     except ValueError:

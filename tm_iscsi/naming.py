@@ -11,6 +11,10 @@ THIN_POOL = "tpool"
 # uuid5 namespace of LUN serials: same (vg, lv) -> same serial on every storage node and run.
 _SERIAL_NAMESPACE = uuid.UUID("6f1c3a52-7d0e-4f55-9a1e-2b8e4c1d9a07")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+_.-]*$")
+# A CHAP user name travels in argv (it is no secret); the secret only on stdin, one line, so any
+# printable character but the blank is fine. 255 is LIO's limit for both.
+_CHAP_USER_RE = re.compile(r"[A-Za-z0-9._@:+/=-]{1,255}")
+_CHAP_SECRET_RE = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 def default_vg(ds_id):
@@ -45,6 +49,14 @@ def parse_source(value):
 
 def valid_name(name):
     return bool(_NAME_RE.match(str(name))) and len(str(name)) <= 120
+
+
+def valid_chap_user(value):
+    return bool(_CHAP_USER_RE.fullmatch(str(value)))
+
+
+def valid_chap_secret(value):
+    return bool(_CHAP_SECRET_RE.fullmatch(str(value)))
 
 
 def target_iqn(vg, lv, base=DEFAULT_IQN_BASE):

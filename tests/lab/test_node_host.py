@@ -17,9 +17,9 @@ def iqn_of(lv):
     return f"iqn.2026-11.io.tm-iscsi:{VG}.{lv}"
 
 
-def refused(lab, node, *args):
+def refused(lab, node, *args, input=None):
     """A command that must fail with exactly one plain stderr line; returns it."""
-    result = lab.node_helper(node, *args, check=False)
+    result = lab.node_helper(node, *args, input=input, check=False)
     assert result.returncode in (1, 2), (args, result.returncode, result.stdout)
     lines = [line for line in result.stderr.decode(errors="replace").splitlines()
              if line.strip() and not line.startswith("INFO: ")]
@@ -165,30 +165,37 @@ def _lab_id():
 
 def test_chap(lab):
     storage_with_image(lab, "img-1")
-    serial = export(lab, "img-1", HOST1, "--chap-user", "oneadmin-ds100",
-                    "--chap-password", "s3cret-Pass-1")["serial"]
+    # The secret is the first line of stdin: argv shows in `ps` to every user of the node.
+    serial = lab.node_helper("storage", "export", "--vg", VG, "--lv", "img-1", "--initiator",
+                             HOST1, "--chap-user", "oneadmin-ds100",
+                             input=b"s3cret-Pass-1!\n")["serial"]
     tpg = f"/sys/kernel/config/target/iscsi/{iqn_of('img-1')}/tpgt_1"
     assert lab.sh("storage", f"cat {tpg}/attrib/authentication").strip() == "1"
+    assert lab.sh("storage", f"cat {tpg}/acls/{HOST1}/auth/password").strip() == "s3cret-Pass-1!"
 
     line = refused(lab, "host1", "attach", "--portal", "storage", "--iqn", iqn_of("img-1"),
                    "--serial", serial)
     assert "authorization" in line
     line = refused(lab, "host1", "attach", "--portal", "storage", "--iqn", iqn_of("img-1"),
-                   "--serial", serial, "--chap-user", "oneadmin-ds100",
-                   "--chap-password", "wrong-Pass-22")
+                   "--serial", serial, "--chap-user", "oneadmin-ds100", input=b"wrong-Pass-22\n")
     assert "authorization" in line and "wrong-Pass-22" not in line
     assert iscsi_state(lab, "host1") == (0, 0, 0)
+    assert "first line of stdin" in refused(lab, "host1", "attach", "--portal", "storage", "--iqn",
+                                            iqn_of("img-1"), "--serial", serial, "--chap-user",
+                                            "oneadmin-ds100")
 
-    out = attach(lab, "host1", "img-1", serial, "--chap-user", "oneadmin-ds100",
-                 "--chap-password", "s3cret-Pass-1", "--link", LINK)
+    out = lab.node_helper("host1", "attach", "--portal", "storage", "--iqn", iqn_of("img-1"),
+                          "--serial", serial, "--chap-user", "oneadmin-ds100", "--link", LINK,
+                          input=b"s3cret-Pass-1!\n")
     assert read_sha(lab, "host1", LINK) == hashlib.sha256(DATA).hexdigest()
     assert out["session_reused"] is False
 
     # Another host without CHAP would switch the target's authentication off: refused.
     assert "CHAP" in refused(lab, "storage", "export", "--vg", VG, "--lv", "img-1",
                              "--initiator", HOST2)
-    assert "--chap-user" in refused(lab, "storage", "export", "--vg", VG, "--lv", "img-1",
-                                    "--initiator", HOST2, "--chap-user", "x")
+    assert "--chap-password" in refused(lab, "storage", "export", "--vg", VG, "--lv", "img-1",
+                                        "--initiator", HOST2, "--chap-user", "x",
+                                        "--chap-password", "in-argv-Pass-1")
     lab.node_helper("host1", "detach", "--portal", "storage", "--iqn", iqn_of("img-1"),
                     "--link", LINK)
     assert iscsi_state(lab, "host1") == (0, 0, 0)

@@ -4,6 +4,7 @@ commands on the real kernel; these pin the decisions down cheaply."""
 import io
 import json
 import os
+import sys
 
 import pytest
 
@@ -33,8 +34,14 @@ def lvm_mock(mocker):
     return lvm
 
 
-def main(capsys, *argv):
-    code = cli.main(list(argv))
+def main(capsys, *argv, stdin=None):
+    saved = sys.stdin
+    if stdin is not None:
+        sys.stdin = io.StringIO(stdin)
+    try:
+        code = cli.main(list(argv))
+    finally:
+        sys.stdin = saved
     out, err = capsys.readouterr()
     return code, (json.loads(out) if out.strip() else None), err
 
@@ -56,7 +63,9 @@ def changes(lvm_mock):
     ["export", "--vg", "vgt", "--lv", "a", "--initiator", "iqn.2026-11.x:h1",
      "--portal-ip", "storage"],
     ["export", "--vg", "vgt", "--lv", "a", "--initiator", "iqn.2026-11.x:h1",
-     "--chap-password", "has space"],
+     "--chap-user", "has space"],
+    ["export", "--vg", "vgt", "--lv", "a", "--initiator", "iqn.2026-11.x:h1",
+     "--chap-password", "a-secret-in-argv"],
     ["lv-mkfs", "--vg", "vgt", "--lv", "a", "--fs", "ntfs"],
     ["lv-write", "--vg", "vgt", "--lv", "a", "--format", "vmdk"],
     ["lv-create", "--vg", "vgt", "--lv", "x"],
@@ -183,7 +192,7 @@ def test_export_unexport_fence(capsys, lvm_mock, mocker):
     # /dev/vgt/b does not exist here: the LV is looked up and activated first.
     code, out, _ = main(capsys, "export", "--vg", "vgt", "--lv", "b", "--initiator",
                         "iqn.2026-11.lab.tm-iscsi:host1", "--readonly", "--chap-user", "u",
-                        "--chap-password", "p4ssw0rd-long")
+                        stdin="p4ssw0rd-long\n")
     assert code == 0 and out == {"iqn": "x"}
     lvm_mock.activate.assert_called_once_with("vgt", "b")
     export.assert_called_once_with(
@@ -192,8 +201,12 @@ def test_export_unexport_fence(capsys, lvm_mock, mocker):
         chap=("u", "p4ssw0rd-long"), readonly=True)
     save.assert_called_once()
     code, _, err = main(capsys, "export", "--vg", "vgt", "--lv", "b", "--initiator",
-                        "iqn.2026-11.lab.tm-iscsi:host1", "--chap-user", "u")
-    assert code == 1 and "both" in err
+                        "iqn.2026-11.lab.tm-iscsi:host1", "--chap-user", "u", stdin="")
+    assert code == 1 and "first line of stdin" in err
+    code, _, err = main(capsys, "export", "--vg", "vgt", "--lv", "b", "--initiator",
+                        "iqn.2026-11.lab.tm-iscsi:host1", "--chap-user", "u",
+                        stdin="has blank\n")
+    assert code == 1 and "printable" in err and "has blank" not in err
     code, _, err = main(capsys, "export", "--vg", "vgt", "--lv", "nope", "--initiator",
                         "iqn.2026-11.lab.tm-iscsi:host1")
     assert code == 1 and "does not exist" in err
@@ -341,10 +354,10 @@ def test_attach_new_session(capsys, host, tmp_path):
     host.sessions_of.side_effect = [[], [session()]]
     link = str(tmp_path / "disk.0")
     code, out, _ = main(capsys, *attach_argv("--link", link, "--timeout", "10",
-                                             "--chap-user", "u", "--chap-password", "pw"))
+                                             "--chap-user", "u"), stdin="pw!%^\nrest\n")
     assert code == 0 and out == {"device": "/dev/sdb", "stable_path": "/dev/sdb", "link": link,
                                  "session_reused": False}
-    host.write_record.assert_called_once_with(IQN, "10.0.0.1", 3260, ("u", "pw"), 5, 2)
+    host.write_record.assert_called_once_with(IQN, "10.0.0.1", 3260, ("u", "pw!%^"), 5, 2)
     assert os.readlink(link) == "/dev/sdb"
 
 

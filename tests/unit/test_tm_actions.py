@@ -114,6 +114,44 @@ def test_clone_is_snapshot_then_export_to_this_host_then_attach(world, capsys):
     assert attach[attach.index("--serial") + 1] == "s-vm-0-disk-0"
 
 
+def test_chap_secret_goes_to_export_and_attach_on_stdin_never_in_argv(world, capsys):
+    ctx, calls, one = world
+    one.datastores[100] = _ds(100, CACHE_MODE="none", ISCSI_CHAP_USER="onechap",
+                              ISCSI_CHAP_PASSWORD="s3cret-Passw0rd!")
+    stdins = {}
+    plain_node = ctx.node
+
+    def node(host):
+        recorder = plain_node(host)
+        record = recorder.call
+
+        def call(command, *args, **kwargs):
+            stdins[command] = kwargs.get("stdin")
+            return record(command, *args, **kwargs)
+        recorder.call = call
+        return recorder
+    ctx.node = node
+    code, plain = _run(ctx, "CLONE iscsi_lvm frontend:vg-one-100/img-0 "
+                            "host1:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
+    assert code == 0 and plain == []
+    for command in ("export", "attach"):
+        args = next(a for _, c, a in calls if c == command)
+        assert args[args.index("--chap-user") + 1] == "onechap"
+        assert stdins[command] == "s3cret-Passw0rd!\n"
+    assert not any("s3cret" in " ".join(a) for _, _, a in calls)
+    assert not any(stdins[c] for c in stdins if c not in ("export", "attach"))
+
+
+def test_a_chap_secret_with_a_blank_is_refused_before_any_node_call(world, capsys):
+    ctx, calls, one = world
+    one.datastores[100] = _ds(100, CACHE_MODE="none", ISCSI_CHAP_USER="onechap",
+                              ISCSI_CHAP_PASSWORD="two words")
+    code, plain = _run(ctx, "CLONE iscsi_lvm frontend:vg-one-100/img-0 "
+                            "host1:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
+    assert code == 1 and len(plain) == 1 and "ISCSI_CHAP_PASSWORD" in plain[0]
+    assert "two words" not in plain[0] and calls == []
+
+
 def test_stop_detaches_and_revokes_but_keeps_the_clone(world, capsys):
     ctx, calls, _ = world
     code, plain = _run(ctx, "MV iscsi_lvm host1:/var/lib/one//datastores/101/0/disk.0 "

@@ -12,6 +12,7 @@ import time
 
 from . import iscsi, locks
 from . import run as _run
+from .chap import add_option as chap_option, credentials as chap_credentials
 from .cli import command as _register
 from .errors import NodeError
 from .naming_args import checked as _checked, int_range as _int_range
@@ -23,7 +24,6 @@ def command(name, help):
         return _register(name, help)(_run.one_line_errors(name, func))
     return register
 
-_CHAP_RE = re.compile(r"^[A-Za-z0-9._@:+/=-]{1,255}$")
 _SERIAL_RE = re.compile(r"^[A-Za-z0-9._:-]{1,80}$")
 # Absolute paths of plain names only: the link goes under a system datastore directory.
 _PATH_RE = re.compile(r"^/[A-Za-z0-9_.+@=:/-]{1,4000}$")
@@ -48,7 +48,6 @@ def _portal(value):
 
 
 IQN = _checked(iscsi.valid_iqn, "iSCSI name (iqn.YYYY-MM.domain[:name])")
-CHAP = _checked(lambda v: bool(_CHAP_RE.match(v)), "CHAP value (letters, digits, ._@:+/=-)")
 SERIAL = _checked(lambda v: bool(_SERIAL_RE.match(v)), "unit serial")
 LINK = _checked(_valid_path, "link path (absolute, no '..', letters, digits, _.+@=:/-)")
 
@@ -141,7 +140,7 @@ def _undo_login(iqn):
 
 @command("attach", "log in to a target (or reuse the session) and link its checked LUN")
 def attach(args):
-    chap = _chap(args)
+    chap = chap_credentials(args)
     host, port = iscsi.parse_portal(args.portal)
     ip = iscsi.resolve(host)
     deadline = time.monotonic() + args.timeout
@@ -204,11 +203,6 @@ def _initiator_or_none():
         return None
 
 
-def _chap(args):
-    if bool(args.chap_user) != bool(args.chap_password):
-        raise NodeError("give both --chap-user and --chap-password, or neither")
-    return (args.chap_user, args.chap_password) if args.chap_user else None
-
 
 def _target_options(p):
     p.add_argument("--portal", required=True, type=_portal, help="storage node HOST[:PORT]")
@@ -220,8 +214,7 @@ def _attach_options(p):
     _target_options(p)
     p.add_argument("--serial", required=True, type=SERIAL, help="expected unit serial")
     p.add_argument("--lun", type=_int_range(0, 255, "LUN"), default=0)
-    p.add_argument("--chap-user", type=CHAP)
-    p.add_argument("--chap-password", type=CHAP)
+    chap_option(p)
     p.add_argument("--timeout", type=_int_range(1, 3600, "timeout in seconds"), default=30)
 
 

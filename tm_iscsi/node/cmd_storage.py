@@ -16,6 +16,7 @@ import tempfile
 from .. import naming
 from . import iscsi, lio, locks, lvm
 from . import run as _run
+from .chap import add_option as chap_option, credentials as chap_credentials
 from .cli import command as _register
 from .errors import NodeError
 from .naming_args import checked as _checked, int_range as _int_range
@@ -32,7 +33,6 @@ CHUNK = 4 * MIB
 SPOOL_DIR = os.environ.get("TM_ISCSI_SPOOL_DIR", "/var/tmp")
 # A multi-GiB image converted inside a slow VM can take long; the timeout is only a backstop.
 CONVERT_TIMEOUT = 6 * 3600
-_CHAP_RE = re.compile(r"^[A-Za-z0-9._@:+/=-]{1,255}$")
 FILESYSTEMS = ("ext4", "ext3", "ext2", "xfs", "swap", "raw")
 
 
@@ -45,7 +45,6 @@ TAG = _checked(lvm.valid_tag, "LV tag (letters, digits and _+.:/=- only)")
 IQN = _checked(iscsi.valid_iqn, "iSCSI name (iqn.YYYY-MM.domain[:name])")
 IQN_BASE = _checked(lambda v: iscsi.valid_iqn(v) and ":" not in v,
                     "IQN base (iqn.YYYY-MM.domain, without ':')")
-CHAP = _checked(lambda v: bool(_CHAP_RE.match(v)), "CHAP value (letters, digits, ._@:+/=-)")
 
 
 
@@ -659,15 +658,10 @@ lv_mkfs.configure = _lv_mkfs_options
 
 # -- LIO ---------------------------------------------------------------------------------------
 
-def _chap(args):
-    if bool(args.chap_user) != bool(args.chap_password):
-        raise NodeError("give both --chap-user and --chap-password, or neither")
-    return (args.chap_user, args.chap_password) if args.chap_user else None
-
 
 @command("export", "export an LV over iSCSI to one host initiator")
 def export(args):
-    chap = _chap(args)
+    chap = chap_credentials(args)
     dev = lvm.lv_path(args.vg, args.lv)
     if not os.path.exists(dev):
         # Only then pay for an LVM call: the LV is missing or inactive.
@@ -698,8 +692,7 @@ def _export_options(p):
     p.add_argument("--initiator", required=True, type=IQN, help="the host's initiator IQN")
     p.add_argument("--portal-ip", default="0.0.0.0", type=_ip)
     p.add_argument("--port", default=iscsi.DEFAULT_PORT, type=PORT)
-    p.add_argument("--chap-user", type=CHAP)
-    p.add_argument("--chap-password", type=CHAP)
+    chap_option(p)
     p.add_argument("--readonly", action="store_true", help="write-protect the host's LUN")
 
 

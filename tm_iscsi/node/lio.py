@@ -207,7 +207,7 @@ def export(iqn, backstore, dev, serial, initiator, portal_ip="0.0.0.0", port=326
                        if acl.node_wwn != initiator and _acl_has_chap(acl)]
         if chap is None and others_chap:
             raise NodeError(f"target {iqn} uses CHAP for {', '.join(others_chap)}; export to "
-                            f"{initiator} with --chap-user/--chap-password too (turning "
+                            f"{initiator} with --chap-user (and its secret) too (turning "
                             "authentication off would open the target to them without it)")
         # Settings and ACL before the TPG is enabled: an enabled TPG must never be reachable by
         # an initiator it was not meant for, even for the moment between two calls.

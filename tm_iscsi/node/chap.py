@@ -1,0 +1,33 @@
+"""CHAP credentials of the export and attach commands.
+
+The user name is an option; the secret is the first line of stdin, never an argument: argv is
+readable by every user of the front-end and of the node (ps, /proc/PID/cmdline), stdin is not."""
+import sys
+
+from .. import naming
+from .errors import NodeError
+from .naming_args import checked
+
+USER = checked(naming.valid_chap_user, "CHAP user name (letters, digits, ._@:+/=-)")
+# Far more than a secret needs: a reader that stops here never blocks on a stream that goes on.
+_LINE_LIMIT = 1024
+
+
+def add_option(parser):
+    parser.add_argument("--chap-user", type=USER,
+                        help="require CHAP as this user; the secret is read from stdin (one line)")
+
+
+def credentials(args, stdin=None):
+    """(user, secret) when --chap-user is given, else None."""
+    if not args.chap_user:
+        return None
+    line = (stdin or sys.stdin).readline(_LINE_LIMIT)
+    secret = line.rstrip("\r\n")
+    if not secret:
+        raise NodeError("--chap-user needs the CHAP secret as the first line of stdin; "
+                        "none was given")
+    if not naming.valid_chap_secret(secret):
+        raise NodeError("the CHAP secret on stdin is not 1-255 printable characters without "
+                        "blanks")
+    return args.chap_user, secret
