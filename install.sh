@@ -765,6 +765,24 @@ step_host() {
     note "systemd is not running here: activation goes to /etc/tm_iscsi/boot.d, for the init to run"
     install_file "$CONF/boot/50-tm-iscsi-activate" /etc/tm_iscsi/boot.d/50-tm-iscsi-activate 755 root root
   fi
+
+  step "read-cache warm-up"
+  unit_changed=$CHANGES
+  install_file "$CONF/systemd/tm-iscsi-cache-warm.service" /etc/systemd/system/tm-iscsi-cache-warm.service 644 root root
+  install_file "$CONF/systemd/tm-iscsi-cache-warm.timer" /etc/systemd/system/tm-iscsi-cache-warm.timer 644 root root
+  if systemd_running; then
+    if [ "$CHANGES" != "$unit_changed" ]; then change "reload systemd" systemctl daemon-reload; fi
+    if systemctl is-enabled --quiet tm-iscsi-cache-warm.timer 2>/dev/null; then
+      ok "tm-iscsi-cache-warm.timer enabled"
+    else
+      change "enable tm-iscsi-cache-warm.timer" systemctl enable --quiet --now tm-iscsi-cache-warm.timer
+    fi
+  elif [ -z "$ROOT" ]; then
+    # Without systemd the timer never fires: cron runs the same command.
+    install_file "$CONF/cron/tm-iscsi-cache-warm" /etc/cron.d/tm-iscsi-cache-warm 644 root root
+    have cron || have crond ||
+      note "no cron daemon here: run '$E_HELPER cache-warm' every few minutes by other means"
+  fi
 }
 
 # -- front-end ---------------------------------------------------------------------------------

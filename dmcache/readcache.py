@@ -417,6 +417,54 @@ def warm(rec, budget_seconds):
             "complete": complete}
 
 
+# Slices of the periodic warm-up: the cache's lock is let go between two, so a deploy that
+# assembles a stack of the same image waits for one slice at most, not the whole budget.
+SLICE_SECONDS = 5.0
+
+
+def warm_active(vg, budget_seconds, slice_seconds=SLICE_SECONDS):
+    """The periodic warm-up (a host timer): copy what VMs read into every read cache that has a
+    device, i.e. that running VMs use. Without it, VMs of one image deployed in a burst before
+    any of them read find nothing local until the next deploy or the last one's end.
+    Each cache gets an equal share of what is left of the budget (a cache that finishes early
+    hands the rest on), so one large image cannot starve the others run after run."""
+    deadline = time.monotonic() + budget_seconds
+    records = [r for r in state.list_records() if r.vg == vg]
+    results = []
+    for index, rec in enumerate(records):
+        share_end = time.monotonic() + max(0.0, deadline - time.monotonic()) / \
+            (len(records) - index)
+        done = {"id": rec.id, "key": rec.key, "regions": 0, "bytes": 0, "seconds": 0.0,
+                "complete": True}
+        while True:
+            left = share_end - time.monotonic()
+            with locks.lock("readcache", rec.id):
+                current = state.load_record(rec.id)
+                # Gone, replaced or without a device since the listing: no VM reads it.
+                if current is None or current.key != rec.key or \
+                        not dmsetup.exists(dm_name(rec.id)):
+                    done["active"] = False
+                    break
+                done["active"] = True
+                # Also with no time left: taking what was read into the pending bitmap keeps
+                # it for the next run.
+                try:
+                    step = warm(current, max(0.0, min(slice_seconds, left)))
+                except (NodeError, OSError) as err:
+                    # One unreadable base (its LUN gone) must not keep the others cold.
+                    done["error"] = str(err)
+                    done["complete"] = False
+                    break
+            for field in ("regions", "bytes", "seconds"):
+                done[field] += step[field]
+            done["complete"] = step["complete"]
+            if step["complete"] or left <= 0:
+                break
+        done["seconds"] = round(done["seconds"], 3)
+        results.append(done)
+    return results
+
+
 # -- status ----------------------------------------------------------------------------------
 
 def popcount(bits):

@@ -32,7 +32,7 @@ _SSH_OPTS_RE = re.compile(r"^[A-Za-z0-9 _.,:=/@%+-]*$")
 SCHEMA = {
     "cloud": ("opennebula", "oneadmin", "frontend"),
     "storage": ("host", "portal", "vg", "thin_pool", "pool_percent", "devices"),
-    "host": ("cache_vg", "devices", "initiator_prefix"),
+    "host": ("cache_vg", "devices", "initiator_prefix", "warm_every_minutes", "warm_seconds"),
     "datastore": ("image_name", "system_name", "cache_mode", "iqn_base", "bridge_list",
                   "chap_user", "chap_password"),
     "lvm": ("system_devices",),
@@ -62,6 +62,8 @@ class Site:
     cache_vg: str
     host_devices: List[str]
     initiator_prefix: str
+    warm_every_minutes: int
+    warm_seconds: int
     image_name: str
     system_name: str
     cache_mode: str
@@ -207,6 +209,8 @@ def load_site(path):
         host_devices=r.items("host", "devices", _DEVICE_RE, "a /dev path"),
         initiator_prefix=r.text("host", "initiator_prefix", "iqn.2005-03.org.open-iscsi",
                                 _IQN_RE, "an IQN prefix"),
+        warm_every_minutes=r.integer("host", "warm_every_minutes", 5, 1, 60),
+        warm_seconds=r.integer("host", "warm_seconds", 60, 5, 3600),
         image_name=r.text("datastore", "image_name", "iscsi_lvm_images", _DS_NAME_RE,
                           "a datastore name"),
         system_name=r.text("datastore", "system_name", "iscsi_lvm_system", _DS_NAME_RE,

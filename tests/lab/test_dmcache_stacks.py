@@ -261,6 +261,55 @@ def test_second_vm_reads_locally_and_writeback_stays_on_host_until_flushed(lab):
     assert cache["refs"] == 0 and cache["hydrated_regions"] == cache["regions"]
 
 
+def test_burst_deploy_reads_locally_after_the_periodic_warm_up(lab):
+    """Both VMs of an image assembled before either read: no assemble had anything to copy.
+    The host timer's `cache-warm` copies what the first VM read; the second then reads locally,
+    and a warm-up cut short by its budget loses nothing (the next run finishes it)."""
+    vm1, vm2 = "vm-1-disk-0", "vm-2-disk-0"
+    img = Lab(lab, 64, [vm1, vm2])
+    devs = img.attach_disk("host1", vm1, "read")
+    devs.update(img.attach_disk("host1", vm2, "read"))
+    lab.node_helper("host1", "cache-init", "--device", CACHE_DISK)
+    for disk in (vm1, vm2):
+        out = lab.node_helper("host1", *img.assemble_args("host1", disk, "read", devs))
+        assert out["layers"]["read_cache"] is not None, out
+        # udev's probe of the first stack reads a few regions; the disk is not read yet.
+        assert (out["layers"]["read_cache"]["warmed"] or {}).get("bytes", 0) < 4 * MIB, out
+
+    before = sectors(lab, "host1", devs[BASE])[0]
+    assert sha(lab, "host1", img.link(vm1)) == img.image_sha
+    vm1_read = (sectors(lab, "host1", devs[BASE])[0] - before) * 512
+    assert vm1_read >= 60 * MIB
+
+    # No time budget: nothing copied, but what VM 1 read is kept for the next run.
+    cut = lab.node_helper("host1", "cache-warm", "--seconds", "0")
+    assert cut["bytes"] == 0 and cut["complete"] is False, cut
+    warm = lab.node_helper("host1", "cache-warm", "--seconds", "120")
+    (cache,) = warm["caches"]
+    assert cache["active"] is True and cache["complete"] is True, warm
+    assert cache["bytes"] >= 60 * MIB, warm
+    again = lab.node_helper("host1", "cache-warm", "--seconds", "120")
+    assert again["bytes"] == 0 and again["complete"] is True, again
+
+    before = sectors(lab, "host1", devs[BASE])[0]
+    assert sha(lab, "host1", img.link(vm2)) == img.image_sha
+    vm2_read = (sectors(lab, "host1", devs[BASE])[0] - before) * 512
+    assert vm2_read <= vm1_read // 10, (vm1_read, vm2_read)
+    print(f"burst deploy: VM 1 read {vm1_read / MIB:.1f} MiB from the base LUN, cache-warm "
+          f"copied {cache['bytes'] / MIB:.1f} MiB in {cache['seconds']:.2f}s, VM 2 read "
+          f"{vm2_read / MIB:.1f} MiB from the base LUN")
+    rc = status(lab, "host1")["read_caches"][0]
+    assert rc["read_hits"] > 0 and rc["hydrated_regions"] == rc["regions"], rc
+
+    # The base was only read.
+    assert lio_written_mb(lab, BASE) == 0 and img.storage_sha(BASE) == img.image_sha
+    for disk in (vm1, vm2):
+        lab.node_helper("host1", "stack-teardown", "--name", disk, "--drop")
+    # No running VM of the image left: the timer has nothing to do.
+    idle = lab.node_helper("host1", "cache-warm", "--seconds", "120")
+    assert [c["active"] for c in idle["caches"]] == [False] and idle["bytes"] == 0, idle
+
+
 def test_cold_move_to_another_host(lab):
     disk = "vm-1-disk-0"
     img = Lab(lab, 32, [disk])

@@ -15,6 +15,8 @@ INSTALL = ship.INSTALL
 # tests that follow find the nodes as the lab made them.
 TOUCHED = ("etc/lvm/lvmlocal.conf", "etc/iscsi/iscsid.conf", "etc/iscsi/initiatorname.iscsi",
            "etc/sudoers.d", "etc/tm_iscsi", "etc/systemd/system/tm-iscsi-activate.service",
+           "etc/systemd/system/tm-iscsi-cache-warm.service",
+           "etc/systemd/system/tm-iscsi-cache-warm.timer", "etc/cron.d/tm-iscsi-cache-warm",
            "usr/sbin/tm-iscsi-node", "etc/rtslib-fb-target")
 # A node's state as install.sh could change it: files, users, PVs/VGs/LVs, the data disk.
 STATE = r"""
@@ -123,6 +125,14 @@ def test_install_twice_and_the_second_run_changes_nothing(lab, shipped, restore,
         assert "node.session.timeo.replacement_timeout = 300" in settings
         assert lab.run(node, ["test", "-x", "/etc/tm_iscsi/boot.d/50-tm-iscsi-activate"]
                        ).returncode == 0
+        # No systemd on the lab nodes: the warm-up goes to cron, and its command line works.
+        cron = [line for line in lab.sh(node, "cat /etc/cron.d/tm-iscsi-cache-warm").splitlines()
+                if line and not line.startswith("#")]
+        assert len(cron) == 1 and cron[0].split()[5] == "root", cron
+        command = cron[0].split(None, 6)[6].split(">")[0]
+        assert "cache-warm" in command
+        warmed = json.loads(lab.sh(node, f"cd / && {command}"))
+        assert warmed["caches"] == [] and warmed["complete"] is True
 
     _, second, _ = install(lab, node, args)
     assert "no change: everything was already in place" in second, second

@@ -46,7 +46,9 @@ def test_example_site_renders_every_file(rendered):
                  "datastores/system.tpl", "frontend/tm_iscsi.conf", "frontend/defaultrc.block",
                  "sudoers/tm_iscsi", "lvm/storage.block", "lvm/host.block",
                  "lvm/storage-host.block", "iscsi/iscsid.conf.block",
-                 "systemd/tm-iscsi-activate.service", "node/tm-iscsi-node", "install.env"):
+                 "systemd/tm-iscsi-activate.service", "systemd/tm-iscsi-cache-warm.service",
+                 "systemd/tm-iscsi-cache-warm.timer", "cron/tm-iscsi-cache-warm",
+                 "node/tm-iscsi-node", "install.env"):
         assert rendered[name].strip(), name
     assert not any("{{" in text or "{%" in text for text in rendered.values())
 
@@ -447,3 +449,26 @@ def test_activation_unit_runs_after_iscsid_and_before_libvirt(rendered):
                      r"\.target.*iscsid\.service", unit, re.M)
     assert re.search(r"^Before=.*libvirtd\.service", unit, re.M)
     assert "Type=oneshot" in unit and "WantedBy=multi-user.target" in unit
+
+
+def test_cache_warm_timer_service_and_cron_agree_on_the_site_values(tmp_path):
+    site = write_site(tmp_path, EXAMPLE.read_text().replace(
+        "warm_every_minutes = 5", "warm_every_minutes = 15").replace(
+        "warm_seconds = 60", "warm_seconds = 120"))
+    out = cr.render(load_site(site))
+    command = "/usr/sbin/tm-iscsi-node cache-warm --vg vg-tm-iscsi-cache --seconds 120"
+    assert f"ExecStart={command}\n" in out["systemd/tm-iscsi-cache-warm.service"]
+    timer = out["systemd/tm-iscsi-cache-warm.timer"]
+    assert "OnUnitActiveSec=15min" in timer and "WantedBy=timers.target" in timer
+    line, = [l for l in out["cron/tm-iscsi-cache-warm"].splitlines()
+             if l and not l.startswith("#")]
+    assert line.split()[:6] == ["*/15", "*", "*", "*", "*", "root"] and command in line
+
+
+@pytest.mark.parametrize("key, value", [("warm_every_minutes", "0"),
+                                        ("warm_every_minutes", "61"),
+                                        ("warm_seconds", "1")])
+def test_cache_warm_values_out_of_range_are_refused(tmp_path, key, value):
+    text = re.sub(rf"^{key} = .*$", f"{key} = {value}", EXAMPLE.read_text(), flags=re.M)
+    with pytest.raises(SiteError, match=key):
+        load_site(write_site(tmp_path, text))

@@ -185,6 +185,71 @@ def test_release_keeps_lvs_and_lets_the_base_go(fakes):
     assert set(vg.lvs) == {f"{cid}-data", f"{cid}-meta"} and state.load_record(cid)
 
 
+# -- periodic warm-up ----------------------------------------------------------------------------
+
+def test_periodic_warm_up_copies_into_caches_in_use_only(fakes, monkeypatch):
+    vg, dm, ro, warmed = fakes
+    used = readcache.acquire(VG, "k@1", "/dev/b1")["id"]
+    idle = readcache.acquire(VG, "k@2", "/dev/b2")["id"]
+    use(used)
+    use(idle, "vm-2-disk-0")
+    state.delete_stack("vm-2-disk-0")
+    readcache.release(VG, idle)
+    warmed.clear()
+    out = readcache.warm_active(VG, 60)
+    # The released cache has no device (no VM reads it, nothing to learn): left alone.
+    assert warmed == [used]
+    assert {r["id"]: (r["active"], r["complete"]) for r in out} == {
+        used: (True, True), idle: (False, True)}
+
+
+def test_periodic_warm_up_shares_its_budget_and_goes_on_after_a_failure(fakes, monkeypatch):
+    vg, dm, ro, warmed = fakes
+    ids = [readcache.acquire(VG, f"k@{n}", f"/dev/b{n}")["id"] for n in range(3)]
+    clock = [1000.0]
+    monkeypatch.setattr(readcache.time, "monotonic", lambda: clock[0])
+    budgets = []
+
+    def warm(rec, budget):
+        if rec.id == ids[1]:
+            raise OSError(5, "Input/output error")
+        budgets.append((rec.id, round(budget, 3)))
+        clock[0] += budget
+        return {"regions": 1, "bytes": 4096, "seconds": budget, "complete": False}
+    monkeypatch.setattr(readcache, "warm", warm)
+    out = readcache.warm_active(VG, 30, slice_seconds=5)
+    order = [r["id"] for r in out]
+    assert sorted(order) == sorted(ids)
+    got = {r["id"]: r for r in out}
+    assert "Input/output error" in got[ids[1]]["error"]
+    # Each cache an equal share of what is left, in slices of 5 s: the failed one took no
+    # time, so the ones after it share its part, and none goes past the budget.
+    spent = {cid: sum(b for c, b in budgets if c == cid) for cid in ids}
+    left = 30.0
+    for index, cid in enumerate(order):
+        share = 0.0 if cid == ids[1] else left / (len(order) - index)
+        assert abs(spent[cid] - share) < 0.01, (index, spent, order)
+        left -= share
+    assert sum(spent.values()) <= 30.01
+    assert all(b <= 5 for _, b in budgets)
+    assert all(not r["complete"] for r in out)
+
+
+def test_cache_warm_command_fails_in_one_line_naming_the_cache(fakes, monkeypatch, capsys):
+    from tm_iscsi.node import cli
+    vg, dm, ro, warmed = fakes
+    cid = readcache.acquire(VG, "k@1", "/dev/b1")["id"]
+    capsys.readouterr()
+
+    def broken(rec, budget):
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(readcache, "warm", broken)
+    assert cli.main(["cache-warm", "--vg", VG, "--seconds", "5"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert cid in err and "Input/output error" in err
+
+
 def test_a_new_base_key_discards_the_old_cache_once_unused(fakes, monkeypatch):
     vg, dm, ro, warmed = fakes
     clock = iter(range(100, 200))

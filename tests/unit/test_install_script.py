@@ -160,6 +160,9 @@ def test_host_dry_run(root, site):
     assert "+node.startup = manual" in out
     assert ("write /etc/systemd/system/tm-iscsi-activate.service (mode 644, root:root)"
             in planned)
+    for unit in ("service", "timer"):
+        assert (f"write /etc/systemd/system/tm-iscsi-cache-warm.{unit} (mode 644, root:root)"
+                in planned)
     assert "VG vg-cache" in out
 
 

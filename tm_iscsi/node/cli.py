@@ -30,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
 # being run is imported (a unit test checks this table against what the modules register).
 MODULE_OF = {
     **dict.fromkeys(("cache-init", "stack-assemble", "stack-flush", "stack-teardown",
-                     "cache-status", "activate"), "cmd_cache"),
+                     "cache-status", "cache-warm", "activate"), "cmd_cache"),
     **dict.fromkeys(("initiator", "sessions", "attach", "detach"), "cmd_host"),
     **dict.fromkeys(("pool-ensure", "pool-status", "lv-create", "lv-snapshot", "lv-remove",
                      "lv-resize", "lv-info", "lv-list", "lv-write", "lv-read", "lv-copy",

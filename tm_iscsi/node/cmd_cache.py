@@ -10,6 +10,7 @@ cache still has users).
 import argparse
 import json
 import re
+import time
 
 from dmcache import activate as _activate
 from dmcache import localvg, readcache, stack, state
@@ -180,6 +181,31 @@ def cache_status(args):
 
 
 cache_status.configure = _vg_option
+
+
+# -- cache-warm --------------------------------------------------------------------------------
+
+@command("cache-warm", "copy what running VMs read into their images' read caches (a timer's job)")
+def cache_warm(args):
+    started = time.monotonic()
+    caches = readcache.warm_active(args.vg, args.seconds)
+    failed = [c for c in caches if c.get("error")]
+    if failed:
+        raise NodeError(f"warm-up of {len(failed)} read cache(s) failed, the others were done: "
+                        f"{failed[0]['id']} ({failed[0]['key']}): {failed[0]['error']}")
+    return {"vg": args.vg, "caches": caches,
+            "bytes": sum(c["bytes"] for c in caches),
+            "complete": all(c["complete"] for c in caches),
+            "seconds": round(time.monotonic() - started, 3)}
+
+
+def _warm_options(p):
+    _vg_option(p)
+    p.add_argument("--seconds", type=_int_range(0, 3600, "time budget in seconds"), default=60,
+                   help="stop copying after this long; the rest is kept for the next run")
+
+
+cache_warm.configure = _warm_options
 
 
 # -- activate ----------------------------------------------------------------------------------
