@@ -2,8 +2,8 @@
 captured VM / datastore / image XML, one_tm and one_datastore stand-ins running the real
 remotes/ scripts on this machine (the front-end), and the nodes reached over the lab's SSH."""
 import base64
+import contextlib
 import hashlib
-import os
 import re
 import sys
 import xml.etree.ElementTree as ET
@@ -36,6 +36,17 @@ def driver_env(oned_env):
 
 
 class Cloud:
+    @classmethod
+    @contextlib.contextmanager
+    def ready(cls, lab, workdir):
+        """A cloud on a fresh oned stand-in, the image VG and pool made, every host's cache VG
+        made and the captured datastores loaded: where every driver test starts."""
+        with OnedStandIn() as oned:
+            cloud = cls(lab, oned, workdir)
+            cloud.prepare_storage()
+            cloud.load_datastores()
+            yield cloud
+
     def __init__(self, lab, oned, workdir):
         self.lab = lab
         self.oned = oned

@@ -8,7 +8,6 @@ import pytest
 
 from tests.lab.cloud import IMAGE_VG, SYSDIR, Cloud, sha_of_file
 from tests.standin import fixtures
-from tests.standin.oned import OnedStandIn
 
 DISK0 = f"{SYSDIR}/0/disk.0"
 CLONE = f"CLONE iscsi_lvm frontend:{IMAGE_VG}/img-0 host1:/var/lib/one//datastores/101/0/disk.0 0 100"
@@ -20,10 +19,7 @@ DELETE = "DELETE iscsi_lvm host2:/var/lib/one//datastores/101/0/disk.0 0 100"
 
 @pytest.fixture
 def cloud(lab, tmp_path):
-    with OnedStandIn() as oned:
-        c = Cloud(lab, oned, tmp_path)
-        c.prepare_storage()
-        c.load_datastores()
+    with Cloud.ready(lab, tmp_path) as c:
         c.import_image(16, "converge")
         c.load_vm("04-vm-deploy", "01-tm-clone")
         c.set_cache_mode("none")

@@ -5,7 +5,6 @@ the host's boot-time activation flushes it, and then the disk moves with every b
 import pytest
 
 from tests.lab.cloud import IMAGE_VG, SYSDIR, Cloud, plain_lines, sha_of_file
-from tests.standin.oned import OnedStandIn
 
 IMAGE_MIB = 32
 DISK = f"{SYSDIR}/0/disk.0"
@@ -15,10 +14,7 @@ CLONE_TO = (f"CLONE iscsi_lvm frontend:{IMAGE_VG}/img-0 "
 
 @pytest.fixture
 def cloud(lab, tmp_path):
-    with OnedStandIn() as oned:
-        c = Cloud(lab, oned, tmp_path)
-        c.prepare_storage()
-        c.load_datastores()
+    with Cloud.ready(lab, tmp_path) as c:
         c.set_cache_mode("writeback")
         c.import_image(IMAGE_MIB, "crash")
         c.load_vm("04-vm-deploy", "01-tm-clone")

@@ -1,13 +1,11 @@
 """A VM's whole life through the real driver, as oned 7.4.0 drove it (the captured transfer files
 and argv), on the real kernel: bytes written through the host devices read back after every step,
 the image never changes, and terminate leaves only what images own."""
-import hashlib
 
 import pytest
 
-from tests.lab.cloud import IMAGE_VG, SYSDIR, Cloud, b64, pattern_file, sha_of_file
+from tests.lab.cloud import IMAGE_VG, SYSDIR, Cloud, pattern_file, sha_of_file
 from tests.standin import fixtures
-from tests.standin.oned import OnedStandIn
 
 VM_DIR = f"{SYSDIR}/0"
 IMAGE_MIB = 64
@@ -20,10 +18,7 @@ MODES = ("none", "read+writeback")
 
 @pytest.fixture(params=MODES)
 def cloud(request, lab, tmp_path):
-    with OnedStandIn() as oned:
-        c = Cloud(lab, oned, tmp_path)
-        c.prepare_storage()
-        c.load_datastores()
+    with Cloud.ready(lab, tmp_path) as c:
         c.set_cache_mode(request.param)
         c.mode = request.param
         yield c

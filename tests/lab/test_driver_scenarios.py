@@ -14,17 +14,13 @@ import pytest
 
 from tests.lab.cloud import IMAGE_VG, SYSDIR, Cloud, plain_lines, sha_of_file
 from tests.standin import fixtures
-from tests.standin.oned import OnedStandIn
 
 HOST1 = "iqn.2026-11.lab.tm-iscsi:host1"
 
 
 @pytest.fixture
 def cloud(lab, tmp_path):
-    with OnedStandIn() as oned:
-        c = Cloud(lab, oned, tmp_path)
-        c.prepare_storage()
-        c.load_datastores()
+    with Cloud.ready(lab, tmp_path) as c:
         c.import_image(16, "scenarios")
         mkfs = c.ds_action("mkfs", 1, c.ds_xml("02-image-create-datablock", "01-ds-mkfs"))
         assert mkfs.success, mkfs.info

@@ -13,7 +13,6 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from tests.lab.cloud import IMAGE_VG, SYSDIR, Cloud, sha_of_file
-from tests.standin.oned import OnedStandIn
 from tests.unit.test_admin_world import host_xml, vm_xml
 
 HOST1 = "iqn.2026-11.lab.tm-iscsi:host1"
@@ -40,14 +39,11 @@ def target_name(lv):
 def cloud(lab, tmp_path):
     """Storage prepared, image 0 imported, both hosts known to oned; the image datastore's disks
     get no cache layer (what is proven here is the LUN access, not the caches)."""
-    with OnedStandIn() as oned:
-        c = Cloud(lab, oned, tmp_path)
-        c.prepare_storage()
-        c.load_datastores()
+    with Cloud.ready(lab, tmp_path) as c:
         c.set_template_attr("datastore", 100, "CACHE_MODE", "none")
         c.import_image(IMAGE_MIB, "hooks")
-        oned.put_document(host_xml(0, "host1", vm_ids=(0,)))
-        oned.put_document(host_xml(1, "host2", vm_ids=(1,)))
+        c.oned.put_document(host_xml(0, "host1", vm_ids=(0,)))
+        c.oned.put_document(host_xml(1, "host2", vm_ids=(1,)))
         yield c
 
 
