@@ -25,7 +25,9 @@ _IQN_RE = re.compile(r"^iqn\.[0-9]{4}-[0-9]{2}\.[a-z0-9][a-z0-9.-]*[a-z0-9](:[a-
 _DEVICE_RE = re.compile(r"^/dev/[A-Za-z0-9_.:+@/-]+$")
 _ABS_PATH_RE = re.compile(r"^/[A-Za-z0-9_.+/-]+$")
 _DS_NAME_RE = re.compile(r"^[A-Za-z0-9_.+ -]{1,128}$")
-_CHAP_RE = re.compile(r"^[A-Za-z0-9_.+:@!%^*=-]{1,255}$")
+# The secret goes into the datastore templates in double quotes: no quote, backslash or blank.
+# (What the nodes accept is naming.valid_chap_secret, a superset.)
+_CHAP_SECRET_RE = re.compile(r"^[A-Za-z0-9_.+:@!%^*=-]{1,255}$")
 # ssh options end up as one KEY=VALUE line read by tm_iscsi.settings (shell words, no newline).
 _SSH_OPTS_RE = re.compile(r"^[A-Za-z0-9 _.,:=/@%+-]*$")
 
@@ -180,8 +182,13 @@ def load_site(path):
     cache_mode = r.raw("datastore", "cache_mode", "none").lower()
     if cache_mode not in CACHE_MODES:
         r.fail("datastore", "cache_mode", f"{cache_mode!r} is not one of {', '.join(CACHE_MODES)}")
-    chap_user = r.text("datastore", "chap_user", "", _CHAP_RE, "a CHAP user name")
-    chap_password = r.text("datastore", "chap_password", "", _CHAP_RE, "a usable CHAP secret")
+    chap_user = r.raw("datastore", "chap_user", "")
+    if chap_user and not naming.valid_chap_user(chap_user):
+        # The rule the driver and the nodes apply: a name they would refuse never gets rendered.
+        r.fail("datastore", "chap_user",
+               f"{chap_user!r} is not a CHAP user name (letters, digits, ._@:+/=-)")
+    chap_password = r.text("datastore", "chap_password", "", _CHAP_SECRET_RE,
+                           "a usable CHAP secret")
     if bool(chap_user) != bool(chap_password):
         r.fail("datastore", "chap_user", "set both chap_user and chap_password, or neither")
     if chap_password and len(chap_password) < 12:

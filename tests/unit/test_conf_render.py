@@ -400,6 +400,7 @@ def _filter_text(block):
     ("devices = /dev/disk/by-id/wwn-0x5000c500a1b2c3d4", "devices = /dev/sd b", "not a /dev"),
     ("devices = /dev/disk/by-id/wwn-0x5000c500a1b2c3d4", 'devices = "/dev/sdb"', "not a /dev"),
     ("chap_user =", "chap_user = one", "set both"),
+    ("chap_user =", "chap_user = one!admin", "CHAP user name"),
     ("cache_mode = read+writeback", "cache_mode = always", "not one of"),
     ("opennebula = 7.4", "opennebula = 5.12", "targets"),
     ("vg = vg-one-100", "vg = vg one", "valid LVM name"),

@@ -18,11 +18,11 @@ def add_option(parser):
                         help="require CHAP as this user; the secret is read from stdin (one line)")
 
 
-def credentials(args, stdin=None):
+def credentials(args):
     """(user, secret) when --chap-user is given, else None."""
     if not args.chap_user:
         return None
-    line = (stdin or sys.stdin).readline(_LINE_LIMIT)
+    line = sys.stdin.readline(_LINE_LIMIT)
     secret = line.rstrip("\r\n")
     if not secret:
         raise NodeError("--chap-user needs the CHAP secret as the first line of stdin; "

@@ -203,7 +203,6 @@ def _initiator_or_none():
         return None
 
 
-
 def _target_options(p):
     p.add_argument("--portal", required=True, type=_portal, help="storage node HOST[:PORT]")
     p.add_argument("--iqn", required=True, type=IQN, help="target IQN")

@@ -658,7 +658,6 @@ lv_mkfs.configure = _lv_mkfs_options
 
 # -- LIO ---------------------------------------------------------------------------------------
 
-
 @command("export", "export an LV over iSCSI to one host initiator")
 def export(args):
     chap = chap_credentials(args)
