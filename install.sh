@@ -232,7 +232,8 @@ ensure_block() {
 # tree_listing DIR: names, types, modes, link targets and owners of a tree, one per line.
 tree_listing() { (cd "$1" && find . -mindepth 1 -printf '%y %m %u %P -> %l\n' | LC_ALL=C sort); }
 
-# sync_tree SRC DEST OWNER: DEST becomes a copy of SRC (symlinks kept as symlinks).
+# sync_tree SRC DEST OWNER: DEST becomes a copy of SRC. SRC holds no symlink: onecfg refuses any
+# under /etc/one or the remotes tree.
 sync_tree() {
   local src=$1 dest_name=$2 owner=$3 dest
   dest=$(path "$dest_name")
@@ -243,7 +244,7 @@ sync_tree() {
     ok "$dest_name unchanged"
     return 0
   fi
-  change "install $dest_name (from ${src#"$SRC"/}, symlinks kept, owner $owner)" replace_tree "$src" "$dest" "$owner"
+  change "install $dest_name (from ${src#"$SRC"/}, owner $owner)" replace_tree "$src" "$dest" "$owner"
 }
 
 replace_tree() {

@@ -94,6 +94,14 @@ def flush_if_cached(ctx, vm, disk_id, volume, host):
         flush(ctx, host, volume)
 
 
+def resume_writeback(ctx, vm, disk_id, volume, host):
+    """After flush_if_cached and a live snapshot: the running disk's stack caches writes again."""
+    from . import cachemode, volumes
+    mode, _ = volumes.cache_plan(vm, disk_id, volume)
+    if cachemode.has_writeback(mode) and not ctx.is_frontend(host):
+        ctx.node(host).call("stack-writeback", "--name", volume.lv)
+
+
 def flush(ctx, host, volume):
     """Write the host's dirty blocks of `volume` back to the storage node, keeping the stack (and
     keeping it clean from now on): before a snapshot, a save-as, a live migration."""

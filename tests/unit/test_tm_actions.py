@@ -187,8 +187,6 @@ def test_delete_of_a_clone_removes_it_and_its_snapshots(world, capsys):
      "0 100", "clone"),
     ("CLONE iscsi_lvm frontend:vg-one-100/img-0 host1:/var/lib/one//datastores/101/0/disk.0 x 100",
      "clone"),
-    ("SNAP_CREATE_LIVE iscsi_lvm host1:/var/lib/one//datastores/101/0/disk.0 0 0 100",
-     "not supported"),
     ("PREBACKUP iscsi_lvm host1:/var/lib/one//datastores/101/0 0 deploy-0 - 0 101",
      "not supported"),
 ])
@@ -423,3 +421,28 @@ def test_sync_request_that_is_neither_yes_nor_ids_is_refused():
     ET.SubElement(vm.element.find("USER_TEMPLATE"), "TM_ISCSI_SYNC").text = "disk0"
     with pytest.raises(DriverError, match="must be YES or a list of disk ids"):
         sync.requested(vm, 0)
+
+
+def test_live_snapshot_flushes_then_snapshots_then_caches_writes_again(cached_world, capsys):
+    """A running write-back disk: its dirty blocks reach the storage node's LV and the layer stays
+    clean until the thin snapshot exists; only then does it cache writes again."""
+    ctx, calls, lvs = cached_world
+    lvs.lvs["vm-0-disk-0"] = {"tm_iscsi.kind=clone", "tm_iscsi.vm=0", "tm_iscsi.disk=0"}
+    code, plain = _run(ctx, "SNAP_CREATE_LIVE iscsi_lvm "
+                            "host1:/var/lib/one//datastores/101/0/disk.0 3 0 100", capsys)
+    assert code == 0, plain
+    order = [(host, command) for host, command, _ in calls
+             if command in ("stack-flush", "lv-snapshot", "stack-writeback")]
+    assert order == [("host1", "stack-flush"), ("storage", "lv-snapshot"),
+                     ("host1", "stack-writeback")]
+    snap = next(args for _, command, args in calls if command == "lv-snapshot")
+    assert "vm-0-disk-0-snap-3" in snap
+
+
+def test_live_snapshot_without_write_back_layer_asks_no_host(world, capsys):
+    ctx, calls, _ = world
+    code, plain = _run(ctx, "SNAP_CREATE_LIVE iscsi_lvm "
+                            "host1:/var/lib/one//datastores/101/0/disk.0 3 0 100", capsys)
+    assert code == 0, plain
+    assert [c for c in calls if c[0] == "host1"] == []
+    assert any(command == "lv-snapshot" for _, command, _ in calls)

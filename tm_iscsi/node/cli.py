@@ -29,7 +29,8 @@ class _Parser(argparse.ArgumentParser):
 # slow VM importing all of them costs a third of a second a call: only the module of the command
 # being run is imported (a unit test checks this table against what the modules register).
 MODULE_OF = {
-    **dict.fromkeys(("cache-init", "stack-assemble", "stack-flush", "stack-teardown",
+    **dict.fromkeys(("cache-init", "stack-assemble", "stack-flush", "stack-writeback",
+                     "stack-teardown",
                      "cache-status", "cache-warm", "activate"), "cmd_cache"),
     **dict.fromkeys(("initiator", "sessions", "attach", "detach"), "cmd_host"),
     **dict.fromkeys(("pool-ensure", "pool-status", "lv-create", "lv-snapshot", "lv-remove",

@@ -144,6 +144,20 @@ def _flush_options(p):
 stack_flush.configure = _flush_options
 
 
+# -- stack-writeback ---------------------------------------------------------------------------
+
+@command("stack-writeback", "put a stack left clean by stack-flush back into write-back")
+def stack_writeback(args):
+    return stack.resume_writeback(args.name)
+
+
+def _writeback_options(p):
+    p.add_argument("--name", required=True, type=NAME)
+
+
+stack_writeback.configure = _writeback_options
+
+
 # -- stack-teardown ----------------------------------------------------------------------------
 
 @command("stack-teardown", "remove a stack (flushing or dropping its write-back cache)")

@@ -11,8 +11,6 @@ from ..one.tm_args import parse_tm_args, split_action_name
 from ..node.errors import NodeError
 
 NOT_SUPPORTED = {
-    "snap_create_live": "live disk snapshots are not supported by iscsi_lvm; power the VM off "
-                        "first",
     "prebackup": "backups are not supported by iscsi_lvm",
     "prebackup_live": "backups are not supported by iscsi_lvm",
     "postbackup": "backups are not supported by iscsi_lvm",
@@ -27,7 +25,8 @@ def _handlers():
         "clone": disks.clone, "ln": disks.ln, "mkimage": disks.mkimage, "mkswap": disks.mkswap,
         "delete": moves.delete, "mv": moves.mv, "mvds": disks.mvds, "cpds": disks.cpds,
         "resize": disks.resize, "context": context.context,
-        "snap_create": snapshots.snap_create, "snap_delete": snapshots.snap_delete,
+        "snap_create": snapshots.snap_create,
+        "snap_create_live": snapshots.snap_create_live, "snap_delete": snapshots.snap_delete,
         "snap_revert": snapshots.snap_revert,
         "premigrate": migrate.premigrate, "postmigrate": migrate.postmigrate,
         "failmigrate": migrate.failmigrate,
