@@ -297,6 +297,10 @@ step_render() {
     # Extend the driver lists this oned.conf really has, not the stock ones.
     args+=(--oned-conf "$(path /etc/one/oned.conf)")
   fi
+  if ((HAS_FRONTEND)) && [ -f "$(path /etc/one/vmm_exec/vmm_execrc)" ]; then
+    # Extend the live-snapshot pairs this vmm_execrc really lists.
+    args+=(--vmm-execrc "$(path /etc/one/vmm_exec/vmm_execrc)")
+  fi
   config_render "${args[@]}" >/dev/null || die "rendering from $SITE failed (see above)"
   ok "rendered from $SITE"
 }
@@ -800,7 +804,7 @@ step_frontend() {
   for kind in tm datastore; do
     sync_tree "$SRC/remotes/$kind/iscsi_lvm" "/var/lib/one/remotes/$kind/iscsi_lvm" "$E_ONEADMIN"
   done
-  for file in oned/iscsi_lvm.conf oned/iscsi_lvm.onecfg datastores/image.tpl datastores/system.tpl; do
+  for file in oned/iscsi_lvm.conf oned/iscsi_lvm.onecfg oned/vmm_execrc.line datastores/image.tpl datastores/system.tpl; do
     install_file "$CONF/$file" "/etc/one/tm_iscsi/$(basename "$file")" 644 root root
   done
   step_oned
@@ -810,8 +814,8 @@ apply_oned() {
   local oned=$1 patch=$2
   cp -p "$oned" "$oned.tm_iscsi-$(date +%Y%m%d%H%M%S)"
   onecfg patch --format line ${ROOT:+--prefix "$ROOT"} "$patch" || true
-  config_render check-oned "$oned" >/dev/null 2>&1 ||
-    die "onecfg did not register iscsi_lvm completely: $(config_render check-oned "$oned" 2>&1 | tr '\n' ' ')"
+  config_render check-oned "$oned" "${CHECK_VMM[@]}" >/dev/null 2>&1 ||
+    die "onecfg did not register iscsi_lvm completely: $(config_render check-oned "$oned" "${CHECK_VMM[@]}" 2>&1 | tr '\n' ' ')"
   PENDING+=("restart oned so it loads the iscsi_lvm drivers: systemctl restart opennebula")
 }
 
@@ -823,8 +827,14 @@ step_oned() {
     note "no /etc/one/oned.conf: register iscsi_lvm with $patch on the front-end"
     return 0
   fi
-  if problems=$(config_render check-oned "$oned" 2>&1); then
-    ok "oned.conf registers iscsi_lvm"
+  CHECK_VMM=()
+  if [ -f "$(path /etc/one/vmm_exec/vmm_execrc)" ]; then
+    CHECK_VMM=(--vmm-execrc "$(path /etc/one/vmm_exec/vmm_execrc)")
+  else
+    note "no /etc/one/vmm_exec/vmm_execrc: live disk snapshots need /etc/one/tm_iscsi/vmm_execrc.line there"
+  fi
+  if problems=$(config_render check-oned "$oned" "${CHECK_VMM[@]}" 2>&1); then
+    ok "oned.conf registers iscsi_lvm (and vmm_execrc allows its live disk snapshots)"
     return 0
   fi
   if ((APPLY_ONED)); then
@@ -839,6 +849,7 @@ step_oned() {
   note "install.sh does not edit oned.conf unless asked. To register the driver, either"
   note "  re-run with --apply-oned, or run: onecfg patch --format line $patch"
   note "  or paste /etc/one/tm_iscsi/iscsi_lvm.conf (replacing the ARGUMENTS of TM_MAD and DATASTORE_MAD)"
+  note "  and replace LIVE_DISK_SNAPSHOTS in /etc/one/vmm_exec/vmm_execrc by /etc/one/tm_iscsi/vmm_execrc.line"
   note "then restart oned (systemctl restart opennebula). The patch:"
   grep -v '^#' "$CONF/oned/iscsi_lvm.onecfg" | indent
   PENDING+=("register iscsi_lvm in oned.conf and restart oned (see above)")

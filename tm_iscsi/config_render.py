@@ -1,7 +1,8 @@
 """Every configuration file of tm_iscsi, rendered from one site file, and oned.conf checked.
 
     python -m tm_iscsi.config_render --site SITE --out DIR [--oned-conf /etc/one/oned.conf]
-    python -m tm_iscsi.config_render check-oned /etc/one/oned.conf
+    python -m tm_iscsi.config_render check-oned /etc/one/oned.conf \
+        [--vmm-execrc /etc/one/vmm_exec/vmm_execrc]
     python -m tm_iscsi.config_render validate DIR/oned/iscsi_lvm.conf
 
 The templates are the Jinja2 files under `conf/` (see conf/README.md for what each one becomes
@@ -49,6 +50,10 @@ STOCK = {
               "interactive -s dummy,lvm,shared,ssh,local,ceph,fs_lvm,fs_lvm_ssh,qcow2,netapp,"
               "purefa",
         "inherit": ("ISCSI_HOST", "DISK_TYPE", "ALLOW_ORPHANS"),
+        "live_disk_snapshots": "kvm-qcow2 kvm-shared kvm-ceph kvm-ssh kvm-local kvm-lvm_thin "
+                               "kvm-lvm kvm-netapp qemu-qcow2 qemu-shared qemu-ceph qemu-ssh "
+                               "qemu-local qemu-netapp kvm-purefa lxc-qcow2 lxc-shared lxc-ceph "
+                               "lxc-ssh lxc-local lxc-lvm_thin lxc-lvm",
     },
     "6.10": {
         "tm": "-t 15 -d dummy,lvm,shared,fs_lvm,fs_lvm_ssh,qcow2,ssh,ceph,dev,vcenter,"
@@ -56,8 +61,16 @@ STOCK = {
         "ds": "-t 15 -d dummy,fs,lvm,ceph,dev,iscsi_libvirt,vcenter,restic,rsync "
               "-s shared,ssh,ceph,fs_lvm,fs_lvm_ssh,qcow2,vcenter",
         "inherit": ("ISCSI_HOST", "DISK_TYPE", "ALLOW_ORPHANS"),
+        "live_disk_snapshots": "kvm-qcow2 kvm-shared kvm-ceph kvm-ssh qemu-qcow2 qemu-shared "
+                               "qemu-ceph qemu-ssh",
     },
 }
+
+# Live disk snapshots are not oned's decision but its KVM driver's (one_vmm_exec.rb): it refuses
+# `onevm disk-snapshot-create` on a running VM unless "<VM_MAD>-<TM_MAD>" is listed in
+# LIVE_DISK_SNAPSHOTS of vmm_execrc. iscsi_lvm has snap_create_live for both KVM flavours.
+VMM_EXECRC = "/etc/one/vmm_exec/vmm_execrc"
+LIVE_PAIRS = (f"kvm-{DRIVER}", f"qemu-{DRIVER}")
 
 # What the registration must say. Order is the order of the rendered sections.
 TM_MAD_CONF = (
@@ -367,6 +380,43 @@ def check_oned_file(path):
     return [f"{path}: {p}" for p in check_registration(attrs)]
 
 
+# -- vmm_execrc (shell variables) -------------------------------------------------------------
+
+def parse_shell_rc(text):
+    """NAME=value lines of a driver rc file (what `export_rc_vars` exports), quotes removed."""
+    out = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        name, value = line.split("=", 1)
+        name = name.strip()
+        if name.startswith("export "):
+            name = name[len("export "):].strip()
+        if not _NAME_RE.match(name):
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        out[name] = value
+    return out
+
+
+def with_live_pairs(value):
+    words = value.split()
+    return " ".join(words + [p for p in LIVE_PAIRS if p not in words])
+
+
+def check_vmm_execrc_file(path):
+    """Problems of a real vmm_execrc: empty when live disk snapshots of iscsi_lvm are allowed."""
+    words = parse_shell_rc(Path(path).read_text()).get("LIVE_DISK_SNAPSHOTS", "").split()
+    missing = [p for p in LIVE_PAIRS if p not in words]
+    if missing:
+        return [f"{path}: LIVE_DISK_SNAPSHOTS does not list {' '.join(missing)} (running VMs "
+                "cannot take disk snapshots)"]
+    return []
+
+
 # -- onecfg patch (line format) ---------------------------------------------------------------
 
 class OnecfgError(ValueError):
@@ -404,10 +454,12 @@ def parse_onecfg(text):
                 raise OnecfgError(f"line {number}: value is not JSON: {err}")
         elif command != "rm":
             raise OnecfgError(f"line {number}: {command} needs a value")
-        if filename == "/etc/one/oned.conf" and value is not None:
+        if filename not in ("/etc/one/oned.conf", VMM_EXECRC):
+            raise OnecfgError(f"line {number}: tm_iscsi patches only oned.conf and {VMM_EXECRC}")
+        if value is not None:
             if not (isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"'
                     and '"' not in value[1:-1]):
-                raise OnecfgError(f"line {number}: an oned.conf value must be a JSON string that "
+                raise OnecfgError(f"line {number}: a value must be a JSON string that "
                                   f'holds a double-quoted value, like "\\"raw\\""')
         changes.append((filename, command, elements, value))
     return changes
@@ -475,6 +527,7 @@ def _outputs(site):
     return [
         ("oned/iscsi_lvm.conf.j2", "oned/iscsi_lvm.conf", {}),
         ("oned/iscsi_lvm.onecfg.j2", "oned/iscsi_lvm.onecfg", {}),
+        ("oned/vmm_execrc.line.j2", "oned/vmm_execrc.line", {}),
         ("datastores/image.tpl.j2", "datastores/image.tpl", {}),
         ("datastores/system.tpl.j2", "datastores/system.tpl", {}),
         ("frontend/tm_iscsi.conf.j2", "frontend/tm_iscsi.conf", {}),
@@ -502,6 +555,27 @@ def _outputs(site):
     ]
 
 
+def onecfg_live_snapshots(changes):
+    """The LIVE_DISK_SNAPSHOTS value a patch sets in vmm_execrc, or None."""
+    for filename, command, path, value in changes:
+        if filename == VMM_EXECRC and command == "set" and path == ["LIVE_DISK_SNAPSHOTS"]:
+            return value[1:-1]
+    return None
+
+
+def _live_list(site, vmm_execrc):
+    """LIVE_DISK_SNAPSHOTS to extend: the real vmm_execrc's when given, else the stock one."""
+    if not vmm_execrc:
+        return STOCK[site.opennebula]["live_disk_snapshots"]
+    try:
+        values = parse_shell_rc(Path(vmm_execrc).read_text())
+    except OSError as err:
+        raise SiteError(f"{vmm_execrc}: {err.strerror}")
+    if "LIVE_DISK_SNAPSHOTS" not in values:
+        raise SiteError(f"{vmm_execrc}: no LIVE_DISK_SNAPSHOTS line")
+    return values["LIVE_DISK_SNAPSHOTS"]
+
+
 def _stock_or_file(site, oned_conf):
     """The driver ARGUMENTS to extend: those of the real oned.conf when given (keeping the
     administrator's own changes), else OpenNebula's stock ones."""
@@ -518,12 +592,14 @@ def _stock_or_file(site, oned_conf):
     return reg["tm_mad"].get("ARGUMENTS"), reg["datastore_mad"].get("ARGUMENTS")
 
 
-def context(site, oned_conf=None):
+def context(site, oned_conf=None, vmm_execrc=None):
     tm_args, ds_args = _stock_or_file(site, oned_conf)
     stock_inherit = STOCK[site.opennebula]["inherit"]
     ctx = site.as_context()
     ctx.update({
         "oned_conf": str(oned_conf) if oned_conf else "",
+        "vmm_execrc": VMM_EXECRC,
+        "live_disk_snapshots": with_live_pairs(_live_list(site, vmm_execrc)),
         "tm_mad_arguments": with_driver(tm_args, "-d"),
         "datastore_mad_arguments": with_driver(with_driver(ds_args, "-d"), "-s"),
         "tm_mad_conf": list(TM_MAD_CONF),
@@ -553,10 +629,10 @@ def _environment(templates):
     return env
 
 
-def render(site, templates=DEFAULT_TEMPLATES, oned_conf=None):
+def render(site, templates=DEFAULT_TEMPLATES, oned_conf=None, vmm_execrc=None):
     """{relative output path: text} for every file, checked."""
     env = _environment(templates)
-    ctx = context(site, oned_conf)
+    ctx = context(site, oned_conf, vmm_execrc)
     out = {}
     for template, name, extra in _outputs(site):
         out[name] = env.get_template(template).render(**dict(ctx, **extra))
@@ -570,7 +646,13 @@ def _check_rendered(out, ctx):
     problems = validate_snippet(snippet, ctx["stock_inherit"])
     if problems:
         raise SiteError("rendered oned.conf snippet is wrong: " + "; ".join(problems))
-    patch = onecfg_registration(parse_onecfg(out["oned/iscsi_lvm.onecfg"]))
+    changes = parse_onecfg(out["oned/iscsi_lvm.onecfg"])
+    if onecfg_live_snapshots(changes) != ctx["live_disk_snapshots"]:
+        raise SiteError("rendered onecfg patch does not set LIVE_DISK_SNAPSHOTS as rendered")
+    if parse_shell_rc(out["oned/vmm_execrc.line"]).get("LIVE_DISK_SNAPSHOTS") != \
+            ctx["live_disk_snapshots"]:
+        raise SiteError("rendered vmm_execrc line is wrong")
+    patch = onecfg_registration(changes)
     pasted = snippet_registration(snippet)
     pasted["inherit"] = sorted(set(pasted["inherit"]) | set(ctx["inherit_present"]))
     patch["inherit"] = sorted(set(patch["inherit"]))
@@ -602,9 +684,13 @@ def _parser():
     r.add_argument("--out", required=True, help="directory to write the files into")
     r.add_argument("--oned-conf", help="extend this oned.conf's driver lists instead of the "
                    "stock ones")
+    r.add_argument("--vmm-execrc", help="extend this vmm_execrc's LIVE_DISK_SNAPSHOTS instead "
+                   "of the stock list (default: the stock one of [cloud] opennebula)")
     r.add_argument("--templates", default=str(DEFAULT_TEMPLATES), help=argparse.SUPPRESS)
     c = sub.add_parser("check-oned", help="exit 0 when an oned.conf registers iscsi_lvm fully")
-    c.add_argument("oned_conf")
+    c.add_argument("oned_conf", help="the oned.conf to check")
+    c.add_argument("--vmm-execrc", help=f"also check live disk snapshots in this file "
+                   f"({VMM_EXECRC})")
     v = sub.add_parser("validate", help="check a rendered registration snippet")
     v.add_argument("snippet")
     v.add_argument("--opennebula", default="7.4", choices=sorted(STOCK))
@@ -619,12 +705,14 @@ def main(argv=None):
     try:
         if args.command == "render":
             site = load_site(args.site)
-            out = render(site, Path(args.templates), args.oned_conf)
+            out = render(site, Path(args.templates), args.oned_conf, args.vmm_execrc)
             write(out, args.out)
             print(f"rendered {len(out)} files into {args.out}")
             return 0
         if args.command == "check-oned":
             problems = check_oned_file(args.oned_conf)
+            if args.vmm_execrc:
+                problems += check_vmm_execrc_file(args.vmm_execrc)
         else:
             problems = validate_snippet(Path(args.snippet).read_text(),
                                         STOCK[args.opennebula]["inherit"])

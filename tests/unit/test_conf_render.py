@@ -473,3 +473,53 @@ def test_cache_warm_values_out_of_range_are_refused(tmp_path, key, value):
     text = re.sub(rf"^{key} = .*$", f"{key} = {value}", EXAMPLE.read_text(), flags=re.M)
     with pytest.raises(SiteError, match=key):
         load_site(write_site(tmp_path, text))
+
+
+# -- vmm_execrc: live disk snapshots ------------------------------------------------------------
+
+STOCK_EXECRC = """\
+# Space separated list of VMM-TM pairs that support live disk snapshots. VMM
+# and TM must be separated by '-'
+LIVE_DISK_SNAPSHOTS="kvm-qcow2 kvm-ceph mine-local"
+
+# Space separated list VNM_MAD-ACTION pairs that run locally
+VNMAD_LOCAL_ACTIONS="elastic-post elastic-clean"
+"""
+
+
+def test_live_disk_snapshots_extend_the_real_vmm_execrc(tmp_path):
+    path = tmp_path / "vmm_execrc"
+    path.write_text(STOCK_EXECRC)
+    assert cr.check_vmm_execrc_file(path) == [
+        f"{path}: LIVE_DISK_SNAPSHOTS does not list kvm-iscsi_lvm qemu-iscsi_lvm (running VMs "
+        "cannot take disk snapshots)"]
+    out = cr.render(load_site(EXAMPLE), vmm_execrc=path)
+    want = "kvm-qcow2 kvm-ceph mine-local kvm-iscsi_lvm qemu-iscsi_lvm"
+    line = cr.parse_shell_rc(out["oned/vmm_execrc.line"])
+    assert line == {"LIVE_DISK_SNAPSHOTS": want}
+    assert cr.onecfg_live_snapshots(cr.parse_onecfg(out["oned/iscsi_lvm.onecfg"])) == want
+    # The line pasted over the old one is what check-oned then accepts.
+    path.write_text(STOCK_EXECRC.replace('LIVE_DISK_SNAPSHOTS="kvm-qcow2 kvm-ceph mine-local"',
+                                         out["oned/vmm_execrc.line"].strip().splitlines()[-1]))
+    assert cr.check_vmm_execrc_file(path) == []
+    # Rendering again from the registered file adds nothing twice.
+    again = cr.render(load_site(EXAMPLE), vmm_execrc=path)
+    assert cr.parse_shell_rc(again["oned/vmm_execrc.line"]) == line
+
+
+def test_without_a_vmm_execrc_the_stock_list_of_the_release_is_extended(rendered):
+    words = cr.parse_shell_rc(rendered["oned/vmm_execrc.line"])["LIVE_DISK_SNAPSHOTS"].split()
+    assert words[:3] == ["kvm-qcow2", "kvm-shared", "kvm-ceph"] and "kvm-lvm" in words
+    assert words[-2:] == ["kvm-iscsi_lvm", "qemu-iscsi_lvm"]
+
+
+def test_check_oned_cli_checks_vmm_execrc_too(tmp_path, rendered):
+    oned = tmp_path / "oned.conf"
+    oned.write_text(re.sub(r"TM_MAD = \[.*?\]\ndatastore_mad = \[.*?\]\n", "", FULL_ONED,
+                           flags=re.S) + rendered["oned/iscsi_lvm.conf"])
+    execrc = tmp_path / "vmm_execrc"
+    execrc.write_text(STOCK_EXECRC)
+    result = subprocess.run([sys.executable, "-m", "tm_iscsi.config_render", "check-oned",
+                             str(oned), "--vmm-execrc", str(execrc)], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "kvm-iscsi_lvm" in result.stderr
