@@ -11,7 +11,7 @@ HOOK_NAMES = {"fence": "tm_iscsi-fence", "leftovers": "tm_iscsi-leftovers"}
 FENCE_TIMEOUT = 300
 LEFTOVERS_TIMEOUT = 600
 # Compared without case: oned and onehook users write YES/yes, ERROR/error alike.
-_NOCASE = {"TYPE", "RESOURCE", "STATE", "ON", "REMOTE"}
+_NOCASE = {"TYPE", "RESOURCE", "STATE", "LCM_STATE", "REMOTE"}
 
 
 def hook_command():
@@ -35,10 +35,19 @@ def templates(command, clean_leftovers=False, fence_timeout=FENCE_TIMEOUT,
         },
         HOOK_NAMES["leftovers"]: {
             "NAME": HOOK_NAMES["leftovers"], "TYPE": "state", "COMMAND": command,
-            "ARGUMENTS": leftovers_args, "RESOURCE": "VM", "ON": "DONE",
-            "REMOTE": "NO", "TIMEOUT": str(leftovers_timeout),
+            "ARGUMENTS": leftovers_args, "RESOURCE": "VM", "STATE": "DONE",
+            "LCM_STATE": "LCM_INIT", "REMOTE": "NO", "TIMEOUT": str(leftovers_timeout),
         },
     }
+
+
+def for_allocate(attributes):
+    """oned stores a VM state hook's condition as STATE and LCM_STATE, which one.hook.update
+    requires, but one.hook.allocate reads it only from ON (CUSTOM: from STATE and LCM_STATE),
+    and erases ON (HookStateVM::parse_template, oned 7.4)."""
+    if attributes.get("RESOURCE") == "VM" and "LCM_STATE" in attributes:
+        return dict(attributes, ON="CUSTOM")
+    return attributes
 
 
 def differences(wanted, existing):
@@ -67,7 +76,7 @@ def register(one, command, clean_leftovers=False, dry_run=False):
     for name, attributes in templates(command, clean_leftovers).items():
         hook = existing.get(name)
         if hook is None:
-            hook_id = None if dry_run else one.hook_allocate(render(attributes))
+            hook_id = None if dry_run else one.hook_allocate(render(for_allocate(attributes)))
             done.append((name, "created", hook_id))
         elif differences(attributes, hook.attributes):
             if not dry_run:

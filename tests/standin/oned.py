@@ -231,7 +231,7 @@ class OnedStandIn:
             "one.system.version": self._guarded("one.system.version", lambda: [True, self.version, 0]),
             "one.image.allocate": self._guarded("one.image.allocate", self._image_allocate),
             "one.hook.allocate": self._guarded("one.hook.allocate", self._hook_allocate),
-            "one.hook.update": self._guarded("one.hook.update", self._update_for("hook", "one.hook.update")),
+            "one.hook.update": self._guarded("one.hook.update", self._hook_update),
             "one.host.update": self._guarded("one.host.update", self._update_for("host", "one.host.update")),
             "one.vmpool.infoextended": self._guarded(
                 "one.vmpool.infoextended", self._pool_for("vm", "one.vmpool.infoextended")),
@@ -402,12 +402,87 @@ class OnedStandIn:
         missing = [name for name in ("NAME", "TYPE", "COMMAND") if name not in attributes]
         if missing:
             return [False, "[one.hook.allocate] Error allocating hook: missing %s." % missing[0], INTERNAL]
+        error = _hook_state_on_allocate(attributes)
+        if error:
+            return [False, "[one.hook.allocate] " + error, INTERNAL]
         with self._lock:
             hook_id = max([self._next_hook_id] + [i + 1 for i in self._documents["hook"]])
             self._next_hook_id = hook_id + 1
             self.allocated_hooks.append((hook_id, template))
             self._documents["hook"][hook_id] = _new_hook_xml(hook_id, attributes)
         return [True, hook_id, 0]
+
+
+    def _hook_update(self, hook_id, template, merge=0):
+        """oned's Hook::post_update_template: the new template must hold COMMAND and, for a state
+        hook, a valid STATE (and LCM_STATE for a VM hook); ON is not read on update."""
+        if isinstance(hook_id, bool) or not isinstance(hook_id, int) or not isinstance(template, str):
+            raise TypeError(hook_id)
+        with self._lock:
+            xml = self._documents["hook"].get(hook_id)
+        if xml is not None:
+            old = ET.fromstring(xml)
+            new = dict(_template_attributes(template))
+            if merge:
+                new = dict({c.tag: c.text or "" for c in old.find("TEMPLATE")}, **new)
+            error = _hook_state_on_update(old.findtext("TYPE", ""), new)
+            if error:
+                return [False, "[one.hook.update] Cannot update template. " + error, INTERNAL]
+        return self._update_for("hook", "one.hook.update")(hook_id, template, merge)
+
+
+# The VM states a state hook's ON names (HookStateVM::parse_template, oned 7.4).
+_VM_HOOK_ON = {"PROLOG": ("ACTIVE", "PROLOG"), "RUNNING": ("ACTIVE", "RUNNING"),
+               "SHUTDOWN": ("ACTIVE", "EPILOG"), "STOP": ("STOPPED", "LCM_INIT"),
+               "DONE": ("DONE", "LCM_INIT"), "UNKNOWN": ("ACTIVE", "UNKNOWN")}
+_HOST_STATES = {"INIT", "MONITORING_MONITORED", "MONITORED", "ERROR", "DISABLED",
+                "MONITORING_ERROR", "MONITORING_INIT", "MONITORING_DISABLED", "OFFLINE"}
+
+
+def _vm_states():
+    from tm_iscsi.one.states import LcmState, VmState
+    return {s.name for s in VmState}, {s.name for s in LcmState}
+
+
+def _hook_state_on_allocate(attributes):
+    """What oned does with a state hook's template on allocate: a VM hook's ON becomes STATE and
+    LCM_STATE (ON itself is erased); a host hook needs a valid STATE. Returns an error or None."""
+    if attributes.get("TYPE", "").lower() != "state":
+        return None
+    resource = attributes.get("RESOURCE", "").upper()
+    if resource == "VM":
+        on = attributes.pop("ON", "").upper()
+        if on == "CUSTOM":
+            states, lcm_states = _vm_states()
+            if attributes.get("STATE") not in states:
+                return "Wrong STATE: " + attributes.get("STATE", "")
+            if attributes.get("LCM_STATE") not in lcm_states:
+                return "Wrong LCM_STATE: " + attributes.get("LCM_STATE", "")
+        elif on in _VM_HOOK_ON:
+            attributes["STATE"], attributes["LCM_STATE"] = _VM_HOOK_ON[on]
+        else:
+            return "Unkown state condition: " + on
+    elif resource == "HOST":
+        if attributes.get("STATE", "").upper() not in _HOST_STATES:
+            return "Invalid STATE: " + attributes.get("STATE", "")
+    return None
+
+
+def _hook_state_on_update(hook_type, attributes):
+    if not attributes.get("COMMAND"):
+        return "The COMMAND attribute is not defined."
+    if hook_type.lower() != "state":
+        return None
+    resource = attributes.get("RESOURCE", "").upper()
+    if resource == "VM":
+        states, lcm_states = _vm_states()
+        if attributes.get("STATE") not in states:
+            return "The STATE attribute is not defined or it's invalid."
+        if attributes.get("LCM_STATE") not in lcm_states:
+            return "The LCM_STATE attribute is not defined or it's invalid."
+    elif resource == "HOST" and attributes.get("STATE") not in _HOST_STATES:
+        return "The STATE attribute is not defined or it's invalid."
+    return None
 
 
 def _template_attributes(template):

@@ -26,10 +26,13 @@ TYPE = "state"
 COMMAND = "/opt/tm_iscsi-venv/bin/tm-iscsi-hook"
 ARGUMENTS = "leftovers $TEMPLATE"
 RESOURCE = "VM"
-ON = "DONE"
+STATE = "DONE"
+LCM_STATE = "LCM_INIT"
 REMOTE = "NO"
 TIMEOUT = "600"
 '''
+# one.hook.allocate reads a VM hook's condition from ON only (CUSTOM: STATE and LCM_STATE).
+LEFTOVERS_ALLOCATE = LEFTOVERS + 'ON = "CUSTOM"\n'
 
 
 def test_the_hook_templates_oned_gets():
@@ -42,7 +45,7 @@ def test_the_hook_templates_oned_gets():
 
 def test_register_allocates_both_hooks_once(cloud, oned, capsys):
     assert cli.main(["register", "--command", COMMAND, "--no-initiators"], cloud=cloud) == 0
-    assert [t for _i, t in oned.allocated_hooks] == [FENCE, LEFTOVERS]
+    assert [t for _i, t in oned.allocated_hooks] == [FENCE, LEFTOVERS_ALLOCATE]
     assert capsys.readouterr().out.split() == [
         "HOOK", "ID", "ACTION", "tm_iscsi-fence", "0", "created",
         "tm_iscsi-leftovers", "1", "created"]
@@ -118,3 +121,35 @@ def test_the_installed_hook_is_found_next_to_python(tmp_path, monkeypatch):
     script.chmod(0o755)
     monkeypatch.setattr(register.sys, "executable", str(tmp_path / "python3"))
     assert register.hook_command() == str(script)
+
+
+def test_a_second_register_is_accepted_as_oned_7_4_stores_hooks(cloud, oned, capsys):
+    """oned keeps a VM hook as STATE + LCM_STATE without ON and refuses an update without them
+    (HookStateVM::post_update_template): the stand-in does the same."""
+    assert cli.main(["register", "--command", COMMAND, "--no-initiators"], cloud=cloud) == 0
+    stored = oned.xml("hook", 1)
+    assert "<STATE>DONE</STATE>" in stored and "<LCM_STATE>LCM_INIT</LCM_STATE>" in stored
+    assert "<ON>" not in stored
+    # A changed command: both are updated, and oned accepts both templates.
+    assert cli.main(["register", "--command", "/usr/bin/tm-iscsi-hook", "--no-initiators"],
+                    cloud=cloud) == 0
+    out = capsys.readouterr().out
+    assert out.count("updated") == 2, out
+    assert "<COMMAND>/usr/bin/tm-iscsi-hook</COMMAND>" in oned.xml("hook", 1)
+    assert cli.main(["register", "--command", "/usr/bin/tm-iscsi-hook", "--no-initiators"],
+                    cloud=cloud) == 0
+    assert capsys.readouterr().out.count("unchanged") == 2
+
+
+def test_the_stand_in_refuses_what_oned_refuses_of_a_hook_update(oned):
+    import xmlrpc.client
+    proxy = xmlrpc.client.ServerProxy(oned.endpoint)
+    ok, hook_id, _ = proxy.one.hook.allocate(oned.session, LEFTOVERS_ALLOCATE)
+    assert ok
+    old = LEFTOVERS.replace('ON = "DONE"', '')
+    ok, message, _ = proxy.one.hook.update(oned.session, hook_id, old.replace(
+        'STATE = "DONE"\nLCM_STATE = "LCM_INIT"\n', 'ON = "DONE"\n'), 0)
+    assert not ok and "The STATE attribute is not defined or it's invalid." in message
+    ok, message, _ = proxy.one.hook.allocate(oned.session, LEFTOVERS.replace('STATE = "DONE"\nLCM_STATE = '
+                                                                   '"LCM_INIT"\n', ''))
+    assert not ok and "Unkown state condition" in message
