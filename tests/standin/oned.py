@@ -389,6 +389,13 @@ class OnedStandIn:
             attributes = _template_attributes(template)
             if "NAME" not in attributes:
                 return [False, "[one.image.allocate] No NAME in template for Image.", ACTION]
+            # oned: one image NAME per owner (ImagePool::allocate); the stand-in's callers are
+            # oneadmin (UID 0).
+            for other_id, other_xml in sorted(self._documents["image"].items()):
+                other = ET.fromstring(other_xml)
+                if other.findtext("NAME") == attributes["NAME"] and other.findtext("UID", "0") == "0":
+                    return [False, "[one.image.allocate] NAME is already taken by IMAGE %d." % other_id,
+                            INTERNAL]
             image_id = max(self._documents["image"], default=-1) + 1
             ds_name = ET.fromstring(ds_xml).findtext("NAME") or ""
             self._documents["image"][image_id] = _new_image_xml(image_id, attributes, ds_id, ds_name)

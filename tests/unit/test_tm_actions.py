@@ -386,7 +386,8 @@ def test_delete_with_sync_flushes_keeps_the_clone_as_an_image_and_drops_its_map(
     (teardown,) = [a for h, c, a in calls if c == "stack-teardown"]
     assert "--flush" in teardown
     ((template, ds_id),) = allocated
-    assert ds_id == 100 and 'NAME = "golden-disk-0"' in template  # YES: every disk
+    # YES keeps every non-persistent disk: this VM has one, so the name is the one asked for.
+    assert ds_id == 100 and 'NAME = "golden"' in template
     assert 'SOURCE = "vg-one-100/vm-0-disk-0"' in template and 'SIZE = "64"' in template
     assert "tm_iscsi.image-of-sync=42" in lvs.lvs["vm-0-disk-0"]
     assert "vm-0-disk-0-map" not in lvs.lvs
@@ -446,3 +447,51 @@ def test_live_snapshot_without_write_back_layer_asks_no_host(world, capsys):
     assert code == 0, plain
     assert [c for c in calls if c[0] == "host1"] == []
     assert any(command == "lv-snapshot" for _, command, _ in calls)
+
+
+def _vm_with_sync(value, name=None, clones=(0,)):
+    import xml.etree.ElementTree as ET
+    vm = VirtualMachine.from_xml(
+        (fixtures.folder("04-vm-deploy") / "01-tm-clone.vm.xml").read_text())
+    for disk in vm.element.findall("TEMPLATE/DISK"):
+        clone = disk.find("CLONE")
+        if clone is None:
+            clone = ET.SubElement(disk, "CLONE")
+        clone.text = "YES" if int(disk.findtext("DISK_ID")) in clones else "NO"
+    user = vm.element.find("USER_TEMPLATE")
+    ET.SubElement(user, "TM_ISCSI_SYNC").text = value
+    if name:
+        ET.SubElement(user, "TM_ISCSI_SYNC_NAME").text = name
+    return VirtualMachine.from_xml(ET.tostring(vm.element, encoding="unicode"))
+
+
+@pytest.mark.parametrize("value, clones, disk_id, wanted", [
+    ("YES", (0,), 0, "golden"), ("0", (0,), 0, "golden"),
+    ("YES", (0, 1), 1, "golden-disk-1"), ("0 1", (0, 1), 0, "golden-disk-0"),
+    # Asked for two disks, but disk 1 is not a clone: one disk is kept.
+    ("0 1", (0,), 0, "golden")])
+def test_sync_name_gets_the_disk_suffix_only_when_several_disks_are_kept(
+        value, clones, disk_id, wanted):
+    from tm_iscsi.tm import sync
+    assert sync.image_name(_vm_with_sync(value, "golden", clones), disk_id) == wanted
+
+
+def test_sync_name_taken_in_oned_gets_the_first_free_suffix():
+    """oned refuses a NAME its owner already has: the kept disk is registered as <name>-1 (the
+    stand-in refuses duplicates as oned's ImagePool does)."""
+    from tests.standin.oned import OnedStandIn
+    from tm_iscsi.one.client import OneClient
+    from tm_iscsi.tm import sync
+    with OnedStandIn() as oned:
+        oned.put_file(fixtures.folder("00-datastores") / "ds-100.after-monitor.xml")
+        client = OneClient(oned.endpoint, oned.session)
+        first = client.image_allocate('NAME = "golden"', 100)
+
+        class Ctx:
+            one = client
+        name, image_id = sync._allocate_with_free_name(
+            Ctx, "golden", lambda chosen: f'NAME = "{chosen}"', 100)
+        assert (name, image_id) == ("golden-1", first + 1)
+        name, _ = sync._allocate_with_free_name(
+            Ctx, "golden", lambda chosen: f'NAME = "{chosen}"', 100)
+        assert name == "golden-2"

@@ -1,8 +1,8 @@
 """Keeping a non-persistent disk when its VM is done ("sync"), as a new image.
 
 Asked per VM in its user template: TM_ISCSI_SYNC = "YES" (every non-persistent disk) or a list
-of disk ids ("0 2" or "0,2"); TM_ISCSI_SYNC_NAME names the new image (with more than one disk,
-"-disk-<id>" is appended); without it the name is "<vm name>-disk-<id>-<vm id>". At terminate the
+of disk ids ("0 2" or "0,2"); TM_ISCSI_SYNC_NAME names the new image (when the VM keeps more
+than one disk, "-disk-<id>" is appended; a name already taken gets the first free "-<n>"); without it the name is "<vm name>-disk-<id>-<vm id>". At terminate the
 disk's write-back cache is flushed, the clone is kept as it is (a thin snapshot: no copy) and
 registered in oned as a new image of the same datastore."""
 import re
@@ -28,13 +28,37 @@ def requested(vm, disk_id):
     return str(disk_id) in ids
 
 
+def kept_disks(vm):
+    """Ids of the disks this VM keeps: its non-persistent image disks (clones) that are asked."""
+    return [d.disk_id for d in vm.disks if d.clone and requested(vm, d.disk_id)]
+
+
 def image_name(vm, disk_id):
+    """The name asked for; "-disk-<id>" is appended only when the VM keeps several disks."""
     chosen = (vm.user_template_attr(NAME_ATTR) or "").strip()
-    sync_all = (vm.user_template_attr(SYNC_ATTR) or "").strip().upper() in ("YES", "TRUE", "ALL")
     if chosen:
-        several = sync_all or len(re.split(r"[\s,]+", vm.user_template_attr(SYNC_ATTR))) > 1
-        return f"{chosen}-disk-{disk_id}" if several else chosen
+        return f"{chosen}-disk-{disk_id}" if len(kept_disks(vm)) > 1 else chosen
     return f"{vm.name or 'vm'}-disk-{disk_id}-{vm.id}"
+
+
+# A name taken by another image gets the first free "-<n>" suffix; past this many, a line.
+FREE_NAME_TRIES = 100
+
+
+def _allocate_with_free_name(ctx, name, template_of, ds_id):
+    """oned refuses a NAME the owner already uses ("NAME is already taken by IMAGE n"): that
+    must not fail the terminate (EPILOG_FAILURE), so the next free name is used instead."""
+    from ..one.errors import OnedError
+    for attempt in range(FREE_NAME_TRIES):
+        candidate = name if attempt == 0 else f"{name}-{attempt}"
+        try:
+            return candidate, ctx.one.image_allocate(template_of(candidate), ds_id)
+        except OnedError as err:
+            if "is already taken" not in str(err):
+                raise
+            log.info(f"image name {candidate!r} is taken; trying the next one")
+    raise DriverError(f"no free image name for {name!r} (tried {name} to "
+                      f"{name}-{FREE_NAME_TRIES - 1}); set {NAME_ATTR} to another name")
 
 
 def keep_as_image(ctx, vm, disk_id, volume):
@@ -51,16 +75,18 @@ def keep_as_image(ctx, vm, disk_id, volume):
     disk = vm.disk(disk_id)
     name = image_name(vm, disk_id)
     size_mib = max(1, int(info["size_bytes"]) >> 20)
-    template = "\n".join([
-        f'NAME = "{_quote(name)}"',
-        f'SOURCE = "{naming.source(volume.vg, volume.lv)}"',
-        f'SIZE = "{size_mib}"',
-        'FORMAT = "raw"',
-        f'TYPE = "{"OS" if (disk.type or "").upper() in ("", "OS", "FILE", "BLOCK") else "DATABLOCK"}"',
-        f'DESCRIPTION = "disk {disk_id} of VM {vm.id}, kept at terminate by tm_iscsi"',
-    ])
+
+    def template_of(chosen):
+        return "\n".join([
+            f'NAME = "{_quote(chosen)}"',
+            f'SOURCE = "{naming.source(volume.vg, volume.lv)}"',
+            f'SIZE = "{size_mib}"',
+            'FORMAT = "raw"',
+            f'TYPE = "{"OS" if (disk.type or "").upper() in ("", "OS", "FILE", "BLOCK") else "DATABLOCK"}"',
+            f'DESCRIPTION = "disk {disk_id} of VM {vm.id}, kept at terminate by tm_iscsi"',
+        ])
     node.call("lv-tag", "--vg", volume.vg, "--lv", volume.lv, "--add", PENDING_TAG)
-    image_id = ctx.one.image_allocate(template, volume.ds.ds_id)
+    name, image_id = _allocate_with_free_name(ctx, name, template_of, volume.ds.ds_id)
     node.call("lv-tag", "--vg", volume.vg, "--lv", volume.lv,
               "--add", f"tm_iscsi.image-of-sync={image_id}", "--add", "tm_iscsi.kind=image",
               "--delete", PENDING_TAG, "--delete", "tm_iscsi.kind=clone",
