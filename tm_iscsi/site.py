@@ -32,7 +32,7 @@ _CHAP_SECRET_RE = re.compile(r"^[A-Za-z0-9_.+:@!%^*=-]{1,255}$")
 _SSH_OPTS_RE = re.compile(r"^[A-Za-z0-9 _.,:=/@%+-]*$")
 
 SCHEMA = {
-    "cloud": ("opennebula", "oneadmin", "frontend"),
+    "cloud": ("opennebula", "oneadmin", "frontend", "datastore_location"),
     "storage": ("host", "portal", "vg", "thin_pool", "pool_percent", "devices"),
     "host": ("cache_vg", "devices", "initiator_prefix", "warm_every_minutes", "warm_seconds"),
     "datastore": ("image_name", "system_name", "cache_mode", "iqn_base", "bridge_list",
@@ -55,6 +55,7 @@ class Site:
     opennebula: str
     oneadmin: str
     frontend: List[str]
+    datastore_location: str
     storage_host: str
     portal: str
     vg: str
@@ -206,6 +207,8 @@ def load_site(path):
         opennebula=short,
         oneadmin=r.text("cloud", "oneadmin", "oneadmin", _USER_RE, "a user name"),
         frontend=frontend,
+        datastore_location=r.text("cloud", "datastore_location", "/var/lib/one/datastores",
+                                  _ABS_PATH_RE, "an absolute path").rstrip("/") or "/",
         storage_host=storage_host,
         portal=r.text("storage", "portal", "", _PORTAL_RE, "a host name or address"),
         vg=r.name("storage", "vg", "vg-one-100"),

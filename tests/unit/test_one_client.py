@@ -240,7 +240,8 @@ def test_allocate_image_and_hook(oned, one):
     # pyone renders a flat dict as KEY="VALUE" lines
     second = one.image_allocate({"NAME": "from-dict", "TYPE": "DATABLOCK"}, 100)
     assert oned.allocated_images[-1] == (second, 'NAME="from-dict"\nTYPE="DATABLOCK"\n', 100)
-    hook = one.hook_allocate({"NAME": "iscsi-fence", "TYPE": "state", "COMMAND": "fence", "RESOURCE": "HOST"})
+    hook = one.hook_allocate({"NAME": "iscsi-fence", "TYPE": "state", "COMMAND": "fence", "RESOURCE": "HOST",
+                              "STATE": "ERROR"})
     assert hook == 0 and 'COMMAND="fence"' in oned.allocated_hooks[0][1]
 
 

@@ -10,7 +10,7 @@ import os
 import re
 import time
 
-from . import iscsi, locks
+from . import iscsi, locks, paths
 from . import run as _run
 from .chap import add_option as chap_option, credentials as chap_credentials
 from .cli import command as _register
@@ -111,7 +111,8 @@ def replace_symlink(path, target):
     """Point `path` at `target` atomically: a VM starting meanwhile sees the old link or the new
     one, never none."""
     parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
+    # The VM directory belongs to oneadmin (the KVM driver writes its deployment file there).
+    paths.makedirs_owned(parent)
     if os.path.isdir(path) and not os.path.islink(path):
         raise NodeError(f"{path} is a directory; refusing to replace it with a link")
     if os.path.islink(path) and os.readlink(path) == target:
@@ -122,6 +123,8 @@ def replace_symlink(path, target):
     except FileNotFoundError:
         pass
     os.symlink(target, tmp)
+    uid, gid = paths.owner_of_tree(path)
+    os.lchown(tmp, uid, gid)
     try:
         os.replace(tmp, path)
     except OSError:

@@ -8,12 +8,12 @@ from .. import kvfile
 PATH = os.environ.get("TM_ISCSI_NODE_CONF", "/etc/tm_iscsi/node.conf")
 
 
-def values(path=PATH):
+def values(path=None):
     try:
-        return kvfile.read(path)
+        return kvfile.read(path or PATH)
     except OSError:
         return {}   # unreadable: the defaults, as with no file
 
 
-def get(key, default, path=PATH):
+def get(key, default, path=None):
     return values(path).get(key) or default
