@@ -16,8 +16,9 @@ usage() {
 Usage: install.sh --role ROLE[,ROLE...] --site FILE [options]
 
 Roles (repeat --role or give a comma list; one machine may have several):
-  frontend   the oned host: the Python package, the iscsi_lvm remotes, /etc/one/tm_iscsi.conf,
-             TM_ISCSI_PYTHON in /etc/one/defaultrc, the oned.conf registration (printed)
+  frontend   the oned host: the Python package, the admin tools on PATH (/usr/local/bin), the
+             iscsi_lvm remotes, /etc/one/tm_iscsi.conf, TM_ISCSI_PYTHON in /etc/one/defaultrc,
+             the oned.conf and vmm_execrc registration (printed; applied with --apply-oned)
   storage    the storage node: image VG and thin pool on --device, LIO restore at boot, the node
              helper with its sudoers rule, the LVM filter
   host       a hypervisor host: initiator name, iscsid settings, local cache VG on --device,
@@ -31,7 +32,16 @@ Options:
                        listed in the site file and hold nothing
   --cache-device DEV   the cache disk when one machine is both storage and host
   --dry-run            print every change it would make, change nothing
-  --apply-oned         register iscsi_lvm in oned.conf with `onecfg patch` (else only printed)
+  --apply-oned         register iscsi_lvm in oned.conf and vmm_execrc with `onecfg patch` (else
+                       only printed)
+  --one-location DIR   a self-contained OpenNebula (its ONE_LOCATION; also the ONE_LOCATION
+                       variable): DIR/etc and DIR/var/remotes instead of /etc/one and
+                       /var/lib/one/remotes
+  --uninstall          remove what install.sh put there for the roles named (with --dry-run:
+                       show it); VGs, LVs and images are kept
+  --remove-data        with --uninstall: also remove the role's VG (host: the cache VG, when no
+                       stack uses it; storage: the image VG, only when it holds no LV but the
+                       thin pool)
   --root DIR           prefix for every file it reads or writes (tests, image builds);
                        also TM_ISCSI_ROOT
   --skip STEP[,STEP]   leave steps out: packages (also TM_ISCSI_NO_PACKAGES=1, which also keeps
@@ -84,6 +94,9 @@ DEVICE=''
 CACHE_DEVICE=''
 DRY_RUN=0
 APPLY_ONED=0
+UNINSTALL=0
+REMOVE_DATA=0
+ONE_LOCATION=${ONE_LOCATION:-}
 ROOT=${TM_ISCSI_ROOT:-}
 WHEEL=''
 WHEELHOUSE=''
@@ -103,6 +116,9 @@ while [ $# -gt 0 ]; do
     --cache-device) need_arg "$@"; CACHE_DEVICE=$2; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     --apply-oned) APPLY_ONED=1; shift ;;
+    --uninstall) UNINSTALL=1; shift ;;
+    --remove-data) REMOVE_DATA=1; shift ;;
+    --one-location) need_arg "$@"; ONE_LOCATION=$2; shift 2 ;;
     --root) need_arg "$@"; ROOT=$2; shift 2 ;;
     --skip) need_arg "$@"; IFS=, read -r -a more <<<"$2"; SKIP+=("${more[@]}"); shift 2 ;;
     --wheel) need_arg "$@"; WHEEL=$2; shift 2 ;;
@@ -138,6 +154,17 @@ else
   STORAGE_DEVICE=$DEVICE HOST_DEVICE=$DEVICE
   [ -z "$CACHE_DEVICE" ] || die "--cache-device is for a machine that is both storage and host"
 fi
+((REMOVE_DATA)) && ! ((UNINSTALL)) && die "--remove-data goes with --uninstall"
+# OpenNebula's own layout: system-wide, or self-contained under ONE_LOCATION.
+if [ -n "$ONE_LOCATION" ]; then
+  case $ONE_LOCATION in /*) ;; *) die "--one-location must be an absolute path" ;; esac
+  ONE_ETC=${ONE_LOCATION%/}/etc ONE_REMOTES=${ONE_LOCATION%/}/var/remotes
+else
+  ONE_ETC=/etc/one ONE_REMOTES=/var/lib/one/remotes
+fi
+# The admin tools go where an administrator's PATH has them.
+BIN_DIR=/usr/local/bin
+ADMIN_TOOLS=(tm-iscsi tm-iscsi-hook tm-iscsi-config)
 if ((!DRY_RUN)) && [ -z "$ROOT" ] && [ "$(id -u)" != 0 ]; then
   die "run as root (or try --dry-run)"
 fi
@@ -293,13 +320,13 @@ step_render() {
     die "Jinja2 is missing, so the files cannot be rendered here: install python3-jinja2, or render on the front-end (python3 -m tm_iscsi.config_render --site SITE --out DIR) and pass --rendered DIR"
   CONF=$WORK/conf
   local args=(render --site "$SITE" --out "$CONF" --templates "$SRC/conf")
-  if ((HAS_FRONTEND)) && [ -f "$(path /etc/one/oned.conf)" ]; then
+  if ((HAS_FRONTEND)) && [ -f "$(path "$ONE_ETC/oned.conf")" ]; then
     # Extend the driver lists this oned.conf really has, not the stock ones.
-    args+=(--oned-conf "$(path /etc/one/oned.conf)")
+    args+=(--oned-conf "$(path "$ONE_ETC/oned.conf")")
   fi
-  if ((HAS_FRONTEND)) && [ -f "$(path /etc/one/vmm_exec/vmm_execrc)" ]; then
+  if ((HAS_FRONTEND)) && [ -f "$(path "$ONE_ETC/vmm_exec/vmm_execrc")" ]; then
     # Extend the live-snapshot pairs this vmm_execrc really lists.
-    args+=(--vmm-execrc "$(path /etc/one/vmm_exec/vmm_execrc)")
+    args+=(--vmm-execrc "$(path "$ONE_ETC/vmm_exec/vmm_execrc")")
   fi
   config_render "${args[@]}" >/dev/null || die "rendering from $SITE failed (see above)"
   ok "rendered from $SITE"
@@ -313,14 +340,14 @@ read_install_env() {
     key=${line%%=*}
     value=${line#*=}
     case $key in
-      SITE_FILE | ONEADMIN | VENV | HELPER | STORAGE_VG | THIN_POOL | POOL_PERCENT | \
+      SITE_FILE | ONEADMIN | VENV | HELPER | DATASTORES | STORAGE_VG | THIN_POOL | POOL_PERCENT | \
         STORAGE_DEVICES | CACHE_VG | HOST_DEVICES | SYSTEM_DEVICES | INITIATOR_PREFIX | \
         LVM_FILTER_STORAGE | LVM_FILTER_HOST | LVM_FILTER_STORAGE_HOST)
         printf -v "E_$key" '%s' "$value" ;;
       *) die "$file: unexpected line for $key" ;;
     esac
   done <"$file"
-  for key in ONEADMIN VENV HELPER STORAGE_VG THIN_POOL POOL_PERCENT CACHE_VG INITIATOR_PREFIX; do
+  for key in ONEADMIN VENV HELPER DATASTORES STORAGE_VG THIN_POOL POOL_PERCENT CACHE_VG INITIATOR_PREFIX; do
     value=E_$key
     [ -n "${!value:-}" ] || die "$file: $key is missing"
   done
@@ -381,7 +408,10 @@ step_packages() {
     return 0
   fi
   case $PKG_FAMILY in
-    deb) change "install ${missing[*]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" ;;
+    deb)
+      # A fresh cloud image comes with empty package lists: apt-get install would find nothing.
+      change "refresh the package lists (apt-get update)" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+      change "install ${missing[*]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" ;;
     *) change "install ${missing[*]}" "$PKG_FAMILY" install -y -q "${missing[@]}" ;;
   esac
 }
@@ -643,10 +673,23 @@ preflight_device() { # preflight_device VG DEVICE LIST WHAT
   check_blank "$dev" "$vg" "$list" "$what VG"
 }
 
+# A VG the role needs that does not exist needs its disk: refused here, before any change (the
+# dry run says the same), not after the packages, the helper and the filter are in.
+preflight_vg() { # preflight_vg VG DEVICE WHAT
+  local vg=$1 dev=$2 what=$3
+  [ -z "$dev" ] || return 0
+  [ -z "$ROOT" ] || return 0
+  if have pvs && vg_exists "$vg"; then return 0; fi
+  refuse "the $what VG $vg does not exist: name the blank disk for it with --device"
+}
+
 preflight_devices() {
   ((HAS_STORAGE || HAS_HOST)) && check_lvm_filter
   ((HAS_STORAGE)) && preflight_device "$E_STORAGE_VG" "$STORAGE_DEVICE" "$E_STORAGE_DEVICES" image
   ((HAS_HOST)) && preflight_device "$E_CACHE_VG" "$HOST_DEVICE" "$E_HOST_DEVICES" cache
+  ((HAS_STORAGE)) && preflight_vg "$E_STORAGE_VG" "$STORAGE_DEVICE" image
+  ((HAS_HOST)) && preflight_vg "$E_CACHE_VG" "$HOST_DEVICE" cache
+  ((HAS_FRONTEND)) && preflight_frontend
   return 0
 }
 
@@ -676,6 +719,11 @@ step_storage() {
   # rebooted storage node would come back with no exports (or stale ones).
   local distro_file=''
   distro_file=$(python3 -c 'import rtslib_fb.root as r; print(r.default_save_file)' 2>/dev/null || true)
+  if [ -z "$distro_file" ] && [ "${PKG_FAMILY:-}" = deb ]; then
+    # Not installed yet (a dry run before the packages step): Debian's python3-rtslib-fb
+    # restores this file.
+    distro_file=/etc/rtslib-fb-target/saveconfig.json
+  fi
   if [ -z "$distro_file" ] || [ "$distro_file" = /etc/target/saveconfig.json ]; then
     ok "targetctl restores /etc/target/saveconfig.json"
   elif [ "$(readlink "$(path "$distro_file")" 2>/dev/null)" = /etc/target/saveconfig.json ]; then
@@ -792,27 +840,75 @@ step_host() {
 
 # -- front-end ---------------------------------------------------------------------------------
 
+# oned's DATASTORE_LOCATION (commented out: OpenNebula's default for its layout).
+oned_datastore_location() {
+  local file=$1 value
+  value=$(sed -n 's/^[[:space:]]*DATASTORE_LOCATION[[:space:]]*=[[:space:]]*"\{0,1\}\([^"]*\)"\{0,1\}[[:space:]]*$/\1/p' "$file" 2>/dev/null | tail -n 1)
+  if [ -z "$value" ]; then
+    if [ -n "$ONE_LOCATION" ]; then value=${ONE_LOCATION%/}/var/datastores; else value=/var/lib/one/datastores; fi
+  fi
+  printf '%s' "${value%/}"
+}
+
+# Everything the front-end step would refuse, checked before the first change.
+preflight_frontend() {
+  [ -d "$(path "$ONE_REMOTES")" ] ||
+    refuse "no $ONE_REMOTES: this is not an OpenNebula front-end (install OpenNebula first; a self-contained one: --one-location DIR)"
+  user_exists "$E_ONEADMIN" || refuse "no user $E_ONEADMIN: install OpenNebula first"
+  local oned location
+  oned=$(path "$ONE_ETC/oned.conf")
+  if [ -f "$oned" ]; then
+    location=$(oned_datastore_location "$oned")
+    [ "$location" = "$E_DATASTORES" ] ||
+      refuse "oned keeps its datastores in $location (DATASTORE_LOCATION of $ONE_ETC/oned.conf), the site file says $E_DATASTORES: set [cloud] datastore_location = $location"
+  fi
+}
+
 step_frontend() {
   step "front-end"
-  [ -d "$(path /var/lib/one/remotes)" ] ||
-    refuse "no /var/lib/one/remotes: this is not an OpenNebula front-end (install OpenNebula first)"
-  user_exists "$E_ONEADMIN" || refuse "no user $E_ONEADMIN: install OpenNebula first"
-  local group
+  local group defaultrc=$CONF/frontend/defaultrc.block
   group=$(id -gn "$E_ONEADMIN" 2>/dev/null || echo "$E_ONEADMIN")
-  install_file "$CONF/frontend/tm_iscsi.conf" /etc/one/tm_iscsi.conf 640 root "$group"
-  ensure_block /etc/one/defaultrc "$CONF/frontend/defaultrc.block" '^[[:space:]]*(export[[:space:]]+)?TM_ISCSI_PYTHON='
+  install_file "$CONF/frontend/tm_iscsi.conf" "$ONE_ETC/tm_iscsi.conf" 640 root "$group"
+  if [ "$ONE_ETC" != /etc/one ]; then
+    # The driver looks for /etc/one/tm_iscsi.conf unless told otherwise.
+    defaultrc=$WORK/defaultrc.block
+    sed "/^TM_ISCSI_PYTHON=/a TM_ISCSI_CONF=$ONE_ETC/tm_iscsi.conf" "$CONF/frontend/defaultrc.block" >"$defaultrc"
+  fi
+  ensure_block "$ONE_ETC/defaultrc" "$defaultrc" '^[[:space:]]*(export[[:space:]]+)?TM_ISCSI_PYTHON='
   for kind in tm datastore; do
-    sync_tree "$SRC/remotes/$kind/iscsi_lvm" "/var/lib/one/remotes/$kind/iscsi_lvm" "$E_ONEADMIN"
+    sync_tree "$SRC/remotes/$kind/iscsi_lvm" "$ONE_REMOTES/$kind/iscsi_lvm" "$E_ONEADMIN"
   done
   for file in oned/iscsi_lvm.conf oned/iscsi_lvm.onecfg oned/vmm_execrc.line datastores/image.tpl datastores/system.tpl; do
-    install_file "$CONF/$file" "/etc/one/tm_iscsi/$(basename "$file")" 644 root root
+    install_file "$CONF/$file" "$ONE_ETC/tm_iscsi/$(basename "$file")" 644 root root
   done
+  step_admin_tools
   step_oned
+}
+
+# The admin tools of the virtualenv, on PATH: README's steps run tm-iscsi and tm-iscsi-hook.
+step_admin_tools() {
+  step "admin tools on PATH ($BIN_DIR)"
+  local tool want link
+  for tool in "${ADMIN_TOOLS[@]}"; do
+    want=$E_VENV/bin/$tool
+    link=$(path "$BIN_DIR/$tool")
+    if [ -L "$link" ] && [ "$(readlink "$link")" = "$want" ]; then
+      ok "$BIN_DIR/$tool -> $want"
+    elif [ -e "$link" ] && [ ! -L "$link" ]; then
+      refuse "$BIN_DIR/$tool exists and is not tm_iscsi's link: remove it or rename it first"
+    else
+      change "link $BIN_DIR/$tool -> $want" sh -c 'mkdir -p "$(dirname "$2")" && ln -sfn "$1" "$2"' sh "$want" "$link"
+    fi
+  done
 }
 
 apply_oned() {
   local oned=$1 patch=$2
-  cp -p "$oned" "$oned.tm_iscsi-$(date +%Y%m%d%H%M%S)"
+  local stamp
+  stamp=$(date +%Y%m%d%H%M%S)
+  cp -p "$oned" "$oned.tm_iscsi-$stamp"
+  [ ! -f "$(path "$ONE_ETC/vmm_exec/vmm_execrc")" ] ||
+    cp -p "$(path "$ONE_ETC/vmm_exec/vmm_execrc")" "$(path "$ONE_ETC/vmm_exec/vmm_execrc").tm_iscsi-$stamp"
   onecfg patch --format line ${ROOT:+--prefix "$ROOT"} "$patch" || true
   config_render check-oned "$oned" "${CHECK_VMM[@]}" >/dev/null 2>&1 ||
     die "onecfg did not register iscsi_lvm completely: $(config_render check-oned "$oned" "${CHECK_VMM[@]}" 2>&1 | tr '\n' ' ')"
@@ -821,24 +917,24 @@ apply_oned() {
 
 step_oned() {
   step "oned.conf registration"
-  local oned problems patch=/etc/one/tm_iscsi/iscsi_lvm.onecfg
-  oned=$(path /etc/one/oned.conf)
+  local oned problems patch=$ONE_ETC/tm_iscsi/iscsi_lvm.onecfg execrc=$ONE_ETC/vmm_exec/vmm_execrc
+  oned=$(path "$ONE_ETC/oned.conf")
   if [ ! -f "$oned" ]; then
-    note "no /etc/one/oned.conf: register iscsi_lvm with $patch on the front-end"
+    note "no $ONE_ETC/oned.conf: register iscsi_lvm with $patch on the front-end"
     return 0
   fi
   CHECK_VMM=()
-  if [ -f "$(path /etc/one/vmm_exec/vmm_execrc)" ]; then
-    CHECK_VMM=(--vmm-execrc "$(path /etc/one/vmm_exec/vmm_execrc)")
+  if [ -f "$(path "$execrc")" ]; then
+    CHECK_VMM=(--vmm-execrc "$(path "$execrc")")
   else
-    note "no /etc/one/vmm_exec/vmm_execrc: live disk snapshots need /etc/one/tm_iscsi/vmm_execrc.line there"
+    note "no $execrc: live disk snapshots need $ONE_ETC/tm_iscsi/vmm_execrc.line there"
   fi
   if problems=$(config_render check-oned "$oned" "${CHECK_VMM[@]}" 2>&1); then
     ok "oned.conf registers iscsi_lvm (and vmm_execrc allows its live disk snapshots)"
     return 0
   fi
   if ((APPLY_ONED)); then
-    have onecfg || die "--apply-oned needs onecfg (OpenNebula's configuration tool), which is not installed; paste /etc/one/tm_iscsi/iscsi_lvm.conf by hand instead"
+    have onecfg || die "--apply-oned needs onecfg (OpenNebula's configuration tool), which is not installed; paste $ONE_ETC/tm_iscsi/iscsi_lvm.conf by hand instead"
     change "register iscsi_lvm in oned.conf with onecfg patch (a copy of the old file is kept)" \
       apply_oned "$oned" "$(path "$patch")"
     ((DRY_RUN)) && indent <"$CONF/oned/iscsi_lvm.onecfg"
@@ -848,11 +944,158 @@ step_oned() {
   sed 's/^[^:]*: /        /' <<<"$problems"
   note "install.sh does not edit oned.conf unless asked. To register the driver, either"
   note "  re-run with --apply-oned, or run: onecfg patch --format line $patch"
-  note "  or paste /etc/one/tm_iscsi/iscsi_lvm.conf (replacing the ARGUMENTS of TM_MAD and DATASTORE_MAD)"
-  note "  and replace LIVE_DISK_SNAPSHOTS in /etc/one/vmm_exec/vmm_execrc by /etc/one/tm_iscsi/vmm_execrc.line"
+  note "  or paste $ONE_ETC/tm_iscsi/iscsi_lvm.conf (replacing the ARGUMENTS of TM_MAD and DATASTORE_MAD)"
+  note "  and replace LIVE_DISK_SNAPSHOTS in $execrc by $ONE_ETC/tm_iscsi/vmm_execrc.line"
   note "then restart oned (systemctl restart opennebula). The patch:"
   grep -v '^#' "$CONF/oned/iscsi_lvm.onecfg" | indent
   PENDING+=("register iscsi_lvm in oned.conf and restart oned (see above)")
+}
+
+# -- uninstall ---------------------------------------------------------------------------------
+
+# remove_path NAME: a file, link or directory install.sh put there.
+remove_path() {
+  local p
+  p=$(path "$1")
+  if [ -e "$p" ] || [ -L "$p" ]; then
+    change "remove $1" rm -rf -- "$p"
+  else
+    ok "$1 is not there"
+  fi
+}
+
+# remove_block FILE: FILE without the tm_iscsi block (the rest of it as it was).
+remove_block() {
+  local name=$1 file new mode owner group
+  file=$(path "$name")
+  if [ ! -f "$file" ] || ! grep -qxF "$BLOCK_BEGIN" "$file"; then
+    ok "$name has no tm_iscsi block"
+    return 0
+  fi
+  new=$WORK/unblock.$RANDOM
+  strip_block "$file" >"$new"
+  read -r mode owner group <<<"$(stat -c '%a %U %G' "$file")"
+  change "remove the tm_iscsi block from $name" put_file "$new" "$file" "$mode" "$owner" "$group"
+  show_diff "$file" "$new"
+}
+
+# remove_unit UNIT: disabled (and stopped), then its file removed.
+remove_unit() {
+  local unit=$1
+  if systemd_running && systemctl is-enabled --quiet "$unit" 2>/dev/null; then
+    change "disable $unit" systemctl disable --quiet --now "$unit"
+  fi
+  remove_path "/etc/systemd/system/$unit"
+}
+
+# What still uses this node: refused before anything is removed (running VMs lose their disks).
+preflight_uninstall_node() {
+  local helper in_use
+  [ -z "$ROOT" ] || return 0
+  helper=$(path "$E_HELPER")
+  if ((HAS_HOST)); then
+    in_use=$(dmsetup ls 2>/dev/null | awk '$1 ~ /^tmi-(top|wb)-/ {print $1}' | tr '\n' ' ')
+    [ -z "$in_use" ] ||
+      refuse "this host still runs tm_iscsi disk stacks ($in_use): terminate, stop or migrate its VMs first (write-back data would be lost)"
+    if [ -x "$helper" ]; then
+      in_use=$("$helper" sessions 2>/dev/null | grep -o '"iqn": "[^"]*"' | wc -l)
+      [ "$in_use" = 0 ] || refuse "this host still has $in_use iSCSI session(s) to tm_iscsi targets: terminate, stop or migrate its VMs first"
+    fi
+  fi
+  if ((HAS_STORAGE)) && [ -x "$helper" ]; then
+    in_use=$("$helper" exports 2>/dev/null | grep -o '"iqn": "[^"]*"' | wc -l)
+    [ "$in_use" = 0 ] || refuse "this storage node still exports $in_use tm_iscsi target(s): terminate or undeploy the VMs that use them first"
+  fi
+  if ((REMOVE_DATA && HAS_STORAGE)) && have lvs && vg_exists "$E_STORAGE_VG"; then
+    in_use=$(lvs --noheadings -o lv_name "$E_STORAGE_VG" 2>/dev/null | tr -d ' ' | grep -vx "$E_THIN_POOL" | grep -c . || true)
+    [ "$in_use" = 0 ] ||
+      refuse "--remove-data: VG $E_STORAGE_VG still holds $in_use LV(s) besides the thin pool (images, VM disks): delete them in OpenNebula first, or remove the VG yourself"
+  fi
+  return 0
+}
+
+uninstall_node() {
+  step "node helper and its sudoers rule"
+  remove_path "$E_HELPER"
+  remove_path /etc/sudoers.d/tm_iscsi
+  remove_path /etc/tm_iscsi/node.conf
+  step "LVM filter"
+  remove_block /etc/lvm/lvmlocal.conf
+  if ((HAS_STORAGE)); then
+    step "LIO configuration restored at boot"
+    local distro_file=/etc/rtslib-fb-target/saveconfig.json
+    if [ -L "$(path "$distro_file")" ] && [ "$(readlink "$(path "$distro_file")")" = /etc/target/saveconfig.json ]; then
+      # Kept restorable: a copy of what is saved now instead of the link.
+      change "replace the link $distro_file by a copy of /etc/target/saveconfig.json" \
+        sh -c 'rm -f "$2" && { [ ! -f "$1" ] || cp -p "$1" "$2"; }' sh \
+        "$(path /etc/target/saveconfig.json)" "$(path "$distro_file")"
+    else
+      ok "$distro_file is not tm_iscsi's link"
+    fi
+    if ((REMOVE_DATA)); then
+      step "image VG (--remove-data)"
+      if [ -z "$ROOT" ] && have vgs && vg_exists "$E_STORAGE_VG"; then
+        change "remove the VG $E_STORAGE_VG and its empty thin pool" vgremove -q -f "$E_STORAGE_VG"
+      else
+        ok "VG $E_STORAGE_VG is not there"
+      fi
+    fi
+  fi
+  if ((HAS_HOST)); then
+    step "iSCSI initiator settings (the initiator name is kept: it is the host's identity)"
+    remove_block /etc/iscsi/iscsid.conf
+    step "boot-time activation and read-cache warm-up"
+    remove_unit tm-iscsi-activate.service
+    remove_unit tm-iscsi-cache-warm.timer
+    remove_unit tm-iscsi-cache-warm.service
+    systemd_running && change "reload systemd" systemctl daemon-reload
+    remove_path /etc/tm_iscsi/boot.d/50-tm-iscsi-activate
+    remove_path /etc/cron.d/tm-iscsi-cache-warm
+    if ((REMOVE_DATA)); then
+      step "local cache VG (--remove-data)"
+      if [ -z "$ROOT" ] && have vgs && vg_exists "$E_CACHE_VG"; then
+        change "remove the cache VG $E_CACHE_VG (read caches only: no stack uses it)" vgremove -q -f "$E_CACHE_VG"
+      else
+        ok "VG $E_CACHE_VG is not there"
+      fi
+    fi
+  fi
+  step "state and locks"
+  remove_path /var/lib/tm_iscsi
+  local dir
+  for dir in /etc/tm_iscsi/boot.d /etc/tm_iscsi; do
+    if [ -d "$(path "$dir")" ] && [ -z "$(ls -A "$(path "$dir")")" ]; then remove_path "$dir"; fi
+  done
+}
+
+uninstall_frontend() {
+  step "front-end"
+  local kind tool
+  for kind in tm datastore; do remove_path "$ONE_REMOTES/$kind/iscsi_lvm"; done
+  remove_path "$ONE_ETC/tm_iscsi"
+  remove_path "$ONE_ETC/tm_iscsi.conf"
+  remove_block "$ONE_ETC/defaultrc"
+  for tool in "${ADMIN_TOOLS[@]}"; do
+    if [ -L "$(path "$BIN_DIR/$tool")" ] && [ "$(readlink "$(path "$BIN_DIR/$tool")")" = "$E_VENV/bin/$tool" ]; then
+      remove_path "$BIN_DIR/$tool"
+    fi
+  done
+  if [ -f "$(path "$ONE_ETC/oned.conf")" ] && grep -q "$E_DRIVER_NAME" "$(path "$ONE_ETC/oned.conf")"; then
+    note "oned.conf still names iscsi_lvm: remove it from the -d (and -s) lists of TM_MAD and DATASTORE_MAD,"
+    note "  the TM_MAD_CONF and DS_MAD_CONF sections named iscsi_lvm, and kvm-iscsi_lvm qemu-iscsi_lvm from"
+    note "  LIVE_DISK_SNAPSHOTS in $ONE_ETC/vmm_exec/vmm_execrc; then restart oned. Datastores of iscsi_lvm must"
+    note "  be removed in OpenNebula first (onedatastore delete), or oned refuses to start with them."
+    PENDING+=("undo the oned.conf registration of iscsi_lvm (see above)")
+  fi
+}
+
+uninstall_venv() {
+  # The virtualenv serves every role of this machine: it goes with the last of them.
+  if [ -f "$(path /etc/tm_iscsi/node.conf)" ] || [ -d "$(path "$ONE_REMOTES/tm/iscsi_lvm")" ]; then
+    ((DRY_RUN)) || { note "$E_VENV kept: another tm_iscsi role of this machine uses it"; return 0; }
+  fi
+  step "tm_iscsi Python package"
+  remove_path "$E_VENV"
 }
 
 # -- main --------------------------------------------------------------------------------------
@@ -864,12 +1107,42 @@ printf 'tm_iscsi install: roles %s| %s%s%s\n' "$roles_text" "${SITE:+site $SITE}
 
 # Everything that can refuse runs before the first change. Rendering needs Jinja2, which the
 # packages step brings on a fresh machine: only then do packages come first.
+if ((UNINSTALL)); then
+  E_DRIVER_NAME=iscsi_lvm
+  step_render
+  read_install_env
+  ((HAS_STORAGE || HAS_HOST)) && preflight_uninstall_node
+  ((HAS_FRONTEND)) && uninstall_frontend
+  ((HAS_STORAGE || HAS_HOST)) && uninstall_node
+  uninstall_venv
+  step "summary"
+  for pending in "${PENDING[@]}"; do note "to do: $pending"; done
+  if ((DRY_RUN)); then
+    printf 'dry run: %d change(s) would be made; nothing was changed\n' "$CHANGES"
+  elif ((CHANGES == 0)); then
+    printf 'no change: nothing of tm_iscsi was left\n'
+  else
+    printf '%d change(s) made; data (VGs, LVs, images) kept%s\n' "$CHANGES" "$( ((REMOVE_DATA)) && echo ' except what --remove-data named')"
+  fi
+  exit 0
+fi
+
 if [ -n "$RENDERED" ] || render_python >/dev/null; then
   step_render
   read_install_env
   preflight_devices
   step_packages
 else
+  # Before the packages: what can be told without the rendered files.
+  if ((HAS_FRONTEND)) && [ ! -d "$(path "$ONE_REMOTES")" ]; then
+    refuse "no $ONE_REMOTES: this is not an OpenNebula front-end (install OpenNebula first; a self-contained one: --one-location DIR)"
+  fi
+  if ((HAS_STORAGE)) && [ -z "$STORAGE_DEVICE" ] && [ -z "$ROOT" ] && ! have pvs; then
+    refuse "LVM is not installed, so the image VG does not exist yet: name the blank disk for it with --device"
+  fi
+  if ((HAS_HOST)) && [ -z "$HOST_DEVICE" ] && [ -z "$ROOT" ] && ! have pvs; then
+    refuse "LVM is not installed, so the cache VG does not exist yet: name the blank disk for it with --device"
+  fi
   for dev in "$STORAGE_DEVICE" "$HOST_DEVICE"; do
     [ -z "$dev" ] || check_blank "$dev" '' '' 'tm_iscsi VG' nolist
   done

@@ -203,11 +203,7 @@ class Demo:
         with OnedStandIn() as oned:
             self.oned = oned
             self.cloud = cloud = Cloud(self.lab, oned, self.workdir)
-            # The installed helper, not the checkout's. A real front-end logs in as oneadmin
-            # and goes through sudo (the driver's default); the lab logs in as root.
-            cloud.env["TM_ISCSI_NODE_CMD"] = "/usr/sbin/tm-iscsi-node"
-            cloud.tm.env = cloud.env
-            cloud.ds.env = cloud.env
+            # The driver's default: ssh as oneadmin, the installed helper through sudo.
             cloud.load_datastores()
             cloud.set_cache_mode(self.args.mode)
             # oned's records of the two images the demo makes (oned writes them, not the driver).

@@ -5,7 +5,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from . import config, hostdeps, image, netns, nodes, ssh
+from . import config, hostdeps, image, netns, nodes, ship, ssh
 
 RESET_SCRIPT = f"{config.GUEST_SRC_DIR}/lab/guest/reset"
 
@@ -27,6 +27,7 @@ def up(fresh=True):
         shutil.rmtree(config.RUN_DIR / "nodes", ignore_errors=True)
     config.RUN_DIR.mkdir(parents=True, exist_ok=True)
     ssh.ensure_keys()
+    ship.render_node_files()
     netns.create()
     boot_start = time.monotonic()
     for node in config.NODES:
@@ -81,9 +82,9 @@ def status():
     return rows
 
 
-def exec_(node_name, argv, input=None, timeout=600):
+def exec_(node_name, argv, input=None, timeout=600, user="root"):
     config.node(node_name)
-    return ssh.run(node_name, argv, input=input, timeout=timeout)
+    return ssh.run(node_name, argv, input=input, timeout=timeout, user=user)
 
 
 def reset():

@@ -19,7 +19,7 @@ PACKAGES = (
     "open-iscsi",
     "python3", "python3-venv",
     "kmod", "iproute2", "procps", "util-linux", "e2fsprogs", "xfsprogs", "udev",
-    "openssh-server", "openssh-client",
+    "openssh-server", "openssh-client", "sudo",
     "qemu-utils", "fio",
 )
 # Pure-Python wheels the node helper needs beyond Debian's packages, installed into a venv that
@@ -78,6 +78,16 @@ def _customize_hooks():
         f'python3 -m pip download -q --no-deps -d "$1/tmp/wheels" {wheels}'
         f' && chroot "$1" {venv}/bin/pip install -q --no-index --find-links /tmp/wheels {wheels}'
         ' && rm -rf "$1/tmp/wheels"',
+        # The user a real front-end logs in as (OpenNebula's node packages make it, uid 9869);
+        # it reaches root only through the sudoers rule install.sh writes (lab/guest/init puts
+        # the rendered rule and helper in place at boot).
+        'chroot "$1" useradd --system --uid 9869 --user-group --create-home '
+        '--home-dir /var/lib/one --shell /bin/bash oneadmin',
+        # The venv finds tm_iscsi in the checkout the node mounts at /opt/tm_iscsi, also for
+        # the helper's `python -I` (isolated mode ignores PYTHONPATH, not .pth files); a wheel
+        # that install.sh puts in site-packages comes first.
+        f'echo {config.GUEST_SRC_DIR} > "$(echo "$1"{venv}/lib/python3*/site-packages)'
+        '/tm_iscsi_lab_checkout.pth"',
         # The package bakes one generated initiator name into the image; every node must have its
         # own (ACLs are per initiator), so init writes it at first boot.
         'rm -f "$1/etc/iscsi/initiatorname.iscsi"',

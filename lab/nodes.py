@@ -51,6 +51,7 @@ def boot(node, root_image):
         "root=/dev/ubda", "rw", "init=/sbin/lab-init",
         "con=null", "con0=null,fd:1", "ssl=none",
         f"lab.name={node.name}",
+        f"lab.role={node.role}",
         f"lab.ip={node.ip}/{config.PREFIX_LEN}",
         f"lab.src={config.SOURCE_DIR}",
         f"lab.run={config.RUN_DIR}",

@@ -54,5 +54,20 @@ def ship(name, site=SITE):
     return f"--rendered {node_dir}/rendered --wheel {node_dir}/wheel/{wheel.name}"
 
 
+def render_node_files():
+    """The node helper, its sudoers rule and node.conf rendered from SITE into <run dir>/node-files
+    (/lab/node-files on a node), which every node's init puts where install.sh would: so the
+    driver reaches the nodes as oneadmin through sudo, as on a real cloud."""
+    out = config.RUN_DIR / "node-files"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / "site.ini").write_text(SITE)
+    subprocess.run([sys.executable, "-m", "tm_iscsi.config_render", "--site",
+                    str(out / "site.ini"), "--out", str(out)], cwd=REPO, check=True,
+                   stdout=subprocess.DEVNULL)
+    return out
+
+
 def unship(name):
     shutil.rmtree(config.RUN_DIR / name, ignore_errors=True)

@@ -17,7 +17,9 @@ def ensure_keys():
         lines += [
             f"Host {node.name}",
             f"  HostName {node.ip}",
-            "  User root",
+            # As a real front-end: oneadmin, root through sudo only. The lab's own tools say
+            # root@<node> (ssh_argv).
+            "  User oneadmin",
             f"  IdentityFile {key}",
             "  IdentitiesOnly yes",
             "  StrictHostKeyChecking no",
@@ -28,7 +30,7 @@ def ensure_keys():
             "  ServerAliveCountMax 3",
             # One TCP+auth handshake per node per run: each costs ~0.3 s of UML time otherwise.
             "  ControlMaster auto",
-            f"  ControlPath {config.RUN_DIR}/ssh-%h.sock",
+            f"  ControlPath {config.RUN_DIR}/ssh-%r@%h.sock",
             "  ControlPersist 600",
             "",
         ]
@@ -38,29 +40,30 @@ def ensure_keys():
     (config.RUN_DIR / "hosts").write_text("\n".join(hosts) + "\n")
 
 
-def ssh_argv(node_name, command_argv=None, tty=False):
+def ssh_argv(node_name, command_argv=None, tty=False, user="root"):
     argv = ["ssh", "-F", str(config.SSH_CONFIG)]
     if tty:
         argv.append("-t")
-    argv.append(node_name)
+    argv.append(f"{user}@{node_name}")
     if command_argv:
         # ssh joins its arguments into one remote shell line, so each word is quoted on its own.
         argv += ["--", " ".join(shlex.quote(a) for a in command_argv)]
     return argv
 
 
-def run(node_name, command_argv, input=None, timeout=300, check=False):
-    return subprocess.run(ssh_argv(node_name, command_argv), input=input, capture_output=True,
-                          timeout=timeout, check=check)
+def run(node_name, command_argv, input=None, timeout=300, check=False, user="root"):
+    return subprocess.run(ssh_argv(node_name, command_argv, user=user), input=input,
+                          capture_output=True, timeout=timeout, check=check)
 
 
 def close_master(node):
     """End the shared connection to a node: after a crash it would hang every new session."""
-    sock = config.RUN_DIR / f"ssh-{node.ip}.sock"
-    if sock.exists():
-        subprocess.run(["ssh", "-F", str(config.SSH_CONFIG), "-O", "exit", node.name],
-                       capture_output=True, timeout=10)
-        sock.unlink(missing_ok=True)
+    for user in ("root", "oneadmin"):
+        sock = config.RUN_DIR / f"ssh-{user}@{node.ip}.sock"
+        if sock.exists():
+            subprocess.run(["ssh", "-F", str(config.SSH_CONFIG), "-O", "exit",
+                            f"{user}@{node.name}"], capture_output=True, timeout=10)
+            sock.unlink(missing_ok=True)
 
 
 def close_masters():

@@ -27,8 +27,8 @@ def driver_env(oned_env):
         "PYTHONPATH": str(REPO),
         "TM_ISCSI_PYTHON": sys.executable,
         "TM_ISCSI_SSH_OPTS": f"-F {lab_config.SSH_CONFIG}",
-        "TM_ISCSI_NODE_CMD": "env PYTHONPATH=/opt/tm_iscsi /opt/tm_iscsi-venv/bin/python "
-                             "-m tm_iscsi.node",
+        # TM_ISCSI_NODE_CMD is the default, `sudo -n tm-iscsi-node`: the front-end logs in as
+        # oneadmin (the lab's ssh_config) and reaches root through the sudoers rule only.
         "TM_ISCSI_FRONTEND": "frontend",
         "TM_ISCSI_CONF": "/nonexistent",
     })

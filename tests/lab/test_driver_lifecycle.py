@@ -75,6 +75,12 @@ def test_vm_lifecycle_on_real_devices(cloud, tmp_path):
     assert cloud.lab.sh("host1", f"blkid -o value -s TYPE {_disk(2)}").strip() == "ext4"
     assert cloud.lab.sh("host1", f"blkid -o value -s TYPE {_disk(3)}").strip() == "swap"
     assert cloud.lab.sh("host1", f"blockdev --getsize64 {_disk(2)}").strip() == str(512 << 20)
+    # The VM directory is oneadmin's, as on any OpenNebula host: the KVM driver writes its
+    # deployment file there as oneadmin (over ssh, as a real front-end logs in).
+    assert cloud.lab.sh("host1", f"stat -c '%U %G' {VM_DIR}").strip() == "oneadmin oneadmin"
+    wrote = cloud.lab.api.exec_("host1", ["sh", "-c", f"echo '<domain/>' > {VM_DIR}/deployment.0 "
+                                          f"&& stat -c %U {VM_DIR}/deployment.0"], user="oneadmin")
+    assert wrote.returncode == 0 and wrote.stdout.decode().strip() == "oneadmin", wrote.stderr
 
     written = {}
     for (disk, mib), pattern in {(0, 3): b"vm0-disk0-", (1, 700): b"vm0-disk1-persistent-",

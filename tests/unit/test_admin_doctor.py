@@ -17,11 +17,18 @@ GOOD_PROBE = {
     "lvm": {"global_filter": ["a|^/dev/sdb$|", "r|.*|"], "scan_lvs": "0", "error": None},
     "lio": {"exists": True, "readable": True, "targets": {iqn("vm-0-disk-0"): [HOST1_IQN]}},
     "sudoers": {"uid": 1000, "file": None, "sudo_list": "(root) NOPASSWD: /usr/sbin/tm-iscsi-node"},
+    "node_conf": {"ROLES": "storage,host", "VG_NAME": "vg-one-100", "THIN_POOL": "tpool",
+                  "CACHE_VG": "vg-tm-iscsi-cache"},
+    "host_units": {"systemd": True,
+                   "activate": {"unit": "tm-iscsi-activate.service", "enabled": "enabled"},
+                   "warm": {"unit": "tm-iscsi-cache-warm.timer", "enabled": "enabled"}},
 }
 GOOD_HELPER = {"unreachable": None, "pool-status vg-one-100/tpool": {"data_percent": 1.0,
                                                                      "metadata_percent": 2.0},
                "exports": {"targets": [target("vm-0-disk-0", HOST1_IQN)]},
-               "initiator": {"iqn": HOST1_IQN}}
+               "initiator": {"iqn": HOST1_IQN},
+               "cache-status": {"vg": "vg-tm-iscsi-cache", "present": True,
+                                "free_bytes": 5 << 30, "stacks": []}}
 
 
 def _probe(**changes):
@@ -40,8 +47,9 @@ def _judge(helper=None, probe_facts=None, roles=("storage", "host")):
 
 def test_a_healthy_node_passes_every_check():
     checks = _judge()
-    assert sorted(checks) == ["helper", "initiator", "iscsid", "lio-saved", "lvm-filter",
-                              "node-startup", "pool", "scan-lvs", "sudoers"]
+    assert sorted(checks) == ["boot-activation", "cache-vg", "cache-warm", "helper",
+                              "initiator", "iscsid", "lio-saved", "lvm-filter", "node-startup",
+                              "pool", "scan-lvs", "sudoers"]
     assert all(c.ok for c in checks.values()), [c for c in checks.values() if not c.ok]
 
 
@@ -123,7 +131,7 @@ def test_doctor_of_one_node_through_the_cli(cloud, nodes, runner, capsys):
     # the probe is sent as the program's text, run by the SSH user without sudo
     host, remote, source = runner.calls[0]
     assert (host, remote) == ("host1", "python3 -") and "def collect" in source
-    assert nodes.commands() == [("host1", "initiator")]
+    assert nodes.commands() == [("host1", "initiator"), ("host1", "cache-status")]
 
 
 def test_doctor_json_and_roles_without_oned(cloud, oned, nodes, runner, capsys):
@@ -136,9 +144,9 @@ def test_doctor_json_and_roles_without_oned(cloud, oned, nodes, runner, capsys):
     assert cli.main(["doctor", "--node", "n9", "--role", "host", "--json"], cloud=cloud) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["problems"] == 0
-    assert {c["check"] for c in data["checks"]} == {"helper", "initiator", "iscsid",
-                                                    "node-startup", "lvm-filter", "scan-lvs",
-                                                    "sudoers"}
+    assert {c["check"] for c in data["checks"]} == {
+        "helper", "initiator", "iscsid", "node-startup", "cache-vg", "boot-activation",
+        "cache-warm", "lvm-filter", "scan-lvs", "sudoers"}
 
 
 def test_the_front_end_checks(cloud, oned, nodes, runner, tmp_path, capsys):
@@ -222,3 +230,54 @@ def test_the_probe_finds_the_file_a_unit_restores(tmp_path, monkeypatch):
     assert probe._restore_file(["ExecStart=/usr/bin/targetctl restore\n", dropin]) == \
         "/etc/target/x.json"
     assert probe._restore_file(["ExecStart=/bin/true\n"]) is None
+
+
+@pytest.mark.parametrize("changes, check, detail", [
+    ({"host_units__activate": {"unit": "tm-iscsi-activate.service", "enabled": "disabled"}},
+     "boot-activation", "tm-iscsi-activate.service is disabled"),
+    ({"host_units__warm": {"unit": "tm-iscsi-cache-warm.timer", "enabled": "not-found"}},
+     "cache-warm", "tm-iscsi-cache-warm.timer is not-found"),
+    ({"host_units__systemd": False,
+      "host_units__warm": {"file": "/etc/cron.d/tm-iscsi-cache-warm", "present": False}},
+     "cache-warm", "/etc/cron.d/tm-iscsi-cache-warm is missing (no systemd)"),
+])
+def test_host_units_missing_are_named(changes, check, detail):
+    checks = _judge(probe_facts=_probe(**changes), roles=("host",))
+    assert not checks[check].ok and detail in checks[check].detail
+    assert "install.sh --role host" in checks[check].fix
+
+
+def test_a_host_without_its_cache_vg_fails():
+    helper = dict(GOOD_HELPER, **{"cache-status": {"vg": "vg-tm-iscsi-cache", "present": False}})
+    checks = _judge(helper=helper, roles=("host",))
+    assert not checks["cache-vg"].ok and "does not exist" in checks["cache-vg"].detail
+
+
+def test_storage_checks_without_oned_use_the_node_conf_pool(cloud, oned, nodes, runner, capsys):
+    """--role storage when oned cannot be asked: the thin pool named in the node's node.conf."""
+    oned.fail("one.system.version", 0x100, "[one.system.version] User couldn't be "
+              "authenticated, aborting call.", times=None)
+    runner.answers["python3"] = (0, json.dumps(GOOD_PROBE), "")
+    nodes.answers["pool-status"] = {"data_percent": 3.0, "metadata_percent": 1.0}
+    cli.main(["doctor", "--node", "storage", "--role", "storage", "--json"], cloud=cloud)
+    data = json.loads(capsys.readouterr().out)
+    pools = [c for c in data["checks"] if c["check"] == "pool"]
+    assert pools and pools[0]["ok"] and "vg-one-100/tpool" in pools[0]["detail"]
+    assert ("storage", "pool-status", ("--vg", "vg-one-100", "--pool", "tpool")) in nodes.calls
+
+
+def test_the_probe_searches_the_sbin_directories_too():
+    from tm_iscsi.admin import probe
+    assert {"/usr/sbin", "/sbin"} <= set(probe.SEARCH_PATH.split(probe.os.pathsep))
+
+
+def test_the_probe_finds_sbin_tools_outside_the_ssh_path(monkeypatch, tmp_path):
+    """ssh gives oneadmin a PATH without /usr/sbin, where lvmconfig lives."""
+    from tm_iscsi.admin import probe
+    sbin = tmp_path / "sbin"
+    sbin.mkdir()
+    (sbin / "lvmconfig").write_text("#!/bin/sh\n")
+    (sbin / "lvmconfig").chmod(0o755)
+    monkeypatch.setattr(probe, "SEARCH_PATH", probe.os.pathsep.join(
+        ["/nonexistent-bin", str(sbin)]))
+    assert probe.which("lvmconfig") == str(sbin / "lvmconfig")

@@ -173,6 +173,8 @@ def nodes():
         "exports": {"targets": []},
         "sessions": {"sessions": []},
         "fence": {"targets": []},
+        "cache-status": lambda host, args: {"vg": "vg-tm-iscsi-cache", "present": True,
+                                            "free_bytes": 4 << 30, "stacks": []},
     })
     return nodes
 

@@ -420,3 +420,92 @@ def test_apply_oned_registers_through_onecfg_once(root, site, tmp_path):
     assert "ok: oned.conf registers iscsi_lvm" in second
     assert "no change: everything was already in place" in second
     assert snapshot(root) == before
+
+
+# -- refusals before the first change, admin tools, uninstall ---------------------------------
+
+def test_a_front_end_without_remotes_is_refused_before_any_change(root, site):
+    shutil.rmtree(root / "var/lib/one/remotes")
+    before = snapshot(root)
+    for extra in (("--dry-run",), ()):
+        result = run("--role", "frontend", "--site", site, "--root", root, "--skip", "python",
+                     *extra, check_rc=1)
+        assert "no /var/lib/one/remotes" in result.stderr
+        assert "change:" not in result.stdout and "would:" not in result.stdout
+    assert snapshot(root) == before
+
+
+def test_a_datastore_location_other_than_oned_s_is_refused(root, site):
+    (root / "etc/one/oned.conf").write_text(ONED + 'DATASTORE_LOCATION = "/srv/one/datastores"\n')
+    before = snapshot(root)
+    result = run("--role", "frontend", "--site", site, "--root", root, "--skip", "python",
+                 check_rc=1)
+    assert "DATASTORE_LOCATION" in result.stderr and "/srv/one/datastores" in result.stderr
+    assert snapshot(root) == before
+    site.write_text(SITE.replace("frontend = frontend\n", "frontend = frontend\n"
+                                 "datastore_location = /srv/one/datastores\n"))
+    run("--role", "frontend", "--site", site, "--root", root, "--skip", "python")
+
+
+def test_a_self_contained_opennebula_is_installed_under_its_location(tmp_path, site):
+    """ONE_LOCATION: remotes in var/remotes, configuration in etc, the driver told where its
+    tm_iscsi.conf is."""
+    root = tmp_path / "root"
+    one = "/opt/one"
+    for d in ("opt/one/var/remotes", "opt/one/etc"):
+        (root / d).mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (root / "opt/one/etc/oned.conf").write_text(ONED)
+    # Its oned keeps datastores in <ONE_LOCATION>/var/datastores: the site file must say so.
+    result = run("--role", "frontend", "--site", site, "--root", root, "--skip", "python",
+                 "--one-location", one, check_rc=1)
+    assert "set [cloud] datastore_location = /opt/one/var/datastores" in result.stderr
+    site.write_text(SITE.replace("frontend = frontend\n", "frontend = frontend\n"
+                                 "datastore_location = /opt/one/var/datastores\n"))
+    run("--role", "frontend", "--site", site, "--root", root, "--skip", "python",
+        "--one-location", one)
+    assert (root / "opt/one/var/remotes/tm/iscsi_lvm/clone").is_file()
+    assert (root / "opt/one/etc/tm_iscsi.conf").is_file()
+    assert "TM_ISCSI_CONF=/opt/one/etc/tm_iscsi.conf" in (root / "opt/one/etc/defaultrc").read_text()
+    assert not (root / "var/lib/one").exists()
+
+
+def test_the_admin_tools_are_linked_on_path(root, site):
+    run("--role", "frontend", "--site", site, "--root", root, "--skip", "python")
+    for tool in ("tm-iscsi", "tm-iscsi-hook", "tm-iscsi-config"):
+        link = root / "usr/local/bin" / tool
+        assert link.is_symlink() and os.readlink(link) == f"/opt/tm_iscsi-venv/bin/{tool}"
+
+
+def test_uninstall_of_the_front_end_removes_what_install_put_there(root, site):
+    pristine = snapshot(root)
+    run("--role", "frontend", "--site", site, "--root", root, "--skip", "python")
+    dry = run("--role", "frontend", "--site", site, "--root", root, "--uninstall", "--dry-run")
+    assert "would: remove /var/lib/one/remotes/tm/iscsi_lvm" in dry.stdout
+    assert "would: remove the tm_iscsi block from /etc/one/defaultrc" in dry.stdout
+    installed = snapshot(root)
+    out = run("--role", "frontend", "--site", site, "--root", root, "--uninstall").stdout
+    assert "data (VGs, LVs, images) kept" in out
+    left = {k for k in snapshot(root) if k not in pristine}
+    # What stays: the empty folders install made (tm/, datastore/, usr/local/bin).
+    assert all((root / k).is_dir() and not any((root / k).iterdir()) or (root / k).is_dir()
+               for k in left), left
+    assert not any("iscsi_lvm" in k or "tm_iscsi" in k or "tm-iscsi" in k for k in left), left
+    assert (root / "etc/one/defaultrc").read_text() == "PRIORITY=19\n"
+    assert installed != snapshot(root)
+    again = run("--role", "frontend", "--site", site, "--root", root, "--uninstall").stdout
+    assert "no change: nothing of tm_iscsi was left" in again
+
+
+def test_uninstall_of_a_node_removes_helper_sudoers_and_blocks(root, site):
+    run("--role", "host", "--site", site, "--root", root, "--skip", "python")
+    assert (root / "etc/sudoers.d/tm_iscsi").exists()
+    out = run("--role", "host", "--site", site, "--root", root, "--uninstall").stdout
+    for gone in ("usr/sbin/tm-iscsi-node", "etc/sudoers.d/tm_iscsi", "etc/tm_iscsi/node.conf",
+                 "etc/systemd/system/tm-iscsi-activate.service"):
+        assert not (root / gone).exists(), (gone, out)
+    assert (root / "etc/iscsi/iscsid.conf").read_text() == ISCSID
+    assert (root / "etc/lvm/lvmlocal.conf").read_text() == LVMLOCAL
+    # The host keeps its initiator name: the storage node's ACLs may still name it.
+    assert (root / "etc/iscsi/initiatorname.iscsi").exists()

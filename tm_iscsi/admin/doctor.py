@@ -109,19 +109,26 @@ def _oned_conf_problems(path):
 
 # -- a node ----------------------------------------------------------------------------------
 
-def helper_facts(cloud, name, roles):
-    """What the node helper answers on `name`: {command: answer or {"error": ...}}."""
+def helper_facts(cloud, name, roles, node_conf=None, oned_ok=True):
+    """What the node helper answers on `name`: {command: answer or {"error": ...}}. Without
+    oned, the pool and the cache VG to look at are those of the node's own node.conf."""
     node = cloud.node(name)
     facts = {"unreachable": None}
     calls = []
+    node_conf = node_conf or {}
     if "storage" in roles:
-        for group in cloud.storage_groups():
-            if group.host == name:
-                calls.append((f"pool-status {group.vg}/{group.pool}",
-                              ("pool-status", "--vg", group.vg, "--pool", group.pool)))
+        pools = [(g.vg, g.pool) for g in cloud.storage_groups() if g.host == name] \
+            if oned_ok else []
+        if not pools and node_conf.get("VG_NAME"):
+            pools = [(node_conf["VG_NAME"], node_conf.get("THIN_POOL") or "tpool")]
+        for vg, pool in pools:
+            calls.append((f"pool-status {vg}/{pool}",
+                          ("pool-status", "--vg", vg, "--pool", pool)))
         calls.append(("exports", ("exports",)))
     if "host" in roles:
         calls.append(("initiator", ("initiator",)))
+        vg = node_conf.get("CACHE_VG")
+        calls.append(("cache-status", ("cache-status", "--vg", vg) if vg else ("cache-status",)))
     for key, argv in calls:
         try:
             facts[key] = node.call(*argv)
@@ -138,7 +145,10 @@ def probe_facts(cloud, name):
     result = cloud.shell(name, ["python3", "-"], input=source)
     if result.returncode != 0:
         lines = (result.stderr or "").strip().splitlines()
-        return {"error": lines[-1] if lines else f"exit code {result.returncode}"}
+        message = lines[-1] if lines else f"exit code {result.returncode}"
+        if result.returncode in (124, 255):   # no answer, or ssh itself failed
+            return {"unreachable": f"cannot reach {name} over ssh: {message}"}
+        return {"error": message}
     try:
         return json.loads(result.stdout)
     except ValueError:
@@ -198,6 +208,8 @@ def judge_node(name, roles, helper, probe, helper_in_sudo=True):
         else:
             checks.append(_ok("initiator", name, answer["iqn"]))
         checks.extend(_judge_iscsi(name, probe.get("iscsi")))
+        checks.extend(_judge_cache_vg(name, helper.get("cache-status")))
+        checks.extend(_judge_host_units(name, probe.get("host_units")))
 
     if "error" in probe:
         checks.append(_fail("probe", name, f"cannot read the node's settings: {probe['error']}",
@@ -291,6 +303,49 @@ def _judge_iscsi(name, facts):
                             f"on {name}: iscsiadm -m node -o update -n node.startup -v manual"))
     else:
         checks.append(_ok("node-startup", name, "node.startup = manual"))
+    return checks
+
+
+def _judge_cache_vg(name, answer):
+    if answer is None:
+        return []
+    if "error" in answer:
+        return [_fail("cache-vg", name, answer["error"], f"on {name}: "
+                      f"{INSTALL.format(role='host')} --device DEV (creates the cache VG)")]
+    if not answer.get("present"):
+        return [_fail("cache-vg", name, f"the local cache VG {answer.get('vg')} does not exist: "
+                      "every cached disk fails to deploy on this host",
+                      f"on {name}: {INSTALL.format(role='host')} --device DEV (a blank local "
+                      "disk for it)")]
+    free = int(answer.get("free_bytes") or 0) >> 20
+    return [_ok("cache-vg", name, f"cache VG {answer.get('vg')}: {free} MiB free, "
+                f"{len(answer.get('stacks') or [])} stack(s)")]
+
+
+_HOST_UNIT_TEXT = {"activate": ("boot-activation", "write-back caches are not flushed at boot: "
+                                "a rebooted host's dirty blocks never reach the storage node"),
+                   "warm": ("cache-warm", "read caches are only filled at deploys: VMs deployed "
+                            "together read everything over iSCSI")}
+
+
+def _judge_host_units(name, facts):
+    if not facts:
+        return []
+    checks = []
+    for key, (check, risk) in _HOST_UNIT_TEXT.items():
+        fact = facts.get(key) or {}
+        fix = f"on {name}: {INSTALL.format(role='host')} installs and enables it"
+        if "unit" in fact:
+            if fact.get("enabled") in ("enabled", "static", "enabled-runtime"):
+                checks.append(_ok(check, name, f"{fact['unit']} enabled"))
+            else:
+                checks.append(_fail(check, name, f"{fact['unit']} is {fact.get('enabled')}: "
+                                    f"{risk}", fix))
+        elif fact.get("present"):
+            checks.append(_ok(check, name, f"{fact['file']} present (no systemd)"))
+        else:
+            checks.append(_fail(check, name, f"{fact.get('file')} is missing (no systemd): "
+                                f"{risk}", fix))
     return checks
 
 
@@ -397,8 +452,11 @@ def run(cloud, node=None, roles=None, oned_conf=ONED_CONF, remotes=REMOTES):
                                 "datastore nor an OpenNebula host", "give --role storage,host, "
                                 "or add it to oned (onehost create / onedatastore update)"))
             continue
-        helper = helper_facts(cloud, name, node_role)
-        probe = probe_facts(cloud, name) if not helper.get("unreachable") else {}
+        probe = probe_facts(cloud, name)
+        if probe.get("unreachable"):
+            helper = {"unreachable": probe["unreachable"]}
+        else:
+            helper = helper_facts(cloud, name, node_role, probe.get("node_conf"), oned_ok)
         checks.extend(judge_node(name, node_role, helper, probe, in_sudo))
         if "host" in node_role:
             answer = helper.get("initiator") or {}

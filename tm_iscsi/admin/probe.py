@@ -16,6 +16,17 @@ LIO_UNITS = ("rtslib-fb-targetctl.service", "target.service")
 UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system",
              "/usr/lib/systemd/system")
 TARGETCTL = "/usr/bin/targetctl"
+NODE_CONF = "/etc/tm_iscsi/node.conf"
+# ssh gives a non-login session a PATH without the sbin directories (Debian's sshd:
+# /usr/local/bin:/usr/bin:/bin:/usr/games), where lvmconfig and friends live.
+SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin",
+                               "/sbin"])
+HOST_UNITS = {"activate": ("tm-iscsi-activate.service", "/etc/tm_iscsi/boot.d/50-tm-iscsi-activate"),
+              "warm": ("tm-iscsi-cache-warm.timer", "/etc/cron.d/tm-iscsi-cache-warm")}
+
+
+def which(program):
+    return shutil.which(program, path=SEARCH_PATH)
 
 
 def _startup(path):
@@ -54,11 +65,12 @@ def iscsi():
 
 def lvm():
     out = {"global_filter": None, "scan_lvs": None, "error": None}
-    if not shutil.which("lvmconfig"):
-        out["error"] = "lvmconfig is not installed"
+    lvmconfig = which("lvmconfig")
+    if not lvmconfig:
+        out["error"] = "lvmconfig is not installed (lvm2)"
         return out
     # The effective values, defaults included: what LVM really does.
-    result = subprocess.run(["lvmconfig", "--typeconfig", "full", "devices/global_filter",
+    result = subprocess.run([lvmconfig, "--typeconfig", "full", "devices/global_filter",
                              "devices/scan_lvs"], capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         out["error"] = (result.stderr.strip().splitlines() or ["lvmconfig failed"])[-1]
@@ -132,8 +144,8 @@ def lio_boot():
             continue
         out["unit"] = unit
         out["restore_file"] = _restore_file(texts)
-        if out["systemd"] and shutil.which("systemctl"):
-            result = subprocess.run(["systemctl", "is-enabled", unit], capture_output=True,
+        if out["systemd"] and which("systemctl"):
+            result = subprocess.run([which("systemctl"), "is-enabled", unit], capture_output=True,
                                     text=True, timeout=30)
             out["enabled"] = result.stdout.strip() or None
         break
@@ -151,15 +163,46 @@ def sudoers():
         out["file"] = False
     except OSError:
         pass   # /etc/sudoers.d is not searchable for this user: ask sudo instead
-    if os.getuid() != 0 and shutil.which("sudo"):
-        result = subprocess.run(["sudo", "-n", "-l"], capture_output=True, text=True, timeout=30)
+    if os.getuid() != 0 and which("sudo"):
+        result = subprocess.run([which("sudo"), "-n", "-l"], capture_output=True, text=True, timeout=30)
         out["sudo_list"] = result.stdout if result.returncode == 0 else ""
+    return out
+
+
+def node_conf():
+    """node.conf's KEY=VALUE lines (install.sh writes it 0644): the node's roles and VGs."""
+    out = {}
+    try:
+        with open(NODE_CONF) as f:
+            for line in f:
+                line = line.strip()
+                if line and not line.startswith("#") and "=" in line:
+                    key, value = line.split("=", 1)
+                    out[key.strip()] = value.strip().strip('"')
+    except OSError as err:
+        return {"error": f"{NODE_CONF}: {err.strerror}"}
+    return out
+
+
+def host_units():
+    """Boot-time activation and the read-cache warm-up: the systemd unit enabled, or without
+    systemd the file its init (boot.d) or cron runs."""
+    systemd = os.path.isdir("/run/systemd/system")
+    out = {"systemd": systemd}
+    for key, (unit, fallback) in HOST_UNITS.items():
+        if systemd and which("systemctl"):
+            result = subprocess.run([which("systemctl"), "is-enabled", unit],
+                                    capture_output=True, text=True, timeout=30)
+            out[key] = {"unit": unit, "enabled": result.stdout.strip() or "not-found"}
+        else:
+            out[key] = {"file": fallback, "present": os.path.isfile(fallback)}
     return out
 
 
 def collect():
     return {"iscsi": iscsi(), "lvm": lvm(), "lio": lio(), "lio_boot": lio_boot(),
-            "sudoers": sudoers(), "hostname": os.uname().nodename}
+            "sudoers": sudoers(), "node_conf": node_conf(), "host_units": host_units(),
+            "hostname": os.uname().nodename}
 
 
 if __name__ == "__main__":
