@@ -179,6 +179,8 @@ def assemble(ctx, host, volume, link_path, mode, image_lv=None):
         luns[role] = {"portal": vol.ds.portal, "iqn": vol.iqn, "serial": vol.serial}
     args = ["--name", volume.lv, "--mode", mode, "--clone-dev", devices["clone"],
             "--link", link_path, "--luns-json", json.dumps(luns, sort_keys=True)]
+    if cachemode.has_writeback(mode):
+        args += ["--wb-size-mib", str(volume.ds.writeback_mib)]
     if read:
         args += ["--base-key", f"{base.vg}.{base.lv}.{gen}", "--base-dev", devices["base"],
                  "--map-dev", devices["map"]]

@@ -9,12 +9,19 @@
 | ISCSI_IQN_BASE | iqn.2026-11.io.tm-iscsi | prefix of every target IQN |
 | ISCSI_CHAP_USER / ISCSI_CHAP_PASSWORD | unset | CHAP credentials every ACL of this datastore requires |
 | MAX_POOL_FILL | 90 (TM_ISCSI_MAX_POOL_FILL) | refuse new LVs above this thin pool fill, in percent |
+| WRITEBACK_CACHE_MB | 1024 | size of a disk's write-back cache on its host (never more than the disk) |
 """
 from dataclasses import dataclass
 from typing import Optional
 
 from . import naming
 from .errors import DriverError
+
+
+# Below 64 MiB (the floor the host shrinks a cache to when its VG is short) a write-back cache
+# absorbs little; the upper bound is the node helper's (--wb-size-mib).
+WRITEBACK_MIB_DEFAULT = 1024
+WRITEBACK_MIB_RANGE = (64, 1 << 20)
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,7 @@ class DatastoreConfig:
     chap_password: Optional[str]
     max_fill: int
     cache_mode: str
+    writeback_mib: int = 1024
 
     def chap_args(self):
         return ["--chap-user", self.chap_user] if self.chap_user else []
@@ -69,9 +77,16 @@ def from_datastore(ds, settings):
         max_fill = int(attr("MAX_POOL_FILL", settings.max_pool_fill))
     except ValueError:
         raise DriverError(f"datastore {ds_id}: MAX_POOL_FILL must be a percentage")
+    writeback_mib = attr("WRITEBACK_CACHE_MB", str(WRITEBACK_MIB_DEFAULT))
+    if not (writeback_mib.isdigit() and len(writeback_mib) <= 8 and
+            WRITEBACK_MIB_RANGE[0] <= int(writeback_mib) <= WRITEBACK_MIB_RANGE[1]):
+        raise DriverError(f"datastore {ds_id}: WRITEBACK_CACHE_MB={writeback_mib!r} must be a "
+                          f"whole number of MiB from {WRITEBACK_MIB_RANGE[0]} to "
+                          f"{WRITEBACK_MIB_RANGE[1]}")
     return DatastoreConfig(
         ds_id=ds_id, storage_host=host, portal=attr("ISCSI_PORTAL", host), vg=vg, pool=pool,
         iqn_base=attr("ISCSI_IQN_BASE", naming.DEFAULT_IQN_BASE),
         chap_user=chap_user, chap_password=chap_password, max_fill=max_fill,
         cache_mode=(attr("CACHE_MODE", "none") or "none").lower(),
+        writeback_mib=int(writeback_mib),
     )

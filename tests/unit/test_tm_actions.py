@@ -495,3 +495,25 @@ def test_sync_name_taken_in_oned_gets_the_first_free_suffix():
         name, _ = sync._allocate_with_free_name(
             Ctx, "golden", lambda chosen: f'NAME = "{chosen}"', 100)
         assert name == "golden-2"
+
+
+@pytest.mark.parametrize("attr, wanted", [(None, "1024"), ("256", "256")])
+def test_write_back_cache_size_is_the_datastore_s(cached_world, capsys, attr, wanted):
+    ctx, calls, lvs = cached_world
+    if attr:
+        ctx.one.datastores[100] = _ds(100, CACHE_MODE="read+writeback", WRITEBACK_CACHE_MB=attr)
+    code, plain = _run(ctx, "CLONE iscsi_lvm frontend:vg-one-100/img-0 "
+                            "host1:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
+    assert code == 0, plain
+    (assemble,) = [a for _, c, a in calls if c == "stack-assemble"]
+    assert assemble[assemble.index("--wb-size-mib") + 1] == wanted
+
+
+@pytest.mark.parametrize("value", ["0", "63", "big", "9" * 5000, "2097152"])
+def test_a_bad_write_back_cache_size_is_refused_before_any_change(world, capsys, value):
+    ctx, calls, one = world
+    one.datastores[100] = _ds(100, CACHE_MODE="writeback", WRITEBACK_CACHE_MB=value)
+    code, plain = _run(ctx, "CLONE iscsi_lvm frontend:vg-one-100/img-0 "
+                            "host1:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
+    assert code == 1 and "WRITEBACK_CACHE_MB" in plain[0] and "64 to 1048576" in plain[0]
+    assert calls == []
