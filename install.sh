@@ -26,6 +26,8 @@ Roles (repeat --role or give a comma list; one machine may have several):
 
 Options:
   --site FILE          the site file (INI, see conf/site.example.ini)
+  --render DIR         only render every file from the site file into DIR, to read them first
+                       (conf/README.md says what each becomes); changes nothing else
   --rendered DIR       use files rendered before (tm_iscsi.config_render --out DIR) instead of
                        rendering here: for a node without Jinja2
   --device DEV         the disk for the image VG (storage) or the cache VG (host); it must be
@@ -90,6 +92,7 @@ change() {
 ROLES=()
 SITE=''
 RENDERED=''
+RENDER_ONLY=''
 DEVICE=''
 CACHE_DEVICE=''
 DRY_RUN=0
@@ -112,6 +115,7 @@ while [ $# -gt 0 ]; do
     --role=*) IFS=, read -r -a more <<<"${1#*=}"; ROLES+=("${more[@]}"); shift ;;
     --site) need_arg "$@"; SITE=$2; shift 2 ;;
     --rendered) need_arg "$@"; RENDERED=$2; shift 2 ;;
+    --render) need_arg "$@"; RENDER_ONLY=$2; shift 2 ;;
     --device) need_arg "$@"; DEVICE=$2; shift 2 ;;
     --cache-device) need_arg "$@"; CACHE_DEVICE=$2; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
@@ -138,6 +142,14 @@ for role in "${ROLES[@]}"; do
     *) die "unknown role '$role': use frontend, storage or host" ;;
   esac
 done
+if [ -n "$RENDER_ONLY" ]; then
+  [ -n "$SITE" ] || die "--render needs --site FILE"
+  [ -f "$SITE" ] || die "--site $SITE: no such file"
+  PYTHONPATH="$SRC${PYTHONPATH:+:$PYTHONPATH}" "${TM_ISCSI_RENDER_PYTHON:-python3}" -c 'import jinja2' 2>/dev/null ||
+    die "Jinja2 is missing: install python3-jinja2 (apt-get install python3-jinja2), then re-run"
+  exec env PYTHONPATH="$SRC${PYTHONPATH:+:$PYTHONPATH}" "${TM_ISCSI_RENDER_PYTHON:-python3}" \
+    -m tm_iscsi.config_render render --site "$SITE" --out "$RENDER_ONLY" --templates "$SRC/conf"
+fi
 ((HAS_FRONTEND + HAS_STORAGE + HAS_HOST)) || { usage >&2; die "name at least one --role"; }
 [ -n "$SITE" ] || [ -n "$RENDERED" ] || die "--site FILE is required (or --rendered DIR)"
 for skipped in "${SKIP[@]}"; do

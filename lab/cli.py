@@ -4,10 +4,32 @@ import json
 import os
 import sys
 
-from . import api, config, ssh
+from . import api, config, nodes, ssh
+
+
+def _lab_name():
+    return f"lab {config.LAB_ID}" if config.LAB_ID else "the lab"
+
+
+def _require_up(node_name):
+    """ssh needs the lab's ssh_config and the node running: say so, not ssh's own error."""
+    node = config.node(node_name)
+    if not config.SSH_CONFIG.exists() or not nodes.pid_of(node):
+        env = f"TM_ISCSI_LAB_ID={config.LAB_ID} " if config.LAB_ID else ""
+        raise SystemExit(f"lab: {node_name} of {_lab_name()} is not up (start it with "
+                         f"{env}lab/lab up; lab/lab status lists its nodes)")
 
 
 def main(argv=None):
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `lab/lab status --json | head`: the reader has gone, nothing to report.
+        sys.stderr.close()
+        return 0
+
+
+def _main(argv=None):
     parser = argparse.ArgumentParser(prog="lab", description=(
         "The tm_iscsi lab: nodes storage (LVM thin + LIO target), host1 and host2 (open-iscsi, "
         "dm-cache), as user-mode-linux processes on a bridge in network namespace "
@@ -48,13 +70,13 @@ def main(argv=None):
                 print(f"{r['name']:8} {r['role']:8} {r['ip']:14} {r['state']:8} "
                       f"{r['pid'] or '-':>8} {r['rss_mib']:>8}")
     elif args.cmd == "ssh":
-        config.node(args.node)
+        _require_up(args.node)
         os.execvp("ssh", ssh.ssh_argv(args.node, tty=True))
     elif args.cmd == "exec":
         command = args.command[1:] if args.command[:1] == ["--"] else args.command
         if not command:
             parser.error("exec needs a command after --")
-        config.node(args.node)
+        _require_up(args.node)
         os.execvp("ssh", ssh.ssh_argv(args.node, command))
     elif args.cmd == "reset":
         api.reset()

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from . import config
@@ -26,6 +27,8 @@ PACKAGES = (
 # sees the system site-packages (rtslib-fb comes from Debian).
 GUEST_WHEELS = ("sh>=2,<3",)
 IMAGE_SIZE = "3G"
+# How often a long image build says it is still going.
+PROGRESS_EVERY_S = 20
 INIT_SCRIPT = config.SOURCE_DIR / "lab" / "guest" / "init"
 
 
@@ -55,7 +58,9 @@ def ensure_image() -> Path:
     if path.exists():
         return path
     config.CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    print(f"lab: building node root image {path.name} (mmdebstrap {SUITE})", file=sys.stderr)
+    print(f"lab: building the node root image {path.name} (mmdebstrap {SUITE}, once: about "
+          f"2 minutes and {IMAGE_SIZE}B in {config.CACHE_DIR}; later runs reuse it)",
+          file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(dir=config.CACHE_DIR, prefix="build-") as build:
         root = Path(build) / "root"
         _debootstrap(root)
@@ -102,10 +107,18 @@ def _debootstrap(root: Path):
         argv.append("--customize-hook=" + hook)
     argv += [SUITE, str(root), MIRROR]
     log = config.CACHE_DIR / "mmdebstrap.log"
+    started = time.monotonic()
     with open(log, "w") as out:
-        result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
-        raise SystemExit(f"lab: mmdebstrap failed (exit {result.returncode}); see {log}")
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        while True:
+            try:
+                returncode = proc.wait(timeout=PROGRESS_EVERY_S)
+                break
+            except subprocess.TimeoutExpired:
+                print(f"lab: building the node root image: {time.monotonic() - started:.0f} s "
+                      f"(log: {log})", file=sys.stderr, flush=True)
+    if returncode != 0:
+        raise SystemExit(f"lab: mmdebstrap failed (exit {returncode}); see {log}")
 
 
 def _install_kernel_modules(root: Path):

@@ -182,3 +182,41 @@ def test_default_names():
     assert images.default_name("/x/debian-12.qcow2") == "debian-12"
     assert images.default_name("https://h/p/alpine.img?x=1") == "alpine"
     assert images.default_name("/x/data.tar.gz") == "data"
+
+
+def test_import_shows_how_much_the_datastore_cp_has_written(cloud, oned, nodes, tmp_path):
+    """While oned's cp runs (image LOCKED), the import reports the MiB the new image LV holds on
+    the storage node, instead of waiting silently."""
+    source = tmp_path / "big.raw"
+    source.write_bytes(DATA * 8)          # 8 MiB
+    polls = []
+
+    def lv_info(host, args):
+        polls.append(host)
+        done = len(polls) >= 3
+        if done:
+            _ready_after_allocate_now(oned)
+        return {"exists": True, "size_bytes": 8 << 20, "data_percent": 50.0 if not done else 100.0}
+
+    def _ready_after_allocate_now(standin):
+        image_id = standin.allocated_images[-1][0]
+
+        def ready(root):
+            root.find("STATE").text = "1"
+            root.find("SOURCE").text = f"{VG}/img-{image_id}"
+        standin.edit_with("image", image_id, ready)
+
+    nodes.answers["lv-info"] = lv_info
+    err = io.StringIO()
+    result = images.import_image(cloud, str(source), 100, sleep=lambda s: None, out=err)
+    assert result["state"] == "READY"
+    lines = err.getvalue().splitlines()
+    assert any("50%" in l and "4/8 MiB" in l for l in lines), lines
+    assert lines[-1].startswith("importing big (image 0) into ") and "100%" in lines[-1]
+    assert set(polls) == {"storage"}
+
+
+def test_an_image_oned_does_not_have_is_said_in_plain_words(cloud, oned, capsys, tmp_path):
+    assert cli.main(["image", "export", "77", str(tmp_path / "x.raw")], cloud=cloud) == 1
+    err = capsys.readouterr().err
+    assert err == "tm-iscsi: oned has no image 77 (oneimage list shows what there is)\n"

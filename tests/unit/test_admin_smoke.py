@@ -107,4 +107,4 @@ def test_leftovers_after_done_fail_the_test(cloud, playing, nodes):
 
 def test_an_unknown_template(cloud, oned, capsys):
     assert cli.main(["smoke-test", "--template", "9"], cloud=cloud) == 1
-    assert "Error getting template [9]" in capsys.readouterr().err
+    assert "oned has no template 9 (onetemplate list" in capsys.readouterr().err

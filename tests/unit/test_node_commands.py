@@ -179,7 +179,7 @@ def test_lv_remove(capsys, lvm_mock, mocker):
 def test_lv_info_and_list(capsys, lvm_mock):
     assert main(capsys, "lv-info", "--vg", "vgt", "--lv", "b")[1] == {
         "vg": "vgt", "lv": "b", "exists": True, "size_bytes": 64 * MIB, "origin": "a",
-        "tags": ["x"], "active": False, "path": "/dev/vgt/b"}
+        "tags": ["x"], "active": False, "path": "/dev/vgt/b", "data_percent": 0.01}
     assert main(capsys, "lv-info", "--vg", "vgt", "--lv", "n")[1]["exists"] is False
     assert main(capsys, "lv-list", "--vg", "vgt", "--tag", "x")[1] == {
         "vg": "vgt", "lvs": [{"lv": "b", "size_bytes": 64 * MIB, "origin": "a", "tags": ["x"]}]}

@@ -45,8 +45,11 @@ def parser():
                        "each with its fix")
     d.add_argument("--node", help="check this node only (not the front-end)")
     d.add_argument("--role", help="the node's roles (storage,host) when oned cannot tell")
-    d.add_argument("--oned-conf", default=doctor.ONED_CONF)
-    d.add_argument("--remotes", default=doctor.REMOTES)
+    d.add_argument("--oned-conf", default=doctor.ONED_CONF,
+                   help=f"oned's configuration to check (default {doctor.ONED_CONF})")
+    d.add_argument("--remotes", default=doctor.REMOTES,
+                   help=f"oned's remotes tree, where the driver's scripts are (default "
+                   f"{doctor.REMOTES})")
     o = sub.add_parser("orphans", parents=[common], help="LVs, targets, ACLs, sessions and "
                        "links no VM or image owns")
     o.add_argument("--clean", action="store_true", help="remove them")
@@ -60,11 +63,15 @@ def parser():
                           "(oned copies it with the datastore's cp)")
     imp.add_argument("source", metavar="FILE|URL")
     imp.add_argument("--datastore", required=True, type=_positive, help="image datastore id")
-    imp.add_argument("--name")
-    imp.add_argument("--type", default="OS", choices=images.IMAGE_TYPES)
-    imp.add_argument("--persistent", action="store_true")
+    imp.add_argument("--name", help="the image's name in oned (default: the file name "
+                     "without its extensions)")
+    imp.add_argument("--type", default="OS", choices=images.IMAGE_TYPES,
+                     help="the image's TYPE in oned (default OS)")
+    imp.add_argument("--persistent", action="store_true", help="register it as a persistent "
+                     "image (one VM at a time writes the image itself)")
     imp.add_argument("--no-wait", action="store_true", help="return once oned has the image")
-    imp.add_argument("--timeout", type=_positive, default=3600)
+    imp.add_argument("--timeout", type=_positive, default=3600,
+                     help="seconds to wait for oned's copy to end (default 3600)")
     exp = isub.add_parser("export", parents=[common], help="write an image's bytes to FILE")
     exp.add_argument("image", type=_positive, metavar="IMAGE_ID")
     exp.add_argument("file", metavar="FILE")
@@ -73,8 +80,9 @@ def parser():
     s = sub.add_parser("smoke-test", parents=[common], help="instantiate a VM, check its disks "
                        "on its host, terminate it")
     s.add_argument("--template", required=True, type=_positive, help="VM template id")
-    s.add_argument("--name")
-    s.add_argument("--timeout", type=_positive, default=600, help="seconds for each wait")
+    s.add_argument("--name", help="the test VM's name (default tm-iscsi-smoke-<time>)")
+    s.add_argument("--timeout", type=_positive, default=600,
+                   help="seconds for each wait (default 600)")
     s.add_argument("--keep", action="store_true", help="leave the VM running")
     return p
 
@@ -99,10 +107,13 @@ def cmd_status(cloud, args, out):
                    output.percent(p.get("metadata_percent")),
                    output.size(p.get("vg_free_bytes"))] for p in data["pools"]], out)
     output.heading("EXPORTS", out)
-    output.table(["STORAGE", "TARGET", "INITIATORS", "SESSIONS"],
-                 [[e["storage"], e["iqn"],
-                   ", ".join(i["host"] or i["iqn"] for i in e["initiators"]) or "(none)",
-                   ", ".join(e["sessions"]) or "(none)"] for e in data["exports"]], out)
+    if not data["exports"]:
+        print("none: no target is exported (no VM disk is attached)", file=out)
+    else:
+        output.table(["STORAGE", "TARGET", "INITIATORS", "SESSIONS"],
+                     [[e["storage"], e["iqn"],
+                       ", ".join(i["host"] or i["iqn"] for i in e["initiators"]) or "(none)",
+                       ", ".join(e["sessions"]) or "(none)"] for e in data["exports"]], out)
     output.heading("HOSTS", out)
     output.table(["HOST", "STATE", "INITIATOR", "SESSIONS", "CACHE"],
                  [[h["name"], h["state"], h["initiator"],

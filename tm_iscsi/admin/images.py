@@ -38,8 +38,22 @@ def default_name(source):
     return base
 
 
+def _written(cloud, cfg, image_id):
+    """Bytes the datastore's cp has written into the new image's thin LV so far (what LVM has
+    mapped of it): the import's progress, seen from the storage node. 0 when it cannot tell."""
+    try:
+        info = cloud.node(cfg.storage_host).call("lv-info", "--vg", cfg.vg, "--lv",
+                                                 naming.image_lv(image_id))
+    except DriverError:
+        return 0
+    if not info.get("exists"):
+        return 0
+    return int(int(info.get("size_bytes") or 0) * float(info.get("data_percent") or 0) / 100)
+
+
 def import_image(cloud, source, ds_id, name=None, image_type="OS", persistent=False,
-                 wait=True, timeout=3600, poll=2.0, sleep=time.sleep, clock=time.monotonic):
+                 wait=True, timeout=3600, poll=2.0, sleep=time.sleep, clock=time.monotonic,
+                 out=None):
     try:
         cloud.one.system_version()
     except OneError as err:
@@ -72,12 +86,17 @@ def import_image(cloud, source, ds_id, name=None, image_type="OS", persistent=Fa
     if not wait:
         return result
     deadline = clock() + timeout
+    total = os.path.getsize(path) if not _is_url(source) else 0
+    progress = Progress(f"importing {attributes['NAME']} (image {image_id}) into "
+                        f"{entry.config.vg}", total, out, clock=clock)
     while True:
         image = cloud.one.image_info(image_id)
         state = image.state
         if state in (ImageState.READY, ImageState.USED, ImageState.USED_PERS):
+            progress.finish(total or _written(cloud, entry.config, image_id))
             result.update(state=state.name, source=image.source, size_mb=image.size_mb)
             return result
+        progress.update(_written(cloud, entry.config, image_id))
         if state == ImageState.ERROR:
             raise DriverError(f"oned could not import image {image_id}: "
                               f"{image.error or 'see /var/log/one/oned.log'}; remove it with "

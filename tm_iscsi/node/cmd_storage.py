@@ -316,7 +316,8 @@ def lv_info(args):
         return {"vg": args.vg, "lv": args.lv, "exists": False, "size_bytes": None,
                 "origin": None, "tags": [], "active": False, "path": None}
     return {"vg": args.vg, "lv": args.lv, "exists": True, "size_bytes": lv.size_bytes,
-            "origin": lv.origin or None, "tags": lv.tags, "active": lv.active, "path": lv.path}
+            "origin": lv.origin or None, "tags": lv.tags, "active": lv.active, "path": lv.path,
+            "data_percent": lv.data_percent}
 
 
 def _lv_options(p):
