@@ -27,6 +27,7 @@ devices = /dev/ubdb
 # What goes into the wheel: the packages, and conf/ for its templates (pyproject's data-files).
 _WHEEL_SOURCES = ("pyproject.toml", "README.md", "tm_iscsi", "dmcache", "vmm_hooks", "conf")
 INSTALL = f"TM_ISCSI_NO_PACKAGES=1 {config.GUEST_SRC_DIR}/install.sh"
+LAB_CACHE_VG = "tmi-cache"
 
 
 def ship(name, site=SITE):
@@ -62,7 +63,10 @@ def render_node_files():
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    (out / "site.ini").write_text(SITE)
+    # The cache VG is the helper's own default (tmi-cache), which the lab tests name; the
+    # demo's and test_install's install.sh runs write node.conf from SITE itself.
+    (out / "site.ini").write_text(SITE.replace("cache_vg = vg-tm-iscsi-cache",
+                                               f"cache_vg = {LAB_CACHE_VG}"))
     subprocess.run([sys.executable, "-m", "tm_iscsi.config_render", "--site",
                     str(out / "site.ini"), "--out", str(out)], cwd=REPO, check=True,
                    stdout=subprocess.DEVNULL)
