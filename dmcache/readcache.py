@@ -367,8 +367,10 @@ def warm(rec, budget_seconds):
     bits = state.load_bitmap(rec.id, nregions)
     pending = state.load_bitmap(rec.id, nregions, "pending")
     if region_id is not None:
-        mark_read(dmsetup.stats_print(name, region_id, clear=True), bits, pending,
-                  rec.region_sectors, nregions)
+        areas = dmsetup.stats_print(name, region_id, clear=True)
+        # Clearing the areas restarts the hit counters: what they held is kept as a total.
+        state.add_counters(rec.id, *_hits_and_misses(areas, bits, rec.region_sectors, nregions))
+        mark_read(areas, bits, pending, rec.region_sectors, nregions)
         state.save_bitmap(rec.id, pending, "pending")
     start = time.monotonic()
     deadline = start + budget_seconds
@@ -488,19 +490,29 @@ def describe(rec, stacks):
     out["hydrated_regions"] = st.hydrated
     out["metadata_mode"] = st.mode
     region_id = _stats_region(name)
+    total = state.load_counters(rec.id)
+    out["read_hits_total"], out["read_misses_total"] = total["hits"], total["misses"]
     if region_id is not None:
         # Reads since the last warm-up, split by whether their area was local: dm-clone itself
         # counts no hits or misses.
-        hits = misses = 0
-        for area in dmsetup.stats_print(name, region_id):
-            if not area.reads:
-                continue
-            first = area.start // rec.region_sectors
-            last = min(nregions, -(-(area.start + area.length) // rec.region_sectors))
-            local = all(_bit(bits, r) for r in range(first, last))
-            if local:
-                hits += area.reads
-            else:
-                misses += area.reads
+        hits, misses = _hits_and_misses(dmsetup.stats_print(name, region_id), bits,
+                                        rec.region_sectors, nregions)
         out["read_hits"], out["read_misses"] = hits, misses
+        out["read_hits_total"] += hits
+        out["read_misses_total"] += misses
     return out
+
+
+def _hits_and_misses(areas, bits, region_sectors, nregions):
+    """Read requests of dm-stats areas, split by whether their regions were local."""
+    hits = misses = 0
+    for area in areas:
+        if not area.reads:
+            continue
+        first = area.start // region_sectors
+        last = min(nregions, -(-(area.start + area.length) // region_sectors))
+        if all(_bit(bits, r) for r in range(first, last)):
+            hits += area.reads
+        else:
+            misses += area.reads
+    return hits, misses

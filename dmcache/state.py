@@ -206,6 +206,24 @@ def bitmap_path(cache_id, kind="bitmap"):
     return _file(readcache_dir(), cache_id, "." + kind)
 
 
+def counters_path(cache_id):
+    """Read requests counted before the last warm-ups cleared dm-stats: {"hits": n, "misses": n}."""
+    return _file(readcache_dir(), cache_id, ".counters")
+
+
+def load_counters(cache_id):
+    doc = _read_json(counters_path(cache_id)) or {}
+    return {"hits": int(doc.get("hits") or 0), "misses": int(doc.get("misses") or 0)}
+
+
+def add_counters(cache_id, hits, misses):
+    if not hits and not misses:
+        return
+    total = load_counters(cache_id)
+    write_atomic(counters_path(cache_id), json.dumps(
+        {"hits": total["hits"] + hits, "misses": total["misses"] + misses}).encode() + b"\n")
+
+
 def save_record(rec: ReadCacheRecord):
     write_atomic(record_path(rec.id), rec.to_json())
 
@@ -229,6 +247,7 @@ def delete_record(cache_id):
     way round a bitmap could outlive its LVs and be read against new ones."""
     _remove(bitmap_path(cache_id))
     _remove(bitmap_path(cache_id, "pending"))
+    _remove(counters_path(cache_id))
     return _remove(record_path(cache_id))
 
 

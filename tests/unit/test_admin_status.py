@@ -18,7 +18,8 @@ NO_CACHE = DriverError("host2: tm-iscsi-node: argument command: invalid choice: 
 CACHE = {"vg": "tmi-cache", "present": True, "size_bytes": 6 << 30, "free_bytes": 5 << 30,
          "read_caches": [{"key": "vg-one-100.img-0-base.8c200aaf", "id": "c1",
                           "size_bytes": 64 << 20, "refs": 2, "active": True, "regions": 64,
-                          "hydrated_regions": 16, "read_hits": 300, "read_misses": 100}],
+                          "hydrated_regions": 16, "read_hits": 300, "read_misses": 100,
+                          "read_hits_total": 900, "read_misses_total": 100}],
          "stacks": [{"name": "vm-0-disk-0", "mode": "read+writeback", "phase": "assembled",
                      "degraded": False, "base_key": "vg-one-100.img-0-base.8c200aaf",
                      "dirty_blocks": 3, "read_hits": 10, "read_misses": 30, "write_hits": 5,
@@ -82,7 +83,8 @@ def test_cache_stats_per_host_and_image(cloud, filled, capsys):
     out = capsys.readouterr().out
     assert "host1  ok              tmi-cache  6.0 GiB  5.0 GiB" in out
     assert "host2  no cache layer" in out
-    assert "host1  0      64.0 MiB  25.0%  300        100     75.0%  2" in out
+    assert "host1  0      64.0 MiB  25.0%  300        100     75.0%  90.0%     2" in out
+    assert "HIT% ALL: since the read cache was made" in out
     assert "host1  vm-0-disk-0  read+writeback  3      25.0%      5           1" in out
 
 

@@ -91,3 +91,14 @@ def test_records_and_bitmaps():
     state.delete_record("rc-1")
     assert state.load_record("rc-1") is None
     assert not os.path.exists(state.bitmap_path("rc-1"))
+
+
+def test_read_counters_add_up_across_warm_ups_and_go_with_the_record(state_dir):
+    """dm-stats restarts at each warm-up: what it held is kept as a running total."""
+    assert state.load_counters("rc-1") == {"hits": 0, "misses": 0}
+    state.add_counters("rc-1", 30, 10)
+    state.add_counters("rc-1", 0, 0)
+    state.add_counters("rc-1", 5, 1)
+    assert state.load_counters("rc-1") == {"hits": 35, "misses": 11}
+    state.delete_record("rc-1")
+    assert state.load_counters("rc-1") == {"hits": 0, "misses": 0}

@@ -55,7 +55,7 @@ class _Ctx:
 def test_summary_adds_up_read_caches_and_writeback_stacks():
     summary = monitor.cache_summary(STATUS)
     assert summary == {
-        "READ_CACHES": 2, "READ_CACHE_MB": 96, "READ_HITS": 900, "READ_MISSES": 100,
+        "READ_HITS_TOTAL": 0, "READ_MISSES_TOTAL": 0, "READ_CACHES": 2, "READ_CACHE_MB": 96, "READ_HITS": 900, "READ_MISSES": 100,
         "STACKS": 3, "WRITEBACK_STACKS": 2, "DIRTY_BLOCKS": 15, "WB_READ_HITS": 6,
         "WB_READ_MISSES": 8, "WB_WRITE_HITS": 44, "WB_WRITE_MISSES": 2,
         "CACHE_FREE_MB": 5120, "CACHE_TOTAL_MB": 6144}

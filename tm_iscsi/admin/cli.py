@@ -179,11 +179,15 @@ def cmd_cache_stats(cloud, args, out):
                    output.size(h["free_bytes"])] for h in data["hosts"]], out)
     if data["read_caches"]:
         output.heading("READ CACHES (per host and image)", out)
-        output.table(["HOST", "IMAGE", "SIZE", "LOCAL", "READ HITS", "MISSES", "HIT%", "VMS"],
+        output.table(["HOST", "IMAGE", "SIZE", "LOCAL", "READ HITS", "MISSES", "HIT%",
+                      "HIT% ALL", "VMS"],
                      [[r["host"], r["image"] if r["image"] is not None else r["key"],
                        output.size(r["size_bytes"]), output.percent(r["hydrated_percent"]),
                        r["read_hits"], r["read_misses"], output.percent(r["hit_percent"]),
+                       output.percent(r.get("hit_percent_total")),
                        r["refs"]] for r in data["read_caches"]], out)
+        print("read hits and misses: read requests since the host's last warm-up; HIT% ALL: "
+              "since the read cache was made", file=out)
     if data["stacks"]:
         output.heading("VM DISK STACKS", out)
         output.table(["HOST", "DISK", "MODE", "DIRTY", "READ HIT%", "WRITE HITS", "WRITE MISSES"],

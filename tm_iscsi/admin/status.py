@@ -102,7 +102,12 @@ def cache_rows(host, answer):
             "hydrated_regions": cache.get("hydrated_regions"),
             "hydrated_percent": round(100.0 * (cache.get("hydrated_regions") or 0) / regions, 1)
             if regions else None,
-            "read_hits": hits, "read_misses": misses, "hit_percent": _ratio(hits, misses)})
+            "read_hits": hits, "read_misses": misses, "hit_percent": _ratio(hits, misses),
+            # Since the read cache was made (dm-stats restarts at each warm-up).
+            "read_hits_total": cache.get("read_hits_total"),
+            "read_misses_total": cache.get("read_misses_total"),
+            "hit_percent_total": _ratio(cache.get("read_hits_total"),
+                                        cache.get("read_misses_total"))})
     for stack in answer.get("stacks") or []:
         stacks.append({
             "host": host, "name": stack.get("name"), "mode": stack.get("mode"),

@@ -64,6 +64,8 @@ def cache_summary(status):
         "READ_CACHE_MB": total(read_caches, "size_bytes") >> 20,
         "READ_HITS": total(read_caches, "read_hits"),
         "READ_MISSES": total(read_caches, "read_misses"),
+        "READ_HITS_TOTAL": total(read_caches, "read_hits_total"),
+        "READ_MISSES_TOTAL": total(read_caches, "read_misses_total"),
         "STACKS": len(stacks),
         "WRITEBACK_STACKS": len(wb),
         "DIRTY_BLOCKS": total(wb, "dirty_blocks"),
