@@ -17,6 +17,23 @@ _CHAP_USER_RE = re.compile(r"[A-Za-z0-9._@:+/=-]{1,255}")
 _CHAP_SECRET_RE = re.compile(r"[\x21-\x7e]{1,255}")
 
 
+# Every LV tm_iscsi makes carries this tag (lv_tags), which is how the node helper tells its own
+# LVs from anybody else's; and has a name of this scheme: an image, a VM's own disk, a snapshot
+# of either, an image's read-cache base, a clone's region map.
+OWNER_TAG = "tm_iscsi"
+_LV_SCHEME_RE = re.compile(r"^(img-\d{1,12}|vm-\d{1,12}-disk-\d{1,6})(-snap-\d{1,12})?(-base|-map)?$")
+_DEFAULT_VG_RE = re.compile(r"^vg-one-\d{1,12}$")
+
+
+def is_scheme_lv(name):
+    """A name tm_iscsi gives its LVs (img-7, vm-42-disk-0, vm-42-disk-0-snap-3, img-7-base, ...)."""
+    return bool(_LV_SCHEME_RE.match(str(name)))
+
+
+def is_default_vg(name):
+    return bool(_DEFAULT_VG_RE.match(str(name)))
+
+
 def default_vg(ds_id):
     return f"vg-one-{int(ds_id)}"
 
@@ -78,7 +95,7 @@ def backstore_name(vg, lv):
 def lv_tags(**owner):
     """LV tags saying who owns an LV, e.g. lv_tags(kind="clone", vm=42, disk=0, image=7, ds=100)
     -> ["tm_iscsi", "tm_iscsi.kind=clone", ...]. LVM allows [A-Za-z0-9_+.-/=!:&#] in tags."""
-    tags = ["tm_iscsi"]
+    tags = [OWNER_TAG]
     for key, value in sorted(owner.items()):
         if value is not None:
             tags.append(f"tm_iscsi.{key}={value}")

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tm_iscsi import naming
-from tm_iscsi.node import cli, cmd_host, cmd_storage, iscsi, lio, locks, lvm
+from tm_iscsi.node import cli, cmd_host, cmd_storage, iscsi, lio, locks, lvm, nodeconf
 from tm_iscsi.node.errors import NodeError
 
 from tests.unit.test_node_lvm import VGS_JSON
@@ -17,9 +17,34 @@ from tests.unit.test_node_lvm import VGS_JSON
 MIB = 1024 * 1024
 
 
+# The sample report, with b made tm_iscsi's too (the helper acts only on LVs with its tag).
+OWNED_JSON = VGS_JSON.replace('"lv_tags":"x"', '"lv_tags":"tm_iscsi,x"')
+# ...and one LV of somebody else's in the same VG.
+_FOREIGN = ('{"vg_name":"vgt", "vg_size":"25765609472", "vg_free":"12859736064", '
+            '"vg_extent_size":"4194304", "lv_name":"precious", "lv_size":"67108864", '
+            '"origin":"", "lv_tags":"", "lv_attr":"Vwi-a-tz--", "pool_lv":"tpool", '
+            '"data_percent":"3.00", "metadata_percent":"", "lv_metadata_size":"", '
+            '"segtype":"thin"},\n')
+OWNED_JSON = OWNED_JSON.replace('{"vg_name":"vgt", "vg_size":"25765609472", '
+                                '"vg_free":"12859736064", "vg_extent_size":"4194304", '
+                                '"lv_name":"a"', _FOREIGN + '{"vg_name":"vgt", '
+                                '"vg_size":"25765609472", "vg_free":"12859736064", '
+                                '"vg_extent_size":"4194304", "lv_name":"a"', 1)
+
+
 @pytest.fixture(autouse=True)
 def lock_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(locks, "LOCK_DIR", str(tmp_path / "locks"))
+
+
+@pytest.fixture(autouse=True)
+def node_conf(tmp_path, tmp_path_factory, monkeypatch):
+    """This node's node.conf: its VG is vgt, its datastores directory the test's tmp_path."""
+    conf = tmp_path_factory.mktemp("etc") / "node.conf"
+    conf.write_text(f"ROLES=storage,host\nVG_NAME=vgt\nTHIN_POOL=tpool\n"
+                    f"DATASTORES={tmp_path}\n")
+    monkeypatch.setattr(nodeconf, "PATH", str(conf))
+    return conf
 
 
 @pytest.fixture
@@ -27,7 +52,7 @@ def lvm_mock(mocker):
     """LVM as the sample report has it (pool 12.5% full, thin LV a, snapshot b of a); every
     change is a mock to assert on."""
     mocker.patch.object(lvm, "report", side_effect=lambda vg, missing_ok=False:
-                        lvm.parse_vg_report(vg, VGS_JSON))
+                        lvm.parse_vg_report(vg, OWNED_JSON))
     for name in ("create_thin_pool", "create_thin", "create_snapshot", "extend", "activate",
                  "remove"):
         mocker.patch.object(lvm, name)
@@ -89,11 +114,13 @@ def test_pool_ensure(capsys, lvm_mock):
 
 
 def test_lv_create_new_existing_and_refusals(capsys, lvm_mock):
-    code, out, _ = main(capsys, "lv-create", "--vg", "vgt", "--lv", "new", "--size-mib", "10",
+    code, out, _ = main(capsys, "lv-create", "--vg", "vgt", "--lv", "img-10", "--size-mib", "10",
                         "--tag", "t1")
-    assert code == 0 and out == {"vg": "vgt", "lv": "new", "path": "/dev/vgt/new",
+    assert code == 0 and out == {"vg": "vgt", "lv": "img-10", "path": "/dev/vgt/img-10",
                                  "size_bytes": 12 * MIB, "created": True}
-    lvm_mock.create_thin.assert_called_once_with("vgt", "tpool", "new", 12 * MIB, ["t1"])
+    # Stamped with the ownership tag, whatever was asked.
+    lvm_mock.create_thin.assert_called_once_with("vgt", "tpool", "img-10", 12 * MIB,
+                                                 ["t1", "tm_iscsi"])
 
     # Existing with the same tags (any order): nothing to do; larger request: grow.
     lvm_mock.create_thin.reset_mock()
@@ -108,25 +135,26 @@ def test_lv_create_new_existing_and_refusals(capsys, lvm_mock):
     code, _, err = main(capsys, "lv-create", "--vg", "vgt", "--lv", "a", "--size-mib", "64")
     assert code == 1 and "tags" in err
     code, _, err = main(capsys, "lv-create", "--vg", "vgt", "--lv", "b", "--size-mib", "64",
-                        "--tag", "x")
+                        "--tag", "x", "--tag", "tm_iscsi")
     assert code == 1 and "snapshot of a" in err
     # The sample pool is 12.5% full: a 10% limit refuses, and nothing is created.
-    code, _, err = main(capsys, "lv-create", "--vg", "vgt", "--lv", "new", "--size-mib", "1",
+    code, _, err = main(capsys, "lv-create", "--vg", "vgt", "--lv", "img-10", "--size-mib", "1",
                         "--max-fill", "10")
     assert code == 1 and "too full" in err and "vgt/tpool" in err
-    code, _, err = main(capsys, "lv-create", "--vg", "vgt", "--pool", "nopool", "--lv", "n",
+    code, _, err = main(capsys, "lv-create", "--vg", "vgt", "--pool", "nopool", "--lv", "img-11",
                         "--size-mib", "1")
     assert code == 1 and "pool-ensure" in err
     assert changes(lvm_mock) == []
 
 
 def test_lv_snapshot(capsys, lvm_mock):
-    code, out, _ = main(capsys, "lv-snapshot", "--vg", "vgt", "--origin", "a", "--lv", "c",
-                        "--tag", "k=v", "--size-mib", "100")
-    assert out == {"vg": "vgt", "lv": "c", "origin": "a", "path": "/dev/vgt/c",
-                   "size_bytes": 100 * MIB, "created": True}
-    lvm_mock.create_snapshot.assert_called_once_with("vgt", "a", "c", ["k=v"])
-    lvm_mock.extend.assert_called_once_with("vgt", "c", 100 * MIB)
+    code, out, _ = main(capsys, "lv-snapshot", "--vg", "vgt", "--origin", "a", "--lv",
+                        "vm-3-disk-0", "--tag", "k=v", "--size-mib", "100")
+    assert out == {"vg": "vgt", "lv": "vm-3-disk-0", "origin": "a",
+                   "path": "/dev/vgt/vm-3-disk-0", "size_bytes": 100 * MIB, "created": True}
+    lvm_mock.create_snapshot.assert_called_once_with("vgt", "a", "vm-3-disk-0",
+                                                     ["k=v", "tm_iscsi"])
+    lvm_mock.extend.assert_called_once_with("vgt", "vm-3-disk-0", 100 * MIB)
 
     lvm_mock.create_snapshot.reset_mock()
     lvm_mock.extend.reset_mock()
@@ -137,9 +165,10 @@ def test_lv_snapshot(capsys, lvm_mock):
     lvm_mock.activate.reset_mock()
     code, _, err = main(capsys, "lv-snapshot", "--vg", "vgt", "--origin", "b", "--lv", "a")
     assert code == 1 and "an LV of its own" in err
-    code, _, err = main(capsys, "lv-snapshot", "--vg", "vgt", "--origin", "nope", "--lv", "x")
+    code, _, err = main(capsys, "lv-snapshot", "--vg", "vgt", "--origin", "nope", "--lv",
+                        "img-12")
     assert code == 1 and "vgt/nope does not exist" in err
-    code, _, err = main(capsys, "lv-snapshot", "--vg", "vgt", "--origin", "a", "--lv", "x",
+    code, _, err = main(capsys, "lv-snapshot", "--vg", "vgt", "--origin", "a", "--lv", "img-12",
                         "--max-fill", "5")
     assert code == 1 and "too full" in err
     assert changes(lvm_mock) == []
@@ -179,11 +208,13 @@ def test_lv_remove(capsys, lvm_mock, mocker):
 def test_lv_info_and_list(capsys, lvm_mock):
     assert main(capsys, "lv-info", "--vg", "vgt", "--lv", "b")[1] == {
         "vg": "vgt", "lv": "b", "exists": True, "size_bytes": 64 * MIB, "origin": "a",
-        "tags": ["x"], "active": False, "path": "/dev/vgt/b", "data_percent": 0.01}
+        "tags": ["tm_iscsi", "x"], "active": False, "path": "/dev/vgt/b", "data_percent": 0.01}
     assert main(capsys, "lv-info", "--vg", "vgt", "--lv", "n")[1]["exists"] is False
     assert main(capsys, "lv-list", "--vg", "vgt", "--tag", "x")[1] == {
-        "vg": "vgt", "lvs": [{"lv": "b", "size_bytes": 64 * MIB, "origin": "a", "tags": ["x"]}]}
-    assert [r["lv"] for r in main(capsys, "lv-list", "--vg", "vgt")[1]["lvs"]] == ["a", "b"]
+        "vg": "vgt", "lvs": [{"lv": "b", "size_bytes": 64 * MIB, "origin": "a",
+                              "tags": ["tm_iscsi", "x"]}]}
+    assert [r["lv"] for r in main(capsys, "lv-list", "--vg", "vgt")[1]["lvs"]] == [
+        "a", "b", "precious"]
 
 
 def test_export_unexport_fence(capsys, lvm_mock, mocker):
@@ -464,3 +495,63 @@ def test_a_command_imports_only_its_own_module():
                          check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
                              os.path.abspath(__file__))))).stdout
     assert out.strip() == "['tm_iscsi.node.cmd_host']"
+
+
+# -- confinement: the helper does the driver's job and refuses everything else ----------------
+
+@pytest.mark.parametrize("argv", [
+    ["lv-remove", "--vg", "othervg", "--lv", "precious"],
+    ["lv-read", "--vg", "othervg", "--lv", "precious"],
+    ["export", "--vg", "fd", "--lv", "0", "--initiator", "iqn.2026-11.lab.tm-iscsi:host2"],
+    ["export", "--vg", "mapper", "--lv", "vgt-tpool_tdata", "--initiator",
+     "iqn.2026-11.lab.tm-iscsi:host2"],
+    ["lv-tag", "--vg", "cpu", "--lv", "0", "--add", "x"],
+    ["pool-ensure", "--vg", "root-vg"],
+])
+def test_a_vg_that_is_not_the_node_s_is_refused_before_lvm_is_asked(capsys, lvm_mock, argv):
+    code, out, err = main(capsys, *argv)
+    assert code == 2 and out is None
+    assert "is not one of this node's tm_iscsi VGs" in err and "VG_NAME" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not lvm_mock.report.called and changes(lvm_mock) == []
+
+
+@pytest.mark.parametrize("argv, verb", [
+    (["lv-remove", "--vg", "vgt", "--lv", "precious"], "remove"),
+    (["lv-read", "--vg", "vgt", "--lv", "precious"], "read"),
+    (["lv-write", "--vg", "vgt", "--lv", "precious"], "write"),
+    (["lv-resize", "--vg", "vgt", "--lv", "precious", "--size-mib", "128"], "resize"),
+    (["lv-mkfs", "--vg", "vgt", "--lv", "precious", "--fs", "ext4"], "format"),
+    (["lv-tag", "--vg", "vgt", "--lv", "precious", "--add", "tm_iscsi"], "tag"),
+    (["lv-snapshot", "--vg", "vgt", "--origin", "precious", "--lv", "img-5"], "snapshot"),
+    (["lv-copy", "--vg", "vgt", "--src", "precious", "--dst", "a"], "copy"),
+    (["lv-copy", "--vg", "vgt", "--src", "a", "--dst", "precious"], "overwrite"),
+    (["export", "--vg", "vgt", "--lv", "precious", "--initiator",
+      "iqn.2026-11.lab.tm-iscsi:host2"], "export"),
+    (["export", "--vg", "vgt", "--lv", "tpool", "--initiator",
+      "iqn.2026-11.lab.tm-iscsi:host2"], "export"),
+])
+def test_an_lv_that_is_not_tm_iscsi_s_is_refused(capsys, lvm_mock, mocker, argv, verb):
+    export = mocker.patch.object(lio, "export")
+    code, out, err = main(capsys, *argv, stdin=None)
+    assert code == 1 and out is None
+    assert f"is not tm_iscsi's (it has no tm_iscsi tag); refusing to {verb} it" in err
+    assert changes(lvm_mock) == [] and not export.called
+
+
+def test_new_lvs_only_under_tm_iscsi_s_names_and_the_owner_tag_stays(capsys, lvm_mock):
+    code, _, err = main(capsys, "lv-create", "--vg", "vgt", "--lv", "evil", "--size-mib", "1")
+    assert code == 1 and "tm_iscsi names its LVs img-N, vm-N-disk-N" in err
+    code, _, err = main(capsys, "lv-snapshot", "--vg", "vgt", "--origin", "a", "--lv", "root")
+    assert code == 1 and "refusing to create vgt/root" in err
+    code, _, err = main(capsys, "lv-tag", "--vg", "vgt", "--lv", "a", "--delete", "tm_iscsi")
+    assert code == 1 and "never removed" in err
+    assert changes(lvm_mock) == []
+
+
+def test_without_node_conf_only_tm_iscsi_s_default_vg_names(capsys, lvm_mock, node_conf):
+    node_conf.write_text("ROLES=storage\n")
+    code, _, err = main(capsys, "lv-info", "--vg", "vgt", "--lv", "a")
+    assert code == 2 and "only vg-one-<datastore id>" in err
+    code, out, _ = main(capsys, "lv-info", "--vg", "vg-one-100", "--lv", "a")
+    assert code == 0

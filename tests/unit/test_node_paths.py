@@ -34,19 +34,64 @@ def test_without_node_conf_the_default_location(tmp_path, node_conf):
 
 def test_vm_directory_and_link_belong_to_oneadmin(tmp_path, node_conf, monkeypatch):
     """The KVM driver writes deployment.N into the VM directory as oneadmin: the directory the
-    helper (root) makes for a disk link must be oneadmin's, not root's."""
+    helper (root) makes for a disk link must be oneadmin's, not root's; the link itself is made
+    with oneadmin's rights."""
+    import contextlib
     node_conf(ONEADMIN="nobody", DATASTORES=str(tmp_path / "ds"))
     nobody = pwd.getpwnam("nobody")
     chowned = []
-    monkeypatch.setattr(os, "chown", lambda p, u, g: chowned.append((p, u, g)))
-    monkeypatch.setattr(os, "lchown", lambda p, u, g: chowned.append(("link", u, g)))
+    acting = []
+    monkeypatch.setattr(os, "lchown", lambda p, u, g: chowned.append((str(p), u, g)))
+
+    @contextlib.contextmanager
+    def as_oneadmin():
+        acting.append(True)
+        yield
+    monkeypatch.setattr(paths, "as_oneadmin", as_oneadmin)
     link = tmp_path / "ds" / "101" / "42" / "disk.0"
     cmd_host.replace_symlink(str(link), "/dev/null")
-    assert os.readlink(link) == "/dev/null"
-    made = [p for p, _u, _g in chowned if p != "link"]
+    assert os.readlink(link) == "/dev/null" and acting == [True]
+    made = [p for p, _u, _g in chowned if not os.path.basename(p).startswith(".disk.0")]
     assert made == [str(tmp_path / "ds"), str(tmp_path / "ds" / "101"),
                     str(tmp_path / "ds" / "101" / "42")]
     assert {(u, g) for _p, u, g in chowned} == {(nobody.pw_uid, nobody.pw_gid)}
+
+
+@pytest.mark.parametrize("path, fragment", [
+    ("relative/path", "must be absolute"),
+    ("/elsewhere/101/42", "only works under"),
+    ("{root}/101/../../etc/passwd", "'..' is not allowed"),
+    ("{root}", "only works under"),
+    ("{root}/101/" + "x" * 1100, "too long"),
+    ("{root}/101/a\nb", "multi-line"),
+])
+def test_paths_outside_or_odd_are_refused(tmp_path, node_conf, path, fragment):
+    node_conf(DATASTORES=str(tmp_path))
+    with pytest.raises(NodeError, match=fragment):
+        paths.checked(path.format(root=tmp_path))
+
+
+@pytest.mark.parametrize("link_at", ["101", "101/42", "101/42/sub"])
+def test_a_symlink_in_any_component_is_refused_not_followed(tmp_path, node_conf, link_at):
+    node_conf(DATASTORES=str(tmp_path / "ds"))
+    outside = tmp_path / "etc"
+    outside.mkdir()
+    parts = link_at.split("/")
+    (tmp_path / "ds" / "/".join(parts[:-1])).mkdir(parents=True, exist_ok=True)
+    (tmp_path / "ds" / link_at).symlink_to(outside)
+    with pytest.raises(NodeError, match="is a symlink"):
+        paths.checked(str(tmp_path / "ds" / "101" / "42" / "sub" / "file"))
+    with pytest.raises(NodeError, match="is a symlink"):
+        paths.checked(str(tmp_path / "ds" / link_at))
+    # Only a disk link itself may be a link (it points at the LUN).
+    assert paths.checked(str(tmp_path / "ds" / link_at), leaf_may_be_link=True)
+
+
+def test_a_file_in_the_middle_of_a_path_is_refused(tmp_path, node_conf):
+    node_conf(DATASTORES=str(tmp_path))
+    (tmp_path / "101").write_text("")
+    with pytest.raises(NodeError, match="not a directory"):
+        paths.checked(str(tmp_path / "101" / "42"))
 
 
 def test_without_the_oneadmin_user_the_ancestor_owns(tmp_path, node_conf, monkeypatch):

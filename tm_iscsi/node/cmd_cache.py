@@ -30,7 +30,8 @@ MIB = 1024 * 1024
 
 
 NAME = _checked(lambda v: bool(_NAME_RE.match(v)), "stack name (letters, digits, _.+-)")
-VG = _checked(lambda v: bool(_NAME_RE.match(v)), "volume group name")
+VG = _checked(lambda v: bool(_NAME_RE.match(v)) and v == localvg.DEFAULT_VG,
+              f"cache VG: this host's is {localvg.DEFAULT_VG} (CACHE_VG in node.conf)")
 DEV = _checked(lambda v: bool(_DEV_RE.match(v)) and ".." not in v.split("/"),
                "device path (/dev/...)")
 KEY = _checked(lambda v: bool(_KEY_RE.match(v)), "base key (printable, no spaces, <= 200)")
@@ -100,7 +101,7 @@ cache_init.configure = _init_options
 
 @command("stack-assemble", "build (or complete) a VM disk's cache stack and point its link at it")
 def stack_assemble(args):
-    link = paths.checked(args.link) if args.link else None
+    link = paths.checked(args.link, leaf_may_be_link=True) if args.link else None
     req = stack.Request(
         name=args.name, mode=args.mode, clone_dev=args.clone_dev, base_key=args.base_key,
         base_dev=args.base_dev, map_dev=args.map_dev,

@@ -110,26 +110,31 @@ def _stable_path(ip, port, iqn, lun, disk, deadline):
 def replace_symlink(path, target):
     """Point `path` at `target` atomically: a VM starting meanwhile sees the old link or the new
     one, never none."""
+    path = paths.checked(path, leaf_may_be_link=True)
     parent = os.path.dirname(path)
     # The VM directory belongs to oneadmin (the KVM driver writes its deployment file there).
     paths.makedirs_owned(parent)
+    paths.checked(path, leaf_may_be_link=True)
     if os.path.isdir(path) and not os.path.islink(path):
         raise NodeError(f"{path} is a directory; refusing to replace it with a link")
     if os.path.islink(path) and os.readlink(path) == target:
         return
     tmp = os.path.join(parent, f".{os.path.basename(path)}.tm_iscsi-{os.getpid()}")
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-    os.symlink(target, tmp)
     uid, gid = paths.owner_of_tree(path)
-    os.lchown(tmp, uid, gid)
-    try:
-        os.replace(tmp, path)
-    except OSError:
-        os.unlink(tmp)
-        raise
+    # As oneadmin: the link can replace nothing oneadmin could not replace itself.
+    with paths.as_oneadmin():
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        os.symlink(target, tmp)
+        if os.geteuid() == 0:
+            os.lchown(tmp, uid, gid)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            os.unlink(tmp)
+            raise
 
 
 def _undo_login(iqn):
@@ -143,6 +148,9 @@ def _undo_login(iqn):
 
 @command("attach", "log in to a target (or reuse the session) and link its checked LUN")
 def attach(args):
+    if args.link:
+        # The link goes inside the datastores directory, nowhere else: checked before a login.
+        paths.checked(args.link, leaf_may_be_link=True)
     chap = chap_credentials(args)
     host, port = iscsi.parse_portal(args.portal)
     ip = iscsi.resolve(host)
@@ -243,6 +251,8 @@ def _link_verdict(link, iqn, disks):
 
 @command("detach", "unlink, flush and drop a target's disks, log out, forget the record")
 def detach(args):
+    if args.link:
+        paths.checked(args.link, leaf_may_be_link=True)
     iscsi.parse_portal(args.portal)
     with locks.lock("iscsi", args.iqn):
         found = iscsi.sessions_of(args.iqn)

@@ -14,7 +14,7 @@ import sys
 import tempfile
 
 from .. import naming
-from . import iscsi, lio, locks, lvm
+from . import confine, iscsi, lio, locks, lvm
 from . import run as _run
 from .chap import add_option as chap_option, credentials as chap_credentials
 from .cli import command as _register
@@ -64,7 +64,8 @@ def _ip(value):
 
 
 def _vg_option(p):
-    p.add_argument("--vg", required=True, type=NAME, help="volume group of the datastore")
+    p.add_argument("--vg", required=True, type=confine.storage_vg,
+                   help="volume group of the datastore (one of node.conf's VGS)")
 
 
 def _pool_option(p):
@@ -83,11 +84,17 @@ def _require_pool(rep, pool):
     return lv
 
 
-def _require_lv(rep, name):
+def _require_lv(rep, name, verb=None):
+    """The LV; with `verb`, only when it is tm_iscsi's (confine.require_owned)."""
     lv = rep.get(name)
     if lv is None:
         raise NodeError(f"logical volume {rep.name}/{name} does not exist")
-    return lv
+    return confine.require_owned(lv, verb) if verb else lv
+
+
+def _stamped(tags):
+    """Every LV the helper makes carries the ownership tag, whatever it was asked."""
+    return sorted(set(tags or []) | {naming.OWNER_TAG})
 
 
 def _check_fill(rep, pool, max_fill):
@@ -156,7 +163,7 @@ def _lv_result(lv, **extra):
 
 @command("lv-create", "create a thin LV in the pool (grow an existing one)")
 def lv_create(args):
-    tags = sorted(set(args.tag or []))
+    tags = _stamped(args.tag)
     want = args.size_mib * MIB
     with locks.lock("vg", args.vg):
         rep = lvm.report(args.vg)
@@ -183,6 +190,7 @@ def lv_create(args):
             _ensure_active(lv)
             return {"vg": args.vg, "lv": args.lv, "path": lv.path, "size_bytes": size,
                     "created": False}
+        confine.require_scheme(args.vg, args.lv)
         _check_fill(rep, args.pool, args.max_fill)
         _run.info(f"creating thin LV {args.vg}/{args.lv} of {want} bytes")
         lvm.create_thin(args.vg, args.pool, args.lv, want, tags)
@@ -205,10 +213,11 @@ lv_create.configure = _lv_create_options
 
 @command("lv-snapshot", "thin snapshot of an LV (O(1)), optionally larger than its origin")
 def lv_snapshot(args):
-    tags = sorted(set(args.tag or []))
+    tags = _stamped(args.tag)
     with locks.lock("vg", args.vg):
         rep = lvm.report(args.vg)
-        origin = _require_lv(rep, args.origin)
+        # A snapshot reads its origin: only of tm_iscsi's own LVs.
+        origin = _require_lv(rep, args.origin, "snapshot")
         if not origin.is_thin:
             raise NodeError(f"{args.vg}/{args.origin} is not a thin LV; only thin LVs have O(1) "
                             "snapshots")
@@ -219,8 +228,10 @@ def lv_snapshot(args):
                 what = f"a snapshot of {lv.origin}" if lv.origin else "an LV of its own"
                 raise NodeError(f"{args.vg}/{args.lv} already exists as {what}, not as a "
                                 f"snapshot of {args.origin}; refusing to reuse it")
+            confine.require_owned(lv, "reuse")
             size = lv.size_bytes
         else:
+            confine.require_scheme(args.vg, args.lv)
             _check_fill(rep, origin.pool, args.max_fill)
             _run.info(f"creating thin snapshot {args.vg}/{args.lv} of {args.origin}")
             lvm.create_snapshot(args.vg, args.origin, args.lv, tags)
@@ -260,6 +271,7 @@ def lv_remove(args):
         if lv.is_thin_pool:
             raise NodeError(f"{args.vg}/{args.lv} is the thin pool; lv-remove removes volumes, "
                             "not pools")
+        confine.require_owned(lv, "remove")
         if args.require_tag and args.require_tag not in lv.tags:
             raise NodeError(f"{args.vg}/{args.lv} does not carry tag {args.require_tag} (tags: "
                             f"{', '.join(lv.tags) or 'none'}); refusing to remove it")
@@ -286,7 +298,7 @@ lv_remove.configure = _lv_remove_options
 def lv_resize(args):
     with locks.lock("vg", args.vg):
         rep = lvm.report(args.vg)
-        lv = _require_lv(rep, args.lv)
+        lv = _require_lv(rep, args.lv, "resize")
         want = rep.round_up(args.size_mib * MIB)
         if want < lv.size_bytes:
             raise NodeError(f"{args.vg}/{args.lv} is {lv.size_bytes} bytes; shrinking it to "
@@ -534,7 +546,7 @@ def lv_write(args):
     what = f"lv-write {args.vg}/{args.lv}"
     stdin = sys.stdin.buffer
     with _lv_lock(args.vg, args.lv):
-        lv = _require_lv(lvm.report(args.vg), args.lv)
+        lv = _require_lv(lvm.report(args.vg), args.lv, "write")
         # The input's length, when the sender gave it or stdin is a file: too large is then
         # refused before a byte is written (a pipe of unknown length shows it only at the end).
         size = args.size_bytes if args.size_bytes is not None else _input_size(stdin)
@@ -562,7 +574,7 @@ lv_write.configure = _lv_write_options
 
 @command("lv-read", "the LV's bytes on stdout (no JSON)")
 def lv_read(args):
-    lv = _require_lv(lvm.report(args.vg), args.lv)
+    lv = _require_lv(lvm.report(args.vg), args.lv, "read")
     _ensure_active(lv)
     out = sys.stdout.buffer
     remaining = lv.size_bytes
@@ -591,8 +603,8 @@ def lv_copy(args):
         raise NodeError(f"{what}: source and destination are the same LV")
     with _lv_lock(args.vg, args.dst):
         rep = lvm.report(args.vg)
-        src = _require_lv(rep, args.src)
-        dst = _require_lv(rep, args.dst)
+        src = _require_lv(rep, args.src, "copy")
+        dst = _require_lv(rep, args.dst, "overwrite")
         if dst.size_bytes < src.size_bytes:
             raise NodeError(f"{what}: the destination ({dst.size_bytes} bytes) is smaller than "
                             f"the source ({src.size_bytes} bytes)")
@@ -633,7 +645,7 @@ def mkfs_argv(fs, path):
 @command("lv-mkfs", "format an LV (raw: leave it blank)")
 def lv_mkfs(args):
     with _lv_lock(args.vg, args.lv):
-        lv = _require_lv(lvm.report(args.vg), args.lv)
+        lv = _require_lv(lvm.report(args.vg), args.lv, "format")
         if args.fs == "raw":
             return {"vg": args.vg, "lv": args.lv, "fs": "raw", "formatted": False}
         _ensure_active(lv)
@@ -662,12 +674,12 @@ lv_mkfs.configure = _lv_mkfs_options
 @command("export", "export an LV over iSCSI to one host initiator")
 def export(args):
     chap = chap_credentials(args)
-    dev = lvm.lv_path(args.vg, args.lv)
-    if not os.path.exists(dev):
-        # Only then pay for an LVM call: the LV is missing or inactive.
-        with locks.lock("vg", args.vg):
-            lv = _require_lv(lvm.report(args.vg), args.lv)
-            _ensure_active(lv)
+    # Always asked of LVM, never taken from /dev/<vg>/<lv> (which may name any device): the LV
+    # must exist in this VG and be tm_iscsi's.
+    with locks.lock("vg", args.vg):
+        lv = _require_lv(lvm.report(args.vg), args.lv, "export")
+        _ensure_active(lv)
+    dev = lv.path
     iqn = naming.target_iqn(args.vg, args.lv, args.iqn_base)
     if not iscsi.valid_iqn(iqn):
         raise NodeError(f"the target name {iqn} made from {args.vg}/{args.lv} is not a valid IQN")

@@ -5,7 +5,8 @@ which host holds unflushed write-back data of a clone (no other host may use the
 is flushed), which base a clone's region map was made against, a retired base."""
 from .cli import command
 from .errors import NodeError, NodeUsageError
-from . import locks, lvm, naming_args
+from .. import naming
+from . import confine, locks, lvm, naming_args
 
 
 @command("lv-tag", "add and remove tags of an LV (idempotent); prints the tags it ends with")
@@ -18,6 +19,10 @@ def lv_tag(args):
         lv = rep.lvs.get(args.lv)
         if lv is None:
             raise NodeError(f"LV {args.vg}/{args.lv} does not exist")
+        confine.require_owned(lv, "tag")
+        if naming.OWNER_TAG in args.delete:
+            raise NodeError(f"the {naming.OWNER_TAG} tag is what makes {args.vg}/{args.lv} "
+                            "tm_iscsi's; it is never removed")
         add = [t for t in args.add if t not in lv.tags]
         delete = [t for t in args.delete if t in lv.tags]
         # Tags that share a key with an added one (tm_iscsi.wb-host=...) are replaced, so a key
@@ -33,7 +38,7 @@ def lv_tag(args):
 
 
 def _options(p):
-    p.add_argument("--vg", required=True, type=naming_args.name("VG"))
+    p.add_argument("--vg", required=True, type=confine.storage_vg)
     p.add_argument("--lv", required=True, type=naming_args.name("LV"))
     p.add_argument("--add", action="append", default=[])
     p.add_argument("--delete", action="append", default=[])

@@ -24,7 +24,9 @@ def dir_pack(args):
         argv = ["tar", "-cf", "-", "-T", "/dev/null"]
     else:
         argv = ["tar", "-C", path, "--exclude=./disk.[0-9]*", "-cf", "-", "."]
-    result = subprocess.run(argv, stdout=sys.stdout.buffer, stderr=subprocess.PIPE, timeout=3600)
+    # tar reads as oneadmin: it can pack nothing oneadmin could not read itself.
+    result = subprocess.run(argv, stdout=sys.stdout.buffer, stderr=subprocess.PIPE, timeout=3600,
+                            **paths.oneadmin_subprocess())
     if result.returncode != 0:
         raise NodeError(f"tar of {path} failed: {result.stderr.decode(errors='replace').strip()}")
     return None
@@ -38,17 +40,22 @@ def dir_unpack(args):
     path = paths.checked(args.path)
     with lock("vmdir", path):
         paths.makedirs_owned(path)
+        paths.checked(path)   # made now: still no link on the way
         uid, gid = paths.owner_of_tree(os.path.join(path, "x"))
-        result = subprocess.run(["tar", "-C", path, "--no-same-owner", "-xf", "-"],
-                                stdin=sys.stdin.buffer, stderr=subprocess.PIPE, timeout=3600)
+        # tar writes as oneadmin: a link in the stream or the directory leads nowhere oneadmin
+        # could not write itself.
+        result = subprocess.run(["tar", "-C", path, "--no-same-owner", "--no-same-permissions",
+                                 "-xf", "-"], stdin=sys.stdin.buffer, stderr=subprocess.PIPE,
+                                timeout=3600, **paths.oneadmin_subprocess())
         if result.returncode != 0:
             raise NodeError(f"unpacking into {path} failed: "
                             f"{result.stderr.decode(errors='replace').strip()}")
-        for root, dirs, files in os.walk(path):
-            for name in dirs + files:
-                full = os.path.join(root, name)
-                if not os.path.islink(full):
-                    os.chown(full, uid, gid)
+        with paths.as_oneadmin():
+            for root, dirs, files in os.walk(path):
+                for name in dirs + files:
+                    full = os.path.join(root, name)
+                    if not os.path.islink(full):
+                        os.chown(full, uid, gid)
     return {"path": path}
 
 
@@ -61,21 +68,26 @@ def file_put(args):
     with lock("vmdir", os.path.dirname(path)):
         paths.makedirs_owned(os.path.dirname(path))
         uid, gid = paths.owner_of_tree(path)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tm_iscsi-")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chown(tmp, uid, gid)
-            os.chmod(tmp, 0o644)
-            if os.path.islink(path) or os.path.isdir(path):
-                raise NodeError(f"{path} exists and is not a regular file")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with paths.as_oneadmin():
+            return _put(path, uid, gid)
+
+
+def _put(path, uid, gid):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tm_iscsi-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chown(tmp, uid, gid)
+        os.chmod(tmp, 0o644)
+        if os.path.islink(path) or os.path.isdir(path):
+            raise NodeError(f"{path} exists and is not a regular file")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     return {"path": path, "bytes": os.path.getsize(path)}
 
 
@@ -84,8 +96,9 @@ file_put.configure = _path_option
 
 @command("path-remove", "remove a file, a link or a whole VM directory (links only, never their devices)")
 def path_remove(args):
-    path = paths.checked(args.path)
-    with lock("vmdir", path if os.path.isdir(path) else os.path.dirname(path)):
+    path = paths.checked(args.path, leaf_may_be_link=True)
+    with lock("vmdir", path if os.path.isdir(path) else os.path.dirname(path)), \
+            paths.as_oneadmin():
         if os.path.islink(path) or os.path.isfile(path):
             os.unlink(path)
             return {"path": path, "removed": True}
