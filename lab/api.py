@@ -1,6 +1,5 @@
 """The lab as a Python object: what `lab/lab` does, and what the tests' session fixture uses."""
 import shutil
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor

@@ -27,11 +27,11 @@ _DEFAULT_VG_RE = re.compile(r"^vg-one-\d{1,12}$")
 
 def is_scheme_lv(name):
     """A name tm_iscsi gives its LVs (img-7, vm-42-disk-0, vm-42-disk-0-snap-3, img-7-base, ...)."""
-    return bool(_LV_SCHEME_RE.match(str(name)))
+    return bool(_LV_SCHEME_RE.fullmatch(str(name)))
 
 
 def is_default_vg(name):
-    return bool(_DEFAULT_VG_RE.match(str(name)))
+    return bool(_DEFAULT_VG_RE.fullmatch(str(name)))
 
 
 def default_vg(ds_id):
@@ -65,7 +65,7 @@ def parse_source(value):
 
 
 def valid_name(name):
-    return bool(_NAME_RE.match(str(name))) and len(str(name)) <= 120
+    return bool(_NAME_RE.fullmatch(str(name))) and len(str(name)) <= 120
 
 
 def valid_chap_user(value):

@@ -5,6 +5,7 @@ non-zero exit on failure, `INFO:` progress lines on stderr."""
 import io
 import json
 import os
+import re
 import shlex
 import subprocess
 import threading
@@ -100,15 +101,32 @@ class _Feeder:
         self._thread.join(timeout=30)
 
 
+# A node name as oned's host pool and the datastores give it: a host name or an address. Checked
+# before it reaches ssh's argv (a name starting with '-' would be an ssh option).
+_HOST_RE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9._-]{0,252})|\[[0-9A-Fa-f:.]+\])$")
+
+
+def checked_host(host):
+    if not isinstance(host, str) or not _HOST_RE.fullmatch(host):
+        raise DriverError(f"{str(host)[:80]!r} is not a host name tm_iscsi can reach (letters, "
+                          "digits, '.', '_' and '-', not starting with '-')")
+    return host
+
+
+def ssh_command(ssh_argv, host, remote_words):
+    """ssh ... -- HOST 'WORD WORD ...': options end before the host, and ssh hands the remote
+    side one shell line, so every word is quoted on its own."""
+    return [*ssh_argv, "--", checked_host(host), " ".join(shlex.quote(w) for w in remote_words)]
+
+
 class Node:
     def __init__(self, host, settings):
-        self.host = host
+        self.host = checked_host(host)
         self.settings = settings
 
     def _argv(self, command, args):
         remote = [*self.settings.node_argv, command, *[str(a) for a in args]]
-        # ssh hands the remote side one shell line: every word is quoted on its own.
-        return [*self.settings.ssh_argv, self.host, "--", " ".join(shlex.quote(w) for w in remote)]
+        return ssh_command(self.settings.ssh_argv, self.host, remote)
 
     def call(self, command, *args, stdin=None, timeout=None):
         """Run `tm-iscsi-node COMMAND ARGS` on the node; return its JSON object. `stdin` is

@@ -138,8 +138,8 @@ class FakeRunner:
         self.answers = {}
 
     def __call__(self, argv, input=None, **kwargs):
-        host = argv[argv.index("--") - 1]
-        remote = argv[argv.index("--") + 1]
+        host = argv[argv.index("--") + 1]
+        remote = argv[argv.index("--") + 2]
         self.calls.append((host, remote, input))
         program = remote.split()[0]
         answer = self.answers.get((host, program), self.answers.get(program, (0, "", "")))

@@ -2,7 +2,6 @@
 datastores grouped by storage node and VG; the nodes, reached over SSH (the node helper through
 its sudo rule, and plain read-only commands such as `find` without it)."""
 import os
-import shlex
 import subprocess
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -162,8 +161,8 @@ class Cloud:
     def shell(self, host, argv, input=None, timeout=None):
         """Run a read-only command on a node as the SSH user (no sudo); the CompletedProcess
         (text). The node helper is for changes; these are for looking around."""
-        remote = " ".join(shlex.quote(str(word)) for word in argv)
-        command = [*self.settings.ssh_argv, host, "--", remote]
+        from ..remote import ssh_command
+        command = ssh_command(self.settings.ssh_argv, host, [str(word) for word in argv])
         try:
             return self._runner(command, input=input, capture_output=True, text=True,
                                 timeout=timeout or self.settings.ssh_timeout)

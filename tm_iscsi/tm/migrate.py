@@ -2,8 +2,8 @@
 drivers of the VM's disks that oned leaves to the system datastore's driver."""
 import base64
 import os
+import re
 import subprocess
-import sys
 
 from .. import attachment, cachemode, caching, log, volumes
 from ..errors import DriverError
@@ -89,15 +89,28 @@ def failmigrate(ctx, args, stdin_xml=None):
     _migrate_other(args, "failmigrate", vm, stdin_xml)
 
 
+_TM_NAME_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
+DEFAULT_REMOTES = "/var/lib/one/remotes"
+
+
+def _remotes_dir():
+    """oned's remotes tree: the one the running action script is in (it exports it), else the
+    stock location."""
+    return os.environ.get("TM_ISCSI_REMOTES_DIR") or DEFAULT_REMOTES
+
+
 def _migrate_other(args, action, vm, stdin_xml):
     """oned calls the migrate hooks of the system datastore's TM only; each other TM of the VM's
     disks is called here with the same argv plus our name (so it does not fan out again)."""
     if args.caller_tm:
         return
     others = sorted({d.tm_mad for d in vm.disks if d.tm_mad and d.tm_mad != OUR_TM})
-    here = os.path.dirname(os.path.abspath(sys.argv[0]))
     for tm in others:
-        script = os.path.join(os.path.dirname(here), tm, action)
+        if not _TM_NAME_RE.fullmatch(tm):
+            # A name from the VM's XML never becomes a path of its own ("../../x").
+            raise DriverError(f"disk TM_MAD {tm[:80]!r} is not a driver name "
+                              "(letters, digits, '_' and '-'); refusing to run it")
+        script = os.path.join(_remotes_dir(), "tm", tm, action)
         if not os.access(script, os.X_OK):
             log.info(f"no {action} for TM {tm} at {script}; skipped")
             continue
