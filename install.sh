@@ -211,9 +211,13 @@ same_file() { # same_file SRC DEST MODE OWNER GROUP
     [ "$(stat -c '%a %U %G' "$2")" = "$3 $4 $5" ]
 }
 
+# A secret never reaches the terminal or a log: its value is shown as ****.
+mask_secrets() { sed -E 's/((CHAP_PASSWORD|chap_password)[[:space:]]*=[[:space:]]*"?)[^"[:space:]]+/\1****/g'; }
+
 show_diff() { # show_diff OLD NEW: what a write would change, in a dry run
   ((DRY_RUN)) || return 0
-  if [ -f "$1" ]; then diff -u "$1" "$2" | tail -n +3 | indent || true; else indent <"$2"; fi
+  if [ -f "$1" ]; then diff -u "$1" "$2" | tail -n +3 | mask_secrets | indent || true
+  else mask_secrets <"$2" | indent; fi
 }
 
 # install_file SRC DEST MODE OWNER GROUP
@@ -890,8 +894,12 @@ step_frontend() {
   for kind in tm datastore; do
     sync_tree "$SRC/remotes/$kind/iscsi_lvm" "$ONE_REMOTES/$kind/iscsi_lvm" "$E_ONEADMIN"
   done
-  for file in oned/iscsi_lvm.conf oned/iscsi_lvm.onecfg oned/vmm_execrc.line datastores/image.tpl datastores/system.tpl; do
+  for file in oned/iscsi_lvm.conf oned/iscsi_lvm.onecfg oned/vmm_execrc.line; do
     install_file "$CONF/$file" "$ONE_ETC/tm_iscsi/$(basename "$file")" 644 root root
+  done
+  # The datastore templates carry the CHAP secret: oneadmin's alone (onedatastore create).
+  for file in datastores/image.tpl datastores/system.tpl; do
+    install_file "$CONF/$file" "$ONE_ETC/tm_iscsi/$(basename "$file")" 600 "$E_ONEADMIN" "$group"
   done
   step_admin_tools
   step_oned

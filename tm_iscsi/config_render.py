@@ -91,6 +91,10 @@ DS_MAD_CONF = (
     ("MARKETPLACE_ACTIONS", "export"),
 )
 INHERIT = ("ISCSI_HOST", "ISCSI_PORTAL", "VG_NAME", "THIN_POOL", "CACHE_MODE", "ISCSI_IQN_BASE")
+# Kept encrypted in oned's database and shown encrypted by `onedatastore show`; oned decrypts it
+# for the DS driver's actions, and for `one.datastore.info` with decrypt (oneadmin only), which
+# is how the TM actions read it.
+ENCRYPTED = ("ISCSI_CHAP_PASSWORD",)
 
 # Attributes oned knows in these sections, and the values it accepts for the enumerated ones.
 _TM_MAD_CONF_ATTRS = {"NAME", "LN_TARGET", "CLONE_TARGET", "SHARED", "DS_MIGRATE",
@@ -281,6 +285,8 @@ def registration(attrs):
         "tm_mad_conf": conf_of("TM_MAD_CONF"),
         "ds_mad_conf": conf_of("DS_MAD_CONF"),
         "inherit": [a.value for a in sections("INHERIT_DATASTORE_ATTR") if a.value is not None],
+        "encrypted": [a.value for a in sections("DATASTORE_ENCRYPTED_ATTR")
+                      if a.value is not None],
     }
 
 
@@ -354,10 +360,15 @@ def check_registration(attrs, strict=False):
     for attr in INHERIT:
         if attr not in inherited:
             problems.append(f"INHERIT_DATASTORE_ATTR = \"{attr}\" is missing")
+    encrypted = {v.upper() for v in reg["encrypted"]}
+    for attr in ENCRYPTED:
+        if attr not in encrypted:
+            problems.append(f"DATASTORE_ENCRYPTED_ATTR = \"{attr}\" is missing (the CHAP "
+                            "secret would be kept and shown in clear)")
     if strict:
         for a in attrs:
             if a.name not in ("TM_MAD", "DATASTORE_MAD", "TM_MAD_CONF", "DS_MAD_CONF",
-                              "INHERIT_DATASTORE_ATTR"):
+                              "INHERIT_DATASTORE_ATTR", "DATASTORE_ENCRYPTED_ATTR"):
                 problems.append(f"line {a.line}: {a.name} does not belong in the registration "
                                 "snippet")
     return problems
@@ -468,7 +479,7 @@ def parse_onecfg(text):
 def onecfg_registration(changes):
     """Apply a patch's oned.conf changes to nothing: the same shape as snippet_registration."""
     out = {"tm_mad_arguments": None, "datastore_mad_arguments": None,
-           "tm_mad_conf": {}, "ds_mad_conf": {}, "inherit": []}
+           "tm_mad_conf": {}, "ds_mad_conf": {}, "inherit": [], "encrypted": []}
     for filename, command, path, value in changes:
         if filename != "/etc/one/oned.conf" or command == "rm":
             continue
@@ -484,6 +495,8 @@ def onecfg_registration(changes):
             out[path[0].lower()][path[2]] = value
         elif path == ["INHERIT_DATASTORE_ATTR"]:
             out["inherit"].append(value)
+        elif path == ["DATASTORE_ENCRYPTED_ATTR"]:
+            out["encrypted"].append(value)
         else:
             raise OnecfgError(f"{'/'.join(path)}: not part of the registration")
     return out
@@ -500,6 +513,7 @@ def snippet_registration(text):
         "ds_mad_conf": {k: v for k, v, _ in reg["ds_mad_conf"].pairs} if reg["ds_mad_conf"]
         else {},
         "inherit": list(reg["inherit"]),
+        "encrypted": list(reg["encrypted"]),
     }
 
 
@@ -610,6 +624,7 @@ def context(site, oned_conf=None, vmm_execrc=None):
         "inherit_present": [a for a in INHERIT if a in stock_inherit],
         "inherit_add": [a for a in INHERIT if a not in stock_inherit],
         "inherit_all": list(INHERIT),
+        "encrypted": list(ENCRYPTED),
         "stock_inherit": list(stock_inherit),
     })
     return ctx
@@ -662,6 +677,10 @@ def _check_rendered(out, ctx):
         parse_oned(out[name], strict=True)
 
 
+# Rendered files that may hold the CHAP secret: readable by their owner only.
+SECRET_FILES = ("datastores/image.tpl", "datastores/system.tpl")
+
+
 def write(out, directory):
     directory = Path(directory)
     for name, text in sorted(out.items()):
@@ -669,7 +688,8 @@ def write(out, directory):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)
-        mode = 0o755 if name in ("node/tm-iscsi-node", "boot/50-tm-iscsi-activate") else 0o644
+        mode = (0o755 if name in ("node/tm-iscsi-node", "boot/50-tm-iscsi-activate") else
+                0o600 if name in SECRET_FILES else 0o644)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
 

@@ -188,8 +188,11 @@ def load_site(path):
         # The rule the driver and the nodes apply: a name they would refuse never gets rendered.
         r.fail("datastore", "chap_user",
                f"{chap_user!r} is not a CHAP user name (letters, digits, ._@:+/=-)")
-    chap_password = r.text("datastore", "chap_password", "", _CHAP_SECRET_RE,
-                           "a usable CHAP secret")
+    chap_password = r.raw("datastore", "chap_password", "")
+    if chap_password and not _CHAP_SECRET_RE.fullmatch(chap_password):
+        # Never echoed: the value is a secret.
+        r.fail("datastore", "chap_password", "**** is not a usable CHAP secret: 12 to 255 of "
+               "the characters A-Z a-z 0-9 _ . + : @ ! % ^ * = - (no quote, backslash or blank)")
     if bool(chap_user) != bool(chap_password):
         r.fail("datastore", "chap_user", "set both chap_user and chap_password, or neither")
     if chap_password and len(chap_password) < 12:

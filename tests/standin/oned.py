@@ -79,6 +79,9 @@ class OnedStandIn:
         self.calls = []  # (method, params after the session), in arrival order
         self.allocated_images = []  # (image id, template, ds id)
         self.allocated_hooks = []  # (hook id, template)
+        # DATASTORE_ENCRYPTED_ATTR of the oned.conf tm_iscsi registers: shown encrypted unless
+        # one.datastore.info is asked to decrypt (SharedAPI, oned 7.4).
+        self.encrypted_attrs = {"ISCSI_CHAP_PASSWORD"}
         self.instantiated = []  # (vm id, template id, name)
         self.vm_actions = []  # (action, vm id)
         self._after = {}  # method -> callback(standin, *params), run after the reply is made
@@ -277,13 +280,15 @@ class OnedStandIn:
     def _info_for(self, kind, method):
         noun = _KINDS[kind][1]
 
-        def info(object_id, *_decrypt):
+        def info(object_id, *decrypt):
             if isinstance(object_id, bool) or not isinstance(object_id, int):
                 raise TypeError(object_id)
             with self._lock:
                 xml = self._documents[kind].get(object_id)
             if xml is None:
                 return [False, "[%s] Error getting %s [%d]." % (method, noun, object_id), NO_EXISTS]
+            if kind == "datastore" and not (decrypt and decrypt[0] is True):
+                xml = _encrypted(xml, self.encrypted_attrs)
             return [True, xml, 0]
 
         return info
@@ -310,6 +315,8 @@ class OnedStandIn:
                         # -1: every state but DONE (oned's default listing)
                         if (state == -1 and vm_state == VM_DONE) or (state >= 0 and vm_state != state):
                             continue
+                    if kind == "datastore":
+                        xml = _encrypted(xml, self.encrypted_attrs)   # pools never decrypt
                     parts.append(xml)
             return [True, "<%s>%s</%s>" % (root_tag, "".join(parts), root_tag), 0]
 
@@ -490,6 +497,20 @@ def _hook_state_on_update(hook_type, attributes):
     elif resource == "HOST" and attributes.get("STATE") not in _HOST_STATES:
         return "The STATE attribute is not defined or it's invalid."
     return None
+
+
+def _encrypted(xml, names):
+    """The document as oned shows it without decrypt: the encrypted attributes' values are
+    ciphertext (base64 here, AES in oned; either way not the secret)."""
+    import base64
+    root = ET.fromstring(xml)
+    changed = False
+    for name in names:
+        for node in root.findall("TEMPLATE/" + name):
+            if node.text:
+                node.text = base64.b64encode(b"one-encrypted:" + node.text.encode()).decode()
+                changed = True
+    return ET.tostring(root, encoding="unicode") if changed else xml
 
 
 def _template_attributes(template):

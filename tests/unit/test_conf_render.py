@@ -523,3 +523,24 @@ def test_check_oned_cli_checks_vmm_execrc_too(tmp_path, rendered):
                              str(oned), "--vmm-execrc", str(execrc)], cwd=REPO,
                             capture_output=True, text=True)
     assert result.returncode == 1 and "kvm-iscsi_lvm" in result.stderr
+
+
+def test_a_refused_chap_secret_is_never_echoed_and_the_rule_is_named(tmp_path):
+    text = EXAMPLE.read_text().replace("chap_user =", "chap_user = one").replace(
+        "chap_password =", "chap_password = my secret with blanks'")
+    with pytest.raises(SiteError) as err:
+        load_site(write_site(tmp_path, text))
+    assert "my secret" not in str(err.value) and "blanks'" not in str(err.value)
+    assert "****" in str(err.value) and "A-Z a-z 0-9" in str(err.value)
+
+
+def test_rendered_files_with_the_secret_are_the_owner_s_alone(tmp_path):
+    text = EXAMPLE.read_text().replace("chap_user =", "chap_user = one").replace(
+        "chap_password =", "chap_password = s3cret-s3cret")
+    out = tmp_path / "out"
+    cr.write(cr.render(load_site(write_site(tmp_path, text))), out)
+    for name in ("image.tpl", "system.tpl"):
+        assert (out / "datastores" / name).stat().st_mode & 0o777 == 0o600
+        assert "s3cret-s3cret" in (out / "datastores" / name).read_text()
+    assert (out / "oned" / "iscsi_lvm.conf").stat().st_mode & 0o777 == 0o644
+    assert "s3cret" not in (out / "oned" / "iscsi_lvm.conf").read_text()

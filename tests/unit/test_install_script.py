@@ -509,3 +509,16 @@ def test_uninstall_of_a_node_removes_helper_sudoers_and_blocks(root, site):
     assert (root / "etc/lvm/lvmlocal.conf").read_text() == LVMLOCAL
     # The host keeps its initiator name: the storage node's ACLs may still name it.
     assert (root / "etc/iscsi/initiatorname.iscsi").exists()
+
+
+def test_the_dry_run_never_prints_the_chap_secret_and_installs_it_0600(root, site):
+    site.write_text(SITE + "[datastore]\nchap_user = one\nchap_password = s3cret-s3cret-x\n")
+    dry = run("--role", "frontend", "--site", site, "--root", root, "--skip", "python",
+              "--dry-run")
+    assert "s3cret-s3cret-x" not in dry.stdout + dry.stderr
+    assert 'ISCSI_CHAP_PASSWORD = "****' in dry.stdout
+    run("--role", "frontend", "--site", site, "--root", root, "--skip", "python")
+    for name in ("image.tpl", "system.tpl"):
+        path = root / "etc/one/tm_iscsi" / name
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert "s3cret-s3cret-x" in path.read_text()

@@ -268,3 +268,20 @@ def test_concurrent_calls(one):
     for thread in threads:
         thread.join()
     assert results == [0] * 8
+
+
+def test_the_chap_secret_is_read_decrypted_as_oned_hands_it_to_an_admin(oned, one):
+    """oned keeps DATASTORE_ENCRYPTED_ATTR values encrypted; one.datastore.info gives them in
+    clear only when asked to decrypt. The stand-in does the same, and the driver asks."""
+    import xml.etree.ElementTree as ET
+    import xmlrpc.client
+
+    def secret(root):
+        ET.SubElement(root.find("TEMPLATE"), "ISCSI_CHAP_PASSWORD").text = "s3cret-chap"
+    oned.edit_with("datastore", 100, secret)
+    proxy = xmlrpc.client.ServerProxy(oned.endpoint)
+    plain = proxy.one.datastore.info(oned.session, 100)[1]
+    assert "s3cret-chap" not in plain and "<ISCSI_CHAP_PASSWORD>" in plain
+    assert "s3cret-chap" not in proxy.one.datastorepool.info(oned.session)[1]
+    assert one.datastore_info(100).template_attr("ISCSI_CHAP_PASSWORD") == "s3cret-chap"
+    assert ("one.datastore.info", (100, True)) in oned.calls
