@@ -36,7 +36,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
-VG = "vg-bench"
+VG = "vg-one-100"  # the lab storage node's node.conf VG: the helper touches no other
 IMAGE_MIB = 256
 REGION = 64 * 1024
 HOST1 = "iqn.2026-11.lab.tm-iscsi:host1"
@@ -439,22 +439,22 @@ def cmd_flush(args):
         node(api, "host1", "cache-init", "--device", "/dev/ubdb")
         mib = args.mib
         # Disks larger than the image: room for two rounds of writes.
-        raw = new_disk(api, "vm-raw-disk-0", map_too=False, size_mib=2 * mib + 64)
+        raw = new_disk(api, "vm-990-disk-0", map_too=False, size_mib=2 * mib + 64)
         out = run(api, "host1", f"dd if=/dev/zero of={raw['clone']} bs=1M count={mib} "
                                 "oflag=direct conv=fsync 2>&1 | tail -1")
         start = time.monotonic()
         run(api, "host1", f"dd if=/dev/zero of={raw['clone']} bs=1M count={mib} seek={mib} "
                           "oflag=direct conv=fsync status=none")
         raw_s = time.monotonic() - start
-        disk = new_disk(api, "vm-wb-disk-0", map_too=False, size_mib=2 * mib + 64)
-        top = node(api, "host1", "stack-assemble", "--name", "vm-wb-disk-0", "--mode",
+        disk = new_disk(api, "vm-991-disk-0", map_too=False, size_mib=2 * mib + 64)
+        top = node(api, "host1", "stack-assemble", "--name", "vm-991-disk-0", "--mode",
                    "writeback", "--clone-dev", disk["clone"], "--wb-size-mib",
                    2 * mib)["top"]
         run(api, "host1", f"dd if=/dev/zero of={top} bs=1M count={mib} seek={mib} "
                           "oflag=direct conv=fsync status=none")
         dirty = node(api, "host1", "cache-status")["stacks"][0]["dirty_blocks"]
         start = time.monotonic()
-        flushed = node(api, "host1", "stack-flush", "--name", "vm-wb-disk-0")
+        flushed = node(api, "host1", "stack-flush", "--name", "vm-991-disk-0")
         flush_s = time.monotonic() - start
         result = {"mib": mib, "raw_write_seconds": round(raw_s, 2),
                   "raw_write_mib_per_s": round(mib / raw_s, 1), "dirty_blocks": dirty,
@@ -463,20 +463,20 @@ def cmd_flush(args):
         print(f"raw iSCSI write {result['raw_write_mib_per_s']} MiB/s; flush of {dirty} dirty "
               f"blocks {flushed['mib_per_s']} MiB/s in the cache, "
               f"{result['flush_command_mib_per_s']} MiB/s for the whole command", flush=True)
-        node(api, "host1", "stack-teardown", "--name", "vm-wb-disk-0", "--flush")
+        node(api, "host1", "stack-teardown", "--name", "vm-991-disk-0", "--flush")
 
         # 4 KiB random writes, queue depth 1: what a guest's small synchronous writes see.
         lat = {"none": _fio_4k(api, raw["clone"])}
-        node(api, "host1", "stack-assemble", "--name", "vm-wb-disk-0", "--mode", "writeback",
+        node(api, "host1", "stack-assemble", "--name", "vm-991-disk-0", "--mode", "writeback",
              "--clone-dev", disk["clone"], "--wb-size-mib", 256)
         lat["writeback"] = _fio_4k(api, "/dev/mapper/tmi-wb-vm-wb-disk-0")
-        node(api, "host1", "stack-teardown", "--name", "vm-wb-disk-0", "--flush")
-        rw = new_disk(api, "vm-rw-disk-0")
-        top = node(api, "host1", "stack-assemble", "--name", "vm-rw-disk-0", "--mode",
+        node(api, "host1", "stack-teardown", "--name", "vm-991-disk-0", "--flush")
+        rw = new_disk(api, "vm-992-disk-0")
+        top = node(api, "host1", "stack-assemble", "--name", "vm-992-disk-0", "--mode",
                    "read+writeback", "--clone-dev", rw["clone"], "--base-key", "img-1@1",
                    "--base-dev", base, "--map-dev", rw["map"], "--wb-size-mib", 256)["top"]
         lat["read+writeback"] = _fio_4k(api, top)
-        node(api, "host1", "stack-teardown", "--name", "vm-rw-disk-0", "--flush")
+        node(api, "host1", "stack-teardown", "--name", "vm-992-disk-0", "--flush")
         for mode, row in lat.items():
             print(f"4k randwrite {mode:15} {row['iops']:8.1f} IOPS, mean {row['clat_mean_us']} "
                   f"us, p99 {row['clat_p99_us']} us", flush=True)

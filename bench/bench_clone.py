@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO))
 
 from lab import api  # noqa: E402
 
-VG = "vg-bench"
+VG = "vg-one-100"  # the lab storage node's node.conf VG: the helper touches no other
 NODE = ["env", "PYTHONPATH=/opt/tm_iscsi", "/opt/tm_iscsi-venv/bin/python", "-m",
         "tm_iscsi.node"]
 SIZES_MIB = (256, 8192)
@@ -69,16 +69,18 @@ def main():
             clone_s, copy_s = [], []
             for i in range(args.repeat):
                 clone_s.append(timed(lambda: node(
-                    "lv-snapshot", "--vg", VG, "--origin", image, "--lv", f"{image}-clone-{i}",
+                    "lv-snapshot", "--vg", VG, "--origin", image, "--lv", f"vm-{size}-disk-{i}",
                     "--max-fill", 99)))
-                copy = f"{image}-copy-{i}"
+                # The helper makes LVs only under tm_iscsi's names: a VM disk is what a copy
+                # would be.
+                copy = f"vm-{size}-disk-{100 + i}"
 
                 def full_copy():
                     node("lv-create", "--vg", VG, "--lv", copy, "--size-mib", size,
                          "--max-fill", 99)
                     node("lv-copy", "--vg", VG, "--src", image, "--dst", copy)
                 copy_s.append(timed(full_copy))
-                node("lv-remove", "--vg", VG, "--lv", f"{image}-clone-{i}")
+                node("lv-remove", "--vg", VG, "--lv", f"vm-{size}-disk-{i}")
                 node("lv-remove", "--vg", VG, "--lv", copy)
             results[size] = {
                 "clone_s_median": round(statistics.median(clone_s), 2),

@@ -158,33 +158,33 @@ def test_pool_lvs_data_and_snapshots(lab):
                                   "--size-mib", "16")
 
     # Full copy (benchmark baseline) and mkfs.
-    helper(lab, "lv-create", "--vg", VG, "--lv", "copy-1", "--size-mib", "64")
-    assert helper(lab, "lv-copy", "--vg", VG, "--src", "img-7", "--dst", "copy-1")[
+    helper(lab, "lv-create", "--vg", VG, "--lv", "vm-95-disk-0", "--size-mib", "64")
+    assert helper(lab, "lv-copy", "--vg", VG, "--src", "img-7", "--dst", "vm-95-disk-0")[
         "bytes"] == 64 * MIB
-    assert lv_sha(lab, "copy-1") == padded_sha(data, 64 * MIB)
+    assert lv_sha(lab, "vm-95-disk-0") == padded_sha(data, 64 * MIB)
     assert "smaller" in refused(lab, "lv-copy", "--vg", VG, "--src", "vm-1-disk-0",
-                                "--dst", "copy-1")
-    helper(lab, "lv-create", "--vg", VG, "--lv", "vol-1", "--size-mib", "32")
-    assert helper(lab, "lv-mkfs", "--vg", VG, "--lv", "vol-1", "--fs", "ext4")["formatted"]
-    assert helper(lab, "lv-mkfs", "--vg", VG, "--lv", "vol-1", "--fs", "ext4")[
+                                "--dst", "vm-95-disk-0")
+    helper(lab, "lv-create", "--vg", VG, "--lv", "vm-91-disk-0", "--size-mib", "32")
+    assert helper(lab, "lv-mkfs", "--vg", VG, "--lv", "vm-91-disk-0", "--fs", "ext4")["formatted"]
+    assert helper(lab, "lv-mkfs", "--vg", VG, "--lv", "vm-91-disk-0", "--fs", "ext4")[
         "formatted"] is False
-    assert lab.sh("storage", f"blkid -o value -s TYPE /dev/{VG}/vol-1").strip() == "ext4"
-    assert "ext4" in refused(lab, "lv-mkfs", "--vg", VG, "--lv", "vol-1", "--fs", "swap")
+    assert lab.sh("storage", f"blkid -o value -s TYPE /dev/{VG}/vm-91-disk-0").strip() == "ext4"
+    assert "ext4" in refused(lab, "lv-mkfs", "--vg", VG, "--lv", "vm-91-disk-0", "--fs", "swap")
 
     listing = helper(lab, "lv-list", "--vg", VG)
-    assert [row["lv"] for row in listing["lvs"]] == ["copy-1", "img-7", "img-8", "vm-1-disk-0",
-                                                     "vol-1"]
+    assert [row["lv"] for row in listing["lvs"]] == ["img-7", "img-8", "vm-1-disk-0",
+                                                     "vm-91-disk-0", "vm-95-disk-0"]
     assert helper(lab, "lv-list", "--vg", VG, "--tag", "tm_iscsi.image=7")["lvs"] == [
         {"lv": "img-7", "size_bytes": 64 * MIB, "origin": None,
          "tags": ["tm_iscsi", "tm_iscsi.image=7", "tm_iscsi.kind=image"]}]
 
     # Remove: the tag guard, then idempotent.
-    assert "tm_iscsi.kind=image" in refused(lab, "lv-remove", "--vg", VG, "--lv", "vol-1",
+    assert "tm_iscsi.kind=image" in refused(lab, "lv-remove", "--vg", VG, "--lv", "vm-91-disk-0",
                                             "--require-tag", "tm_iscsi.kind=image")
-    assert helper(lab, "lv-remove", "--vg", VG, "--lv", "vol-1")["removed"] is True
-    assert helper(lab, "lv-remove", "--vg", VG, "--lv", "vol-1") == {
-        "vg": VG, "lv": "vol-1", "removed": False}
-    assert helper(lab, "lv-info", "--vg", VG, "--lv", "vol-1")["exists"] is False
+    assert helper(lab, "lv-remove", "--vg", VG, "--lv", "vm-91-disk-0")["removed"] is True
+    assert helper(lab, "lv-remove", "--vg", VG, "--lv", "vm-91-disk-0") == {
+        "vg": VG, "lv": "vm-91-disk-0", "removed": False}
+    assert helper(lab, "lv-info", "--vg", VG, "--lv", "vm-91-disk-0")["exists"] is False
 
     # Re-running finished commands changes nothing.
     before = helper(lab, "lv-list", "--vg", VG)
@@ -203,40 +203,40 @@ def test_snapshot_is_o1_and_fill_limit(lab):
     assert pool["data_total_bytes"] < 300 * MIB
 
     # O(1): an 8 GiB origin with data snapshots as fast as a 64 MiB one, and copies nothing.
-    helper(lab, "lv-create", "--vg", VG, "--lv", "big", "--size-mib", str(8 * 1024))
-    helper(lab, "lv-create", "--vg", VG, "--lv", "small", "--size-mib", "64")
+    helper(lab, "lv-create", "--vg", VG, "--lv", "img-96", "--size-mib", str(8 * 1024))
+    helper(lab, "lv-create", "--vg", VG, "--lv", "img-97", "--size-mib", "64")
     lab.sh("storage", f"""
-        dd if=/dev/zero of=/dev/{VG}/big bs=4M count=16 oflag=direct status=none
-        dd if=/dev/zero of=/dev/{VG}/big bs=4M count=4 seek=2000 oflag=direct status=none
-        dd if=/dev/zero of=/dev/{VG}/small bs=4M count=16 oflag=direct status=none""")
+        dd if=/dev/zero of=/dev/{VG}/img-96 bs=4M count=16 oflag=direct status=none
+        dd if=/dev/zero of=/dev/{VG}/img-96 bs=4M count=4 seek=2000 oflag=direct status=none
+        dd if=/dev/zero of=/dev/{VG}/img-97 bs=4M count=16 oflag=direct status=none""")
     used_before = helper(lab, "pool-status", "--vg", VG)["data_used_bytes"]
     times = {}
-    for origin in ("small", "big"):
+    for origin in ("img-97", "img-96"):
         start = time.monotonic()
-        helper(lab, "lv-snapshot", "--vg", VG, "--origin", origin, "--lv", f"{origin}-snap")
+        helper(lab, "lv-snapshot", "--vg", VG, "--origin", origin, "--lv", f"{origin}-snap-1")
         times[origin] = time.monotonic() - start
     # Loose on purpose: UML timing is noisy; the pool check below is the exact proof.
-    assert times["big"] < 3 * times["small"] + 2.0, times
+    assert times["img-96"] < 3 * times["img-97"] + 2.0, times
     assert helper(lab, "pool-status", "--vg", VG)["data_used_bytes"] == used_before
-    big_snap = helper(lab, "lv-info", "--vg", VG, "--lv", "big-snap")
-    assert big_snap["size_bytes"] == 8 * 1024 * MIB and big_snap["origin"] == "big"
+    big_snap = helper(lab, "lv-info", "--vg", VG, "--lv", "img-96-snap-1")
+    assert big_snap["size_bytes"] == 8 * 1024 * MIB and big_snap["origin"] == "img-96"
 
     # Fill the pool past 90%: new LVs and snapshots are refused and nothing changes.
     room = pool["data_total_bytes"] - used_before
     fill_mib = int(room * 0.95) // MIB - 1
-    helper(lab, "lv-create", "--vg", VG, "--lv", "filler", "--size-mib", str(fill_mib + 4))
-    lab.sh("storage", f"dd if=/dev/zero of=/dev/{VG}/filler bs=1M count={fill_mib} "
+    helper(lab, "lv-create", "--vg", VG, "--lv", "vm-94-disk-0", "--size-mib", str(fill_mib + 4))
+    lab.sh("storage", f"dd if=/dev/zero of=/dev/{VG}/vm-94-disk-0 bs=1M count={fill_mib} "
                       "oflag=direct status=none")
     full = helper(lab, "pool-status", "--vg", VG)
     assert full["data_percent"] > 90, full
     before = helper(lab, "lv-list", "--vg", VG)
-    line = refused(lab, "lv-create", "--vg", VG, "--lv", "new", "--size-mib", "16")
+    line = refused(lab, "lv-create", "--vg", VG, "--lv", "vm-92-disk-0", "--size-mib", "16")
     assert "too full" in line and f"{VG}/tpool" in line
-    assert "too full" in refused(lab, "lv-snapshot", "--vg", VG, "--origin", "small",
-                                 "--lv", "snap-2")
+    assert "too full" in refused(lab, "lv-snapshot", "--vg", VG, "--origin", "img-97",
+                                 "--lv", "img-97-snap-2")
     assert helper(lab, "lv-list", "--vg", VG) == before
     # An explicit higher limit lets the caller through (the front-end passes the datastore's).
-    assert helper(lab, "lv-create", "--vg", VG, "--lv", "new", "--size-mib", "16",
+    assert helper(lab, "lv-create", "--vg", VG, "--lv", "vm-92-disk-0", "--size-mib", "16",
                   "--max-fill", "99")["created"] is True
 
 

@@ -145,7 +145,8 @@ def test_record_argv_and_settings():
     settings = dict(iscsi.record_settings(("u", "p"), login_timeout=5, login_attempts=3))
     assert settings["node.startup"] == "manual"
     assert settings["node.session.auth.authmethod"] == "CHAP"
-    assert settings["node.session.auth.password"] == "p"
+    # The secret never goes into iscsiadm's argv: a placeholder there, the file gets the secret.
+    assert settings["node.session.auth.password"] == iscsi.SECRET_PLACEHOLDER
     assert settings["node.conn[0].timeo.login_timeout"] == "5"
     assert settings["node.session.initial_login_retry_max"] == "3"
     assert dict(iscsi.record_settings())["node.session.auth.authmethod"] == "None"
@@ -188,8 +189,22 @@ def test_logout_and_delete_accept_nothing_there(mocker):
         iscsi.logout_session(7)
 
 
-def test_write_record_masks_the_chap_secret(mocker):
-    run = mocker.patch.object(run_mod, "run", return_value=result(0))
-    iscsi.write_record(IQN, "10.0.0.1", 3260, chap=("user", "s3cret"))
-    update = run.call_args_list[1]
-    assert "s3cret" in update.args[0] and update.kwargs["secrets"] == ["s3cret"]
+def test_the_chap_secret_goes_into_the_record_file_not_iscsiadm_s_argv(tmp_path, monkeypatch):
+    monkeypatch.setattr(iscsi, "NODES_DIR", str(tmp_path))
+    record = tmp_path / "iqn.2026-11.x:vg.lv" / "10.0.0.1,3260,1"
+    record.mkdir(parents=True)
+    (record / "default").write_text("# BEGIN RECORD 2.1.8\nnode.name = iqn.2026-11.x:vg.lv\n"
+                                    "node.session.auth.authmethod = CHAP\n"
+                                    f"node.session.auth.password = {iscsi.SECRET_PLACEHOLDER}\n"
+                                    "# END RECORD\n")
+    calls = []
+    monkeypatch.setattr(iscsi._run, "run", lambda argv, **kw: calls.append(argv))
+    iscsi.write_record("iqn.2026-11.x:vg.lv", "10.0.0.1", 3260, chap=("u", "s3cr3t-chap!"))
+    assert all("s3cr3t-chap!" not in " ".join(argv) for argv in calls)
+    text = (record / "default").read_text()
+    assert "node.session.auth.password = s3cr3t-chap!\n" in text
+    assert text.startswith("# BEGIN RECORD 2.1.8\n") and text.endswith("# END RECORD\n")
+    assert (record / "default").stat().st_mode & 0o777 == 0o600
+    # No record file where iscsiadm should have made one: one line, nothing written.
+    with pytest.raises(NodeError, match="no record file"):
+        iscsi.write_record("iqn.2026-11.x:vg.other", "10.0.0.1", 3260, chap=("u", "s"))

@@ -270,9 +270,11 @@ def record_settings(chap=None, login_timeout=15, login_attempts=2):
         ("node.session.initial_login_retry_max", str(int(login_attempts))),
     ]
     if chap:
+        # The secret itself is written into the record file, not passed in iscsiadm's argv
+        # (write_record): here only a placeholder the file write replaces.
         settings += [("node.session.auth.authmethod", "CHAP"),
                      ("node.session.auth.username", chap[0]),
-                     ("node.session.auth.password", chap[1])]
+                     ("node.session.auth.password", SECRET_PLACEHOLDER)]
     else:
         settings += [("node.session.auth.authmethod", "None")]
     return settings
@@ -289,15 +291,64 @@ def update_record_argv(iqn, ip, port, settings):
     return argv
 
 
+SECRET_PLACEHOLDER = "tm-iscsi-secret-pending"
+NODES_DIR = os.environ.get("TM_ISCSI_ISCSI_NODES", "/etc/iscsi/nodes")
+_PASSWORD_KEY = "node.session.auth.password"
+
+
+def record_files(iqn, ip, port):
+    """The files iscsiadm keeps the record in: <nodes>/<iqn>/<ip>,<port>,<tpgt>/default (open-
+    iscsi 2.x), or the older flat <nodes>/<iqn>/<ip>,<port>,<tpgt> file."""
+    base = os.path.join(NODES_DIR, iqn, f"{ip},{port},")
+    found = []
+    for path in sorted(glob.glob(glob.escape(base) + "*")):
+        found.append(os.path.join(path, "default") if os.path.isdir(path) else path)
+    return [f for f in found if os.path.isfile(f)]
+
+
+def set_record_secret(path, secret):
+    """Put the CHAP secret into one record file, in the `name = value` line iscsiadm writes,
+    replacing the placeholder; atomically, root's alone (0600, as iscsiadm keeps it)."""
+    with open(path) as f:
+        lines = f.read().splitlines()
+    out, done = [], False
+    for line in lines:
+        if line.split("=", 1)[0].strip() == _PASSWORD_KEY:
+            line, done = f"{_PASSWORD_KEY} = {secret}", True
+        out.append(line)
+    if not done:
+        raise NodeError(f"{path} has no {_PASSWORD_KEY} line after iscsiadm set it: not the "
+                        "record format tm_iscsi knows")
+    tmp = f"{path}.tm_iscsi-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(out) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def write_record(iqn, ip, port, chap=None, login_timeout=15, login_attempts=2):
     """Create (or keep) the node record and set it; no SendTargets discovery, which would record
-    every target the portal shows, not just this one."""
-    secrets = [chap[1]] if chap else []
+    every target the portal shows, not just this one. A CHAP secret goes into the record file
+    directly: in iscsiadm's argv it could be read by any local user for the call's length."""
     _run.run(create_record_argv(iqn, ip, port), timeout=30,
              what=f"creating the iSCSI node record of {iqn}")
     _run.run(update_record_argv(iqn, ip, port,
                                 record_settings(chap, login_timeout, login_attempts)),
-             timeout=30, what=f"setting the iSCSI node record of {iqn}", secrets=secrets)
+             timeout=30, what=f"setting the iSCSI node record of {iqn}")
+    if chap:
+        files = record_files(iqn, ip, port)
+        if not files:
+            raise NodeError(f"iscsiadm made no record file of {iqn} under {NODES_DIR}; cannot "
+                            "set its CHAP secret")
+        for path in files:
+            set_record_secret(path, chap[1])
 
 
 def login_argv(iqn, ip, port):
