@@ -735,7 +735,8 @@ step_storage() {
   # rebooted storage node would come back with no exports (or stale ones).
   local distro_file=''
   distro_file=$(python3 -c 'import rtslib_fb.root as r; print(r.default_save_file)' 2>/dev/null || true)
-  if [ -z "$distro_file" ] && [ "${PKG_FAMILY:-}" = deb ]; then
+  [ -n "$PKG_FAMILY" ] || detect_packaging
+  if [ -z "$distro_file" ] && [ "$PKG_FAMILY" = deb ]; then
     # Not installed yet (a dry run before the packages step): Debian's python3-rtslib-fb
     # restores this file.
     distro_file=/etc/rtslib-fb-target/saveconfig.json
