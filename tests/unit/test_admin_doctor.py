@@ -281,3 +281,15 @@ def test_the_probe_finds_sbin_tools_outside_the_ssh_path(monkeypatch, tmp_path):
     monkeypatch.setattr(probe, "SEARCH_PATH", probe.os.pathsep.join(
         ["/nonexistent-bin", str(sbin)]))
     assert probe.which("lvmconfig") == str(sbin / "lvmconfig")
+
+
+def test_the_saved_lio_config_is_compared_from_the_helper_when_oneadmin_cannot_read_it():
+    """/etc/target/saveconfig.json is root's (0600): the helper's `exports` reports it."""
+    probe = _probe(lio__readable=False, lio__targets=None)
+    helper = dict(GOOD_HELPER, exports={
+        "targets": [target("vm-0-disk-0", HOST1_IQN)],
+        "saved": {"exists": True, "readable": True, "targets": {iqn("vm-0-disk-0"): [HOST1_IQN]}}})
+    checks = _judge(helper=helper, probe_facts=probe)
+    assert checks["lio-saved"].ok and "matches the 1 live targets" in checks["lio-saved"].detail
+    helper["exports"]["saved"]["targets"] = {}
+    assert not _judge(helper=helper, probe_facts=probe)["lio-saved"].ok

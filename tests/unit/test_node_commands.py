@@ -555,3 +555,12 @@ def test_without_node_conf_only_tm_iscsi_s_default_vg_names(capsys, lvm_mock, no
     assert code == 2 and "only vg-one-<datastore id>" in err
     code, out, _ = main(capsys, "lv-info", "--vg", "vg-one-100", "--lv", "a")
     assert code == 0
+
+
+def test_lio_saved_acls_reads_the_file_restored_at_boot(tmp_path):
+    saved = tmp_path / "saveconfig.json"
+    assert lio.saved_acls(str(saved)) == {"exists": False, "readable": False, "targets": None}
+    saved.write_text(json.dumps({"targets": [{"wwn": "iqn.x:a", "tpgs": [
+        {"node_acls": [{"node_wwn": "iqn.h:2"}, {"node_wwn": "iqn.h:1"}]}]}]}))
+    assert lio.saved_acls(str(saved)) == {"exists": True, "readable": True,
+                                          "targets": {"iqn.x:a": ["iqn.h:1", "iqn.h:2"]}}

@@ -196,7 +196,9 @@ def judge_node(name, roles, helper, probe, helper_in_sudo=True):
                 checks.append(_ok("pool", name, f"thin pool {target}: data "
                                   f"{answer.get('data_percent')}%, metadata "
                                   f"{answer.get('metadata_percent')}%"))
-        checks.extend(_judge_lio(name, helper.get("exports"), probe.get("lio")))
+        # The helper reads the saved config as root; the probe (oneadmin) often cannot.
+        saved = (helper.get("exports") or {}).get("saved") or probe.get("lio")
+        checks.extend(_judge_lio(name, helper.get("exports"), saved))
         checks.extend(_judge_lio_boot(name, probe.get("lio_boot")))
 
     if "host" in roles:

@@ -731,7 +731,7 @@ unexport.configure = _unexport_options
 
 @command("exports", "the LIO targets with their backstore, serial and initiators")
 def exports(args):
-    return {"targets": lio.exports()}
+    return {"targets": lio.exports(), "saved": lio.saved_acls()}
 
 
 @command("fence", "revoke an initiator's access to every target (ends its sessions)")

@@ -276,6 +276,27 @@ def exports():
     return sorted(result, key=lambda t: t["iqn"])
 
 
+def saved_acls(path=None):
+    """What the saved configuration (the file restored at boot) holds: target -> initiators.
+    Read as root for `tm-iscsi doctor`, which cannot read the 0600 file as oneadmin."""
+    path = path or SAVE_FILE
+    out = {"exists": os.path.exists(path), "readable": False, "targets": None}
+    if not out["exists"]:
+        return out
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return out
+    targets = {}
+    for target in saved.get("targets", []):
+        acls = {acl.get("node_wwn") for tpg in target.get("tpgs", [])
+                for acl in tpg.get("node_acls", [])}
+        targets[target.get("wwn")] = sorted(a for a in acls if a)
+    out.update(readable=True, targets=targets)
+    return out
+
+
 def targets_with_initiator(initiator):
     return [t["iqn"] for t in exports() if initiator in t["initiators"]]
 
