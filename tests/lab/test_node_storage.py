@@ -141,9 +141,12 @@ def test_pool_lvs_data_and_snapshots(lab):
                                           "--lv", "vm-1-disk-0")
     assert lv_sha(lab, "vm-1-disk-0") == padded_sha(data, 96 * MIB)
     info = helper(lab, "lv-info", "--vg", VG, "--lv", "vm-1-disk-0")
+    # The share of the thin LV that is mapped (the image's data, shared with it).
+    assert 0 < info.pop("data_percent") <= 100
+    # The helper stamps its ownership tag on whatever it makes.
     assert info == {"vg": VG, "lv": "vm-1-disk-0", "exists": True, "size_bytes": 96 * MIB,
-                    "origin": "img-7", "tags": ["tm_iscsi.kind=clone"], "active": True,
-                    "path": f"/dev/{VG}/vm-1-disk-0"}
+                    "origin": "img-7", "tags": ["tm_iscsi", "tm_iscsi.kind=clone"],
+                    "active": True, "path": f"/dev/{VG}/vm-1-disk-0"}
     # Active without -K: the activation-skip flag is off, so boot-time activation exports it.
     skip = lab.sh("storage", f"lvs --noheadings -o lv_skip_activation {VG}/vm-1-disk-0")
     assert skip.strip() == ""
