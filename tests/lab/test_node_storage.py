@@ -270,9 +270,12 @@ def test_export_unexport_and_saved_config(lab):
     assert lab.sh("storage", f"cat {tpg}/acls/{HOST2}/lun_0/write_protect").strip() == "1"
 
     listing = helper(lab, "exports")
-    assert listing == {"targets": [{"iqn": iqn, "backstore": f"{VG}.img-1",
-                                    "dev": f"/dev/{VG}/img-1", "serial": serial,
-                                    "initiators": [HOST1, HOST2]}]}
+    assert listing["targets"] == [{"iqn": iqn, "backstore": f"{VG}.img-1",
+                                   "dev": f"/dev/{VG}/img-1", "serial": serial,
+                                   "initiators": [HOST1, HOST2]}]
+    # ...and what the saved config (restored at boot) holds, read as root for doctor.
+    assert listing["saved"] == {"exists": True, "readable": True,
+                                "targets": {iqn: [HOST1, HOST2]}}
     # The saved config is exactly the live one, and a re-run leaves the file alone.
     live = json.loads(lab.sh("storage", "/opt/tm_iscsi-venv/bin/python -W ignore -c "
                                         "'import json, rtslib_fb; "
@@ -294,7 +297,7 @@ def test_export_unexport_and_saved_config(lab):
     assert out == {"iqn": iqn, "removed_target": False, "initiators": [HOST1]}
     out = helper(lab, "unexport", "--vg", VG, "--lv", "img-1", "--initiator", HOST1)
     assert out == {"iqn": iqn, "removed_target": True, "initiators": []}
-    assert helper(lab, "exports") == {"targets": []}
+    assert helper(lab, "exports")["targets"] == []
     assert lab.sh("storage", "find /sys/kernel/config/target/core -maxdepth 2 -name '*img-1*' "
                              "| wc -l").strip() == "0"
     assert saved_config(lab)["targets"] == [] and saved_config(lab)["storage_objects"] == []

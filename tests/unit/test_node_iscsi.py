@@ -208,3 +208,14 @@ def test_the_chap_secret_goes_into_the_record_file_not_iscsiadm_s_argv(tmp_path,
     # No record file where iscsiadm should have made one: one line, nothing written.
     with pytest.raises(NodeError, match="no record file"):
         iscsi.write_record("iqn.2026-11.x:vg.other", "10.0.0.1", 3260, chap=("u", "s"))
+
+
+def test_a_record_made_with_o_new_is_a_flat_file_without_portal_group(tmp_path, monkeypatch):
+    """What open-iscsi 2.1 (Debian 12) writes for `-o new`: <nodes>/<iqn>/<ip>,<port>."""
+    monkeypatch.setattr(iscsi, "NODES_DIR", str(tmp_path))
+    (tmp_path / "iqn.2026-11.x:vg.lv").mkdir()
+    record = tmp_path / "iqn.2026-11.x:vg.lv" / "10.0.0.1,3260"
+    record.write_text(f"node.session.auth.password = {iscsi.SECRET_PLACEHOLDER}\n")
+    monkeypatch.setattr(iscsi._run, "run", lambda argv, **kw: None)
+    iscsi.write_record("iqn.2026-11.x:vg.lv", "10.0.0.1", 3260, chap=("u", "s3cr3t-chap!"))
+    assert record.read_text() == "node.session.auth.password = s3cr3t-chap!\n"

@@ -297,11 +297,12 @@ _PASSWORD_KEY = "node.session.auth.password"
 
 
 def record_files(iqn, ip, port):
-    """The files iscsiadm keeps the record in: <nodes>/<iqn>/<ip>,<port>,<tpgt>/default (open-
-    iscsi 2.x), or the older flat <nodes>/<iqn>/<ip>,<port>,<tpgt> file."""
-    base = os.path.join(NODES_DIR, iqn, f"{ip},{port},")
+    """The files iscsiadm keeps the record in: <nodes>/<iqn>/<ip>,<port>[,<tpgt>] as a file, or
+    as a directory holding `default`."""
+    base = os.path.join(NODES_DIR, iqn, f"{ip},{port}")
     found = []
-    for path in sorted(glob.glob(glob.escape(base) + "*")):
+    # "<ip>,<port>" when made with -o new (no portal group yet), "<ip>,<port>,<tpgt>" after.
+    for path in sorted(glob.glob(glob.escape(base)) + glob.glob(glob.escape(base) + ",*")):
         found.append(os.path.join(path, "default") if os.path.isdir(path) else path)
     return [f for f in found if os.path.isfile(f)]
 
