@@ -149,7 +149,10 @@ def test_every_mode_reads_and_writes_back_and_is_idempotent(lab):
         first, created=False)
     # The root disk holds a filesystem: refused, and no VG appears.
     assert "holds data (TYPE=ext4)" in refused(lab, "host1", "cache-init", "--device",
-                                               "/dev/ubda", "--vg", "other")
+                                               "/dev/ubda")
+    # Only this host's cache VG (node.conf's CACHE_VG): the helper makes no other.
+    assert "this host's is tmi-cache" in refused(lab, "host1", "cache-init", "--device",
+                                                  "/dev/ubda", "--vg", "other")
     assert "tmi-cache" in lab.sh("host1", "vgs --noheadings -o vg_name")
     assert "other" not in lab.sh("host1", "vgs --noheadings -o vg_name")
 
