@@ -143,13 +143,13 @@ def test_every_mode_reads_and_writes_back_and_is_idempotent(lab):
     img = Lab(lab, 32, [disk])
     devs = img.attach_disk("host1", disk, "read")
 
+    # The root disk holds a filesystem: refused, and no VG appears.
+    assert "holds data (TYPE=ext4)" in refused(lab, "host1", "cache-init", "--device",
+                                               "/dev/ubda")
     first = lab.node_helper("host1", "cache-init", "--device", CACHE_DISK)
     assert first["created"] is True and first["vg"] == "tmi-cache" and first["size_bytes"] > 0
     assert lab.node_helper("host1", "cache-init", "--device", CACHE_DISK) == dict(
         first, created=False)
-    # The root disk holds a filesystem: refused, and no VG appears.
-    assert "holds data (TYPE=ext4)" in refused(lab, "host1", "cache-init", "--device",
-                                               "/dev/ubda")
     # Only this host's cache VG (node.conf's CACHE_VG): the helper makes no other.
     assert "this host's is tmi-cache" in refused(lab, "host1", "cache-init", "--device",
                                                   "/dev/ubda", "--vg", "other")
