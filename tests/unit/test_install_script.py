@@ -118,7 +118,8 @@ def test_frontend_dry_run_plans_everything_and_changes_nothing(root, site):
                      "write /etc/one/tm_iscsi.conf (mode 640, root:root)",
                      "update the tm_iscsi block in /etc/one/defaultrc",
                      "write /etc/one/tm_iscsi/iscsi_lvm.onecfg (mode 644, root:root)",
-                     "write /etc/one/tm_iscsi/image.tpl (mode 644, root:root)"):
+                     # the template holds the CHAP secret: its owner's alone
+                     "write /etc/one/tm_iscsi/image.tpl (mode 600, root:root)"):
         assert expected in planned, out
     assert any(p.startswith("install /var/lib/one/remotes/tm/iscsi_lvm") for p in planned)
     assert any(p.startswith("install /var/lib/one/remotes/datastore/iscsi_lvm") for p in planned)
