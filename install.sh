@@ -868,9 +868,13 @@ oned_datastore_location() {
 }
 
 # Everything the front-end step would refuse, checked before the first change.
-preflight_frontend() {
+require_remotes() {
   [ -d "$(path "$ONE_REMOTES")" ] ||
     refuse "no $ONE_REMOTES: this is not an OpenNebula front-end (install OpenNebula first; a self-contained one: --one-location DIR)"
+}
+
+preflight_frontend() {
+  require_remotes
   user_exists "$E_ONEADMIN" || refuse "no user $E_ONEADMIN: install OpenNebula first"
   local oned location
   oned=$(path "$ONE_ETC/oned.conf")
@@ -1121,6 +1125,19 @@ uninstall_venv() {
 
 # -- main --------------------------------------------------------------------------------------
 
+# summary NO_CHANGE_TEXT MADE_SUFFIX: what is left to do, then one closing line.
+summary() {
+  step "summary"
+  for pending in "${PENDING[@]}"; do note "to do: $pending"; done
+  if ((DRY_RUN)); then
+    printf 'dry run: %d change(s) would be made; nothing was changed\n' "$CHANGES"
+  elif ((CHANGES == 0)); then
+    printf 'no change: %s\n' "$1"
+  else
+    printf '%d change(s) made%s\n' "$CHANGES" "$2"
+  fi
+}
+
 PENDING=()
 roles_text=$(printf '%s ' "${ROLES[@]}")
 printf 'tm_iscsi install: roles %s| %s%s%s\n' "$roles_text" "${SITE:+site $SITE}${RENDERED:+rendered $RENDERED}" \
@@ -1136,15 +1153,8 @@ if ((UNINSTALL)); then
   ((HAS_FRONTEND)) && uninstall_frontend
   ((HAS_STORAGE || HAS_HOST)) && uninstall_node
   uninstall_venv
-  step "summary"
-  for pending in "${PENDING[@]}"; do note "to do: $pending"; done
-  if ((DRY_RUN)); then
-    printf 'dry run: %d change(s) would be made; nothing was changed\n' "$CHANGES"
-  elif ((CHANGES == 0)); then
-    printf 'no change: nothing of tm_iscsi was left\n'
-  else
-    printf '%d change(s) made; data (VGs, LVs, images) kept%s\n' "$CHANGES" "$( ((REMOVE_DATA)) && echo ' except what --remove-data named')"
-  fi
+  summary 'nothing of tm_iscsi was left' \
+    "; data (VGs, LVs, images) kept$( ((REMOVE_DATA)) && echo ' except what --remove-data named')"
   exit 0
 fi
 
@@ -1155,9 +1165,7 @@ if [ -n "$RENDERED" ] || render_python >/dev/null; then
   step_packages
 else
   # Before the packages: what can be told without the rendered files.
-  if ((HAS_FRONTEND)) && [ ! -d "$(path "$ONE_REMOTES")" ]; then
-    refuse "no $ONE_REMOTES: this is not an OpenNebula front-end (install OpenNebula first; a self-contained one: --one-location DIR)"
-  fi
+  ((HAS_FRONTEND)) && require_remotes
   if ((HAS_STORAGE)) && [ -z "$STORAGE_DEVICE" ] && [ -z "$ROOT" ] && ! have pvs; then
     refuse "LVM is not installed, so the image VG does not exist yet: name the blank disk for it with --device"
   fi
@@ -1183,12 +1191,4 @@ fi
 ((HAS_HOST)) && step_host
 ((HAS_FRONTEND)) && step_frontend
 
-step "summary"
-for pending in "${PENDING[@]}"; do note "to do: $pending"; done
-if ((DRY_RUN)); then
-  printf 'dry run: %d change(s) would be made; nothing was changed\n' "$CHANGES"
-elif ((CHANGES == 0)); then
-  printf 'no change: everything was already in place\n'
-else
-  printf '%d change(s) made\n' "$CHANGES"
-fi
+summary 'everything was already in place' ''

@@ -85,20 +85,22 @@ def unexport_from(ctx, volume, initiator=None):
     return ctx.node(ds.storage_host).call("unexport", *args)
 
 
+def _has_writeback_on_host(ctx, vm, disk_id, volume, host):
+    from . import cachemode, volumes
+    mode, _ = volumes.cache_plan(vm, disk_id, volume)
+    return cachemode.has_writeback(mode) and not ctx.is_frontend(host)
+
+
 def flush_if_cached(ctx, vm, disk_id, volume, host):
     """flush() when the disk has a write-back layer on a host: before a snapshot or a save-as of
     the storage node's LV."""
-    from . import cachemode, volumes
-    mode, _ = volumes.cache_plan(vm, disk_id, volume)
-    if cachemode.has_writeback(mode) and not ctx.is_frontend(host):
+    if _has_writeback_on_host(ctx, vm, disk_id, volume, host):
         flush(ctx, host, volume)
 
 
 def resume_writeback(ctx, vm, disk_id, volume, host):
     """After flush_if_cached and a live snapshot: the running disk's stack caches writes again."""
-    from . import cachemode, volumes
-    mode, _ = volumes.cache_plan(vm, disk_id, volume)
-    if cachemode.has_writeback(mode) and not ctx.is_frontend(host):
+    if _has_writeback_on_host(ctx, vm, disk_id, volume, host):
         ctx.node(host).call("stack-writeback", "--name", volume.lv)
 
 

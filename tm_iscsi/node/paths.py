@@ -64,8 +64,8 @@ def as_oneadmin():
     """File work in the VM directories done with oneadmin's rights, not root's: whatever links
     oneadmin may have planted there, the helper can then reach no more than oneadmin itself.
     A no-op without that user, or when not root."""
-    ids = oneadmin_ids()
-    if ids is None or os.geteuid() != 0:
+    ids = _ids_to_drop_to()
+    if ids is None:
         yield
         return
     uid, gid = ids
@@ -84,10 +84,15 @@ def as_oneadmin():
 def oneadmin_subprocess():
     """subprocess.run keyword arguments that run a child as oneadmin (real and effective), or
     {} without that user."""
-    ids = oneadmin_ids()
-    if ids is None or os.geteuid() != 0:
+    ids = _ids_to_drop_to()
+    if ids is None:
         return {}
     return {"user": ids[0], "group": ids[1], "extra_groups": []}
+
+
+def _ids_to_drop_to():
+    """oneadmin's ids when running as root and the user exists; else None (nothing to drop)."""
+    return oneadmin_ids() if os.geteuid() == 0 else None
 
 
 def oneadmin_ids():

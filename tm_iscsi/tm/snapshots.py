@@ -3,26 +3,27 @@ from .. import attachment, caching, naming, volumes
 from . import storage
 
 
-def snap_create(ctx, args):
+def _flush_and_snapshot(ctx, args):
+    """The thin snapshot of the storage node's LV, the host's dirty blocks written there first.
+    Returns (vm, volume)."""
     vm = ctx.vm(args.vmid)
     volume = volumes.of_disk(ctx, vm, args.disk.disk_id, args.dsid)
-    # The snapshot is taken of the storage node's LV: the host's dirty blocks go there first.
     attachment.flush_if_cached(ctx, vm, args.disk.disk_id, volume, args.disk.host)
     storage.snapshot(ctx, volume.ds, volume.lv, naming.snapshot_lv(volume.lv, args.snap_id),
                      kind="snapshot", vm=vm.id if volume.owned_by_vm else None,
                      snap=args.snap_id)
+    return vm, volume
+
+
+def snap_create(ctx, args):
+    _flush_and_snapshot(ctx, args)
 
 
 def snap_create_live(ctx, args):
     """The VM runs. A thin snapshot of the storage node's LV holds every write the guest saw
     complete before it (crash-consistent). A write-back layer is flushed first and stays clean
     (writes go through to the LV) until the snapshot exists; then it caches again."""
-    vm = ctx.vm(args.vmid)
-    volume = volumes.of_disk(ctx, vm, args.disk.disk_id, args.dsid)
-    attachment.flush_if_cached(ctx, vm, args.disk.disk_id, volume, args.disk.host)
-    storage.snapshot(ctx, volume.ds, volume.lv, naming.snapshot_lv(volume.lv, args.snap_id),
-                     kind="snapshot", vm=vm.id if volume.owned_by_vm else None,
-                     snap=args.snap_id)
+    vm, volume = _flush_and_snapshot(ctx, args)
     attachment.resume_writeback(ctx, vm, args.disk.disk_id, volume, args.disk.host)
 
 
