@@ -126,6 +126,20 @@ def test_vm_lifecycle_on_real_devices(cloud, tmp_path):
     assert cloud.sessions("host2") == []
     _check_disks(cloud, "host1", written)
 
+    # live disk snapshot of the running disk 0 (oned's SNAP_CREATE_LIVE argv): it holds what the
+    # guest wrote just before, dirty write-back blocks included, and nothing written after; a
+    # write-back layer caches writes again afterwards
+    live_write = cloud.write_on("host1", _disk(0), b"before-live-snapshot-", offset_mib=6)
+    snap = cloud.tm_action(f"SNAP_CREATE_LIVE iscsi_lvm host1:{SYSDIR}/0/disk.0 5 0 100")
+    assert snap.success, snap.info
+    cloud.write_on("host1", _disk(0), b"after-live-snapshot-", offset_mib=6)
+    assert cloud.sha_on("storage", f"/dev/{IMAGE_VG}/vm-0-disk-0-snap-5", 6) == live_write
+    if "writeback" in cloud.mode:
+        table = cloud.lab.sh("host1", "dmsetup table tmi-wb-vm-0-disk-0")
+        assert " writeback " in f" {table} ", table
+    assert cloud.tm_action(f"SNAP_DELETE iscsi_lvm host1:{SYSDIR}/0/disk.0 5 0 100").success
+    assert "vm-0-disk-0-snap-5" not in cloud.lvs()
+
     # disk snapshots (powered off): s0, write, s1, revert to s0, delete s1
     cloud.transfer_file("10-disk-snapshots-poweroff", "vm0.transfer.6.disk_snapshot")
     after_s0 = cloud.write_on("host1", _disk(0), b"after-snapshot-0-", offset_mib=3)
