@@ -22,6 +22,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
+from tm_iscsi import protocol
 from tm_iscsi.node import iscsi, locks, lvm
 from tm_iscsi.node import run as _run
 from tm_iscsi.node.cmd_host import replace_symlink
@@ -35,12 +36,8 @@ DEFAULT_WB_BYTES = 1 << 30
 REGION_SECTORS = tables.REGION_SECTORS
 
 
-def has_read(mode):
-    return mode in ("read", "read+writeback")
-
-
-def has_wb(mode):
-    return mode in ("writeback", "read+writeback")
+has_read = protocol.has_read
+has_wb = protocol.has_writeback
 
 
 def top_name(name):

@@ -21,11 +21,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
+from tm_iscsi import protocol
 from tm_iscsi.node.errors import NodeError
 
 STATE_DIR = os.environ.get("TM_ISCSI_STATE_DIR", "/var/lib/tm_iscsi")
 VERSION = 1
-MODES = ("none", "writeback", "read", "read+writeback")
+MODES = protocol.MODES
 _FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,120}$")
 
 

@@ -1,94 +1,211 @@
-"""Giving a host a VM disk and taking it back: the three-party dance between the host (its
-initiator name), the storage node (target + ACL for exactly that initiator) and the host again
-(session, device checked by serial, `disk.N` symlink), with the host's cache stack in between
-when the disk has cache layers (tm_iscsi.caching)."""
-from . import caching, log
+"""Giving a host VM disks and taking them back, in two node transactions each way
+(tm_iscsi.protocol), whatever the number of disks and their cache modes:
+
+    attach   storage-attach on the storage node: the LVs made or found, the image's base and the
+             clone's region map for a read layer, the write-back guard, the LUNs exported to the
+             host's initiator only; then host-attach on the host: logins, serials checked, cache
+             stacks built, links pointed.
+    detach   host-detach on the host: stacks flushed (or dropped for a disk deleted next), logouts,
+             links removed; then storage-release: the host's ACLs revoked (every ACL when the host
+             cannot be reached: nothing may keep writing through a session we can no longer
+             see), guards cleared, what the VM owned removed.
+
+The host's initiator name comes from oned (the host's ISCSI_INITIATOR, which the hooks record and
+this module records when it had to ask), not from an extra call per action."""
+from dataclasses import dataclass
+from typing import Optional
+
+from . import log, protocol, volumes
+from .errors import DriverError
 from .remote import NodeUnreachable
+from .volumes import Volume
 
 
-def initiator_of(ctx, host):
-    return ctx.initiator(host)
+@dataclass
+class Attach:
+    """One disk for `attach`."""
+    volume: Volume
+    link: Optional[str] = None
+    mode: str = "none"
+    image_lv: Optional[str] = None      # the image a clone's read layer caches
+    create: Optional[dict] = None       # protocol.StorageDisk.create
+    retire_base: bool = False
+    wb_host: Optional[str] = None       # the write-back guard moves here (live migration) ...
+    wb_from: Optional[str] = None       # ... from this host, which flushed
+    map: str = "keep"
 
 
-def export_to(ctx, volume, initiator):
-    ds = volume.ds
-    args = ["--vg", ds.vg, "--lv", volume.lv, "--initiator", initiator,
-            "--iqn-base", ds.iqn_base, *ds.chap_args()]
-    if volume.readonly:
-        args.append("--readonly")
-    return ctx.node(ds.storage_host).call("export", *args, stdin=ds.chap_stdin())
+@dataclass
+class Release:
+    """One disk for `detach`."""
+    volume: Volume
+    link: Optional[str] = None
+    flush: bool = True
+    image_lv: Optional[str] = None
+    unexport: bool = True
+    remove: bool = False
+    keep_wb_guard: bool = False
+    map: str = "keep"
+    wb_host: Optional[str] = None       # the write-back guard moves back here (failed migration)
 
 
-def attach_lun(ctx, host, volume, link_path=None):
-    """Export `volume` to `host` only and log the host in; link it at `link_path` if given."""
-    exported = export_to(ctx, volume, initiator_of(ctx, host))
-    log.info(f"{volume.vg}/{volume.lv} exported to {host} as {exported['iqn']}")
-    args = ["--portal", volume.ds.portal, "--iqn", exported["iqn"], "--serial",
-            exported["serial"], *volume.ds.chap_args(), "--timeout", ctx.settings.attach_timeout]
-    if link_path:
-        args += ["--link", link_path]
-    return ctx.node(host).call("attach", *args, stdin=volume.ds.chap_stdin(),
-                               timeout=ctx.settings.attach_timeout + ctx.settings.ssh_timeout)
+def planned(ctx, vm, disk_id, volume, link=None, **extra):
+    """An Attach of disk `disk_id` with the cache mode its datastore and template ask for."""
+    mode, image_lv = volumes.cache_plan(vm, disk_id, volume)
+    return Attach(volume, link, mode, image_lv, **extra)
 
 
-def attach(ctx, host, volume, link_path, mode="none", image_lv=None):
-    """Give `host` the disk at `link_path`, with the cache layers of `mode`. Returns the mode
-    really assembled (a read layer is dropped when the disk's region map cannot be trusted)."""
-    if mode == "none":
-        if volume.owned_by_vm or volume.kind == "image":
-            caching.check_wb_guard(ctx, volume, host)
-        result = attach_lun(ctx, host, volume, link_path)
-        log.info(f"{host}:{link_path} -> {result.get('device')}")
-        return mode
-    return caching.assemble(ctx, host, volume, link_path, mode, image_lv)
+def _by_datastore(items):
+    groups = {}
+    for item in items:
+        groups.setdefault(item.volume.ds.ds_id, []).append(item)
+    return list(groups.values())
 
 
-def detach_lun(ctx, host, volume, link_path=None, unexport=True):
-    """Log `host` out of `volume`'s target, then revoke the host's ACL (and drop the target when
-    no ACL is left). A host that cannot be reached (crashed) loses every ACL of the target
-    instead: nothing may keep writing through a session we can no longer see."""
-    args = ["--portal", volume.ds.portal, "--iqn", volume.iqn]
-    if link_path:
-        args += ["--link", link_path]
-    initiator = None
-    try:
-        ctx.node(host).call("detach", *args)
-        initiator = initiator_of(ctx, host)
-    except NodeUnreachable as err:
-        log.info(f"{err}; revoking every ACL of {volume.iqn}")
-    if unexport:
-        unexport_from(ctx, volume, initiator)
+def _storage_attach(ctx, host, initiator, group, export=True):
+    ds = group[0].volume.ds
+    request = protocol.StorageAttach(
+        vg=ds.vg, host=host, initiator=initiator, pool=ds.pool, iqn_base=ds.iqn_base,
+        chap_user=ds.chap_user, max_fill=ds.max_fill, ds_id=ds.ds_id,
+        disks=[protocol.StorageDisk(
+            lv=a.volume.lv, mode=a.mode, readonly=a.volume.readonly, create=a.create,
+            image_lv=a.image_lv if protocol.has_read(a.mode) else None,
+            retire_base=a.retire_base, wb_host=a.wb_host, wb_from=a.wb_from, map=a.map,
+            export=export)
+            for a in group])
+    result = ctx.node(ds.storage_host).call(protocol.STORAGE_ATTACH, "--request",
+                                            protocol.encode(request), stdin=ds.chap_stdin())
+    return result.get("disks", [])
 
 
-def detach(ctx, host, volume, link_path=None, unexport=True, flush=True, image_lv=None,
-           keep_wb_guard=False):
-    """Take the disk back from `host`: its cache stack first (write-back data flushed to the
-    storage node, or dropped when `flush` is False), then the LUNs."""
-    try:
-        torn = caching.teardown(ctx, host, volume, flush, image_lv, keep_wb_guard)
-    except NodeUnreachable as err:
-        log.info(f"{err}; its cache stack of {volume.lv} stays until it boots")
-        torn = None
-    detach_lun(ctx, host, volume, link_path, unexport)
-    # The map LUN goes with the clone; on a re-run the stack may be gone already, so it is not
-    # the stack's existence that says whether the map is still attached.
-    if volume.kind == "clone" and ((torn and torn.get("existed")) or image_lv or
-                                   caching.map_exists(ctx, volume)):
-        detach_lun(ctx, host, caching.map_volume(volume))
+def _host_attach(ctx, host, initiator, group, granted):
+    ds = group[0].volume.ds
+    disks = []
+    for want, got in zip(group, granted):
+        disks.append(protocol.HostDisk(
+            name=want.volume.lv, mode=got["mode"], link=want.link, base_key=got.get("base_key"),
+            wb_size_mib=ds.writeback_mib if protocol.has_writeback(got["mode"]) else None,
+            luns={role: protocol.Lun(**lun) for role, lun in got["luns"].items()}))
+    request = protocol.HostAttach(portal=ds.portal, disks=disks, initiator=initiator,
+                                  chap_user=ds.chap_user)
+    return ctx.node(host).call(protocol.HOST_ATTACH, "--request", protocol.encode(request),
+                               stdin=ds.chap_stdin(), timeout=ctx.settings.copy_timeout)
 
 
-def unexport_from(ctx, volume, initiator=None):
-    ds = volume.ds
-    args = ["--vg", ds.vg, "--lv", volume.lv, "--iqn-base", ds.iqn_base]
-    if initiator:
-        args += ["--initiator", initiator]
-    return ctx.node(ds.storage_host).call("unexport", *args)
+def attach(ctx, host, disks):
+    """Give `host` every disk of `disks` (Attach); returns the mode each was assembled in (a
+    read layer is dropped when the disk's region map cannot be trusted)."""
+    modes = []
+    for group in _by_datastore(disks):
+        initiator = ctx.initiator(host)
+        granted = _storage_attach(ctx, host, initiator, group)
+        answer = _host_attach(ctx, host, initiator, group, granted)
+        if answer.get("initiator_mismatch"):
+            # oned's record of the host's name is out of date (host re-installed): export to
+            # the real one, take the old one's ACLs back, remember the real one.
+            real = ctx.learn_initiator(host, answer["initiator"])
+            log.info(f"{host}'s initiator is {real}, not {initiator} as recorded; exporting again")
+            granted = _storage_attach(ctx, host, real, group)
+            answer = _host_attach(ctx, host, real, group, granted)
+            if answer.get("initiator_mismatch"):
+                raise DriverError(f"{host} changed its initiator name during the action")
+            _storage_release(ctx, host, initiator, [Release(a.volume) for a in group])
+        for want, got in zip(group, answer.get("disks", [])):
+            log.info(f"{host}:{want.link or want.volume.lv} -> {got.get('top')} "
+                     f"({got.get('mode')})")
+        modes += [g["mode"] for g in granted]
+    return modes
 
+
+def attach_one(ctx, host, volume, link, mode="none", image_lv=None, **extra):
+    return attach(ctx, host, [Attach(volume, link, mode, image_lv, **extra)])[0]
+
+
+def prepare(ctx, host, disks):
+    """storage-attach without exports: the LVs and guards only (nothing for a host yet)."""
+    for group in _by_datastore(disks):
+        _storage_attach(ctx, host, None, group, export=False)
+
+
+# -- detach -------------------------------------------------------------------------------------
+
+def _host_detach(ctx, host, group):
+    ds = group[0].volume.ds
+    disks = []
+    for r in group:
+        v = r.volume
+        luns = {"clone": protocol.Lun(v.iqn, v.serial)}
+        if v.kind == "clone":
+            mapv = Volume(ds, protocol.map_lv(v.lv), "map")
+            luns["map"] = protocol.Lun(mapv.iqn, mapv.serial)
+        prefix = None
+        if r.image_lv:
+            base = Volume(ds, protocol.base_lv(r.image_lv), "base")
+            luns["base"] = protocol.Lun(base.iqn, base.serial)
+            prefix = protocol.base_key_prefix(ds.vg, r.image_lv)
+        disks.append(protocol.HostRelease(name=v.lv, flush=r.flush, luns=luns, link=r.link,
+                                          base_prefix=prefix))
+    request = protocol.HostDetach(portal=ds.portal, disks=disks)
+    return ctx.node(host).call(protocol.HOST_DETACH, "--request", protocol.encode(request),
+                               timeout=ctx.settings.copy_timeout)
+
+
+def _storage_release(ctx, host, initiator, group, torn=None, reachable=True):
+    ds = group[0].volume.ds
+    torn = torn or {}
+    disks = []
+    for r in group:
+        released = torn.get(r.volume.lv, {}).get("base_released")
+        disks.append(protocol.ReleaseDisk(
+            lv=r.volume.lv, unexport=r.unexport, remove=r.remove,
+            wb_clear=reachable and not r.keep_wb_guard, map=r.map, wb_host=r.wb_host,
+            release_base_of=r.image_lv if released else None))
+    request = protocol.StorageRelease(vg=ds.vg, host=host, initiator=initiator,
+                                      iqn_base=ds.iqn_base, disks=disks)
+    return ctx.node(ds.storage_host).call(protocol.STORAGE_RELEASE, "--request",
+                                          protocol.encode(request))
+
+
+def detach(ctx, host, releases):
+    """Take every disk of `releases` (Release) back from `host`: its stack first (write-back
+    data flushed to the storage node, or dropped when `flush` is False), then the LUNs."""
+    for group in _by_datastore(releases):
+        torn, initiator, reachable = {}, None, True
+        if ctx.is_frontend(host):
+            # The front-end holds no session: nothing of a host's to revoke (a shared CD-ROM's
+            # ACLs are other hosts'); only what the VM owned goes.
+            group = [Release(**{**r.__dict__, "unexport": False}) for r in group]
+        else:
+            try:
+                answer = _host_detach(ctx, host, group)
+                torn = {d["name"]: d for d in answer.get("disks", [])}
+                initiator = answer.get("initiator") or ctx.initiator(host)
+            except NodeUnreachable as err:
+                reachable = False
+                log.info(f"{err}; its cache stacks stay until it boots, and every ACL of "
+                         f"{', '.join(r.volume.lv for r in group)} is revoked")
+        if ctx.is_frontend(host):
+            reachable = False
+            if not any(r.remove or r.map != "keep" for r in group):
+                continue
+        _storage_release(ctx, host, initiator, group, torn, reachable)
+
+
+def detach_one(ctx, host, volume, link=None, **extra):
+    detach(ctx, host, [Release(volume, link, **extra)])
+
+
+def release_storage(ctx, host, releases):
+    """storage-release alone: a host that is not involved (the front-end), a map to forget."""
+    for group in _by_datastore(releases):
+        _storage_release(ctx, host, None, group, reachable=False)
+
+
+# -- write-back around a snapshot or save-as ---------------------------------------------------
 
 def _has_writeback_on_host(ctx, vm, disk_id, volume, host):
-    from . import cachemode, volumes
     mode, _ = volumes.cache_plan(vm, disk_id, volume)
-    return cachemode.has_writeback(mode) and not ctx.is_frontend(host)
+    return protocol.has_writeback(mode) and not ctx.is_frontend(host)
 
 
 def flush_if_cached(ctx, vm, disk_id, volume, host):
@@ -110,4 +227,5 @@ def flush(ctx, host, volume):
     if ctx.is_frontend(host):
         return None
     return ctx.node(host).call("stack-flush", "--name", volume.lv,
+                               "--timeout", max(1, ctx.settings.copy_timeout - 30),
                                timeout=ctx.settings.copy_timeout)

@@ -1,7 +1,10 @@
 """What one front-end action works with: settings, the oned client and node handles, created
 lazily so that parsing errors never wait on the network."""
-from . import dsconf, settings as settings_mod
+from . import dsconf, log, settings as settings_mod
 from .remote import Node
+
+
+INITIATOR_ATTR = "ISCSI_INITIATOR"
 
 
 class ActionContext:
@@ -25,11 +28,41 @@ class ActionContext:
         return self._nodes[host]
 
     def initiator(self, host):
-        """The host's iSCSI initiator name, asked once per action: it does not change while an
-        action runs, and a cached disk exports up to three LUNs to the same host."""
+        """The host's iSCSI initiator name: oned's record of it (ISCSI_INITIATOR in the host's
+        template) when there is one, else asked of the host once and recorded there, so the
+        next action needs no call for it."""
         if host not in self._initiators:
-            self._initiators[host] = self.node(host).call("initiator")["iqn"]
+            recorded, host_id = self._recorded_initiator(host)
+            if recorded:
+                self._initiators[host] = recorded
+            else:
+                self.learn_initiator(host, self.node(host).call("initiator")["iqn"], host_id)
         return self._initiators[host]
+
+    def learn_initiator(self, host, iqn, host_id=None):
+        self._initiators[host] = iqn
+        if host_id is None:
+            _, host_id = self._recorded_initiator(host)
+        if host_id is not None:
+            try:
+                self.one.host_update(host_id, {INITIATOR_ATTR: iqn})
+            except Exception as err:  # noqa: BLE001 - a cache only; the action goes on
+                log.info(f"could not record {INITIATOR_ATTR} of {host} in oned: {err}")
+        return iqn
+
+    def _recorded_initiator(self, host):
+        """(ISCSI_INITIATOR or None, host id or None) from oned's host pool."""
+        try:
+            hosts = self.one.host_pool()
+        except Exception as err:  # noqa: BLE001 - oned not reachable: ask the host instead
+            log.info(f"oned's host pool is not readable ({err}); asking {host} for its initiator")
+            return None, None
+        for element in hosts:
+            if (element.findtext("NAME") or "") == host:
+                value = (element.findtext("TEMPLATE/" + INITIATOR_ATTR) or "").strip()
+                host_id = element.findtext("ID")
+                return value or None, int(host_id) if host_id and host_id.isdigit() else None
+        return None, None
 
     def datastore(self, ds_id):
         ds_id = int(ds_id)

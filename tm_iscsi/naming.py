@@ -6,6 +6,8 @@ so it uses the standard library only."""
 import re
 import uuid
 
+from .protocol import OWNER_TAG, owner_tags as lv_tags  # noqa: F401 - one vocabulary
+
 DEFAULT_IQN_BASE = "iqn.2026-11.io.tm-iscsi"
 THIN_POOL = "tpool"
 # uuid5 namespace of LUN serials: same (vg, lv) -> same serial on every storage node and run.
@@ -20,7 +22,6 @@ _CHAP_SECRET_RE = re.compile(r"[\x21-\x7e]{1,255}")
 # Every LV tm_iscsi makes carries this tag (lv_tags), which is how the node helper tells its own
 # LVs from anybody else's; and has a name of this scheme: an image, a VM's own disk, a snapshot
 # of either, an image's read-cache base, a clone's region map.
-OWNER_TAG = "tm_iscsi"
 _LV_SCHEME_RE = re.compile(r"^(img-\d{1,12}|vm-\d{1,12}-disk-\d{1,6})(-snap-\d{1,12})?(-base|-map)?$")
 _DEFAULT_VG_RE = re.compile(r"^vg-one-\d{1,12}$")
 
@@ -64,6 +65,15 @@ def parse_source(value):
     return parts[0], parts[1]
 
 
+# A node name as oned's host pool and the datastores give it: a host name or an address (a name
+# starting with '-' would be an ssh option).
+_HOST_RE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9._-]{0,252})|\[[0-9A-Fa-f:.]+\])$")
+
+
+def valid_host(name):
+    return isinstance(name, str) and bool(_HOST_RE.fullmatch(name))
+
+
 def valid_name(name):
     return bool(_NAME_RE.fullmatch(str(name))) and len(str(name)) <= 120
 
@@ -90,13 +100,3 @@ def lun_serial(vg, lv):
 
 def backstore_name(vg, lv):
     return f"{vg}.{lv}"
-
-
-def lv_tags(**owner):
-    """LV tags saying who owns an LV, e.g. lv_tags(kind="clone", vm=42, disk=0, image=7, ds=100)
-    -> ["tm_iscsi", "tm_iscsi.kind=clone", ...]. LVM allows [A-Za-z0-9_+.-/=!:&#] in tags."""
-    tags = [OWNER_TAG]
-    for key, value in sorted(owner.items()):
-        if value is not None:
-            tags.append(f"tm_iscsi.{key}={value}")
-    return tags

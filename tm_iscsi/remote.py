@@ -5,14 +5,17 @@ non-zero exit on failure, `INFO:` progress lines on stderr."""
 import io
 import json
 import os
-import re
 import shlex
 import subprocess
 import threading
 import time
 
-from . import log
+from . import log, naming
 from .errors import DriverError
+
+
+# What ssh gets beyond the budget the node works within: connecting, and the answer's way back.
+ANSWER_GRACE = 15
 
 
 class NodeUnreachable(DriverError):
@@ -101,13 +104,8 @@ class _Feeder:
         self._thread.join(timeout=30)
 
 
-# A node name as oned's host pool and the datastores give it: a host name or an address. Checked
-# before it reaches ssh's argv (a name starting with '-' would be an ssh option).
-_HOST_RE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9._-]{0,252})|\[[0-9A-Fa-f:.]+\])$")
-
-
 def checked_host(host):
-    if not isinstance(host, str) or not _HOST_RE.fullmatch(host):
+    if not naming.valid_host(host):
         raise DriverError(f"{str(host)[:80]!r} is not a host name tm_iscsi can reach (letters, "
                           "digits, '.', '_' and '-', not starting with '-')")
     return host
@@ -124,8 +122,11 @@ class Node:
         self.host = checked_host(host)
         self.settings = settings
 
-    def _argv(self, command, args):
-        remote = [*self.settings.node_argv, command, *[str(a) for a in args]]
+    def _argv(self, command, args, budget=None):
+        # The node stops by the budget (at a point a re-run converges from) instead of going on
+        # after we gave up; ssh itself is given the budget plus the time an answer takes.
+        head = ["--budget", str(int(budget))] if budget else []
+        remote = [*self.settings.node_argv, *head, command, *[str(a) for a in args]]
         return ssh_command(self.settings.ssh_argv, self.host, remote)
 
     def call(self, command, *args, stdin=None, timeout=None):
@@ -154,8 +155,8 @@ class Node:
         return result
 
     def _execute(self, command, args, stdin, timeout, binary_out, sink):
-        argv = self._argv(command, args)
         timeout = timeout or self.settings.ssh_timeout
+        argv = self._argv(command, args, budget=timeout)
         kwargs = {}
         feeder = None
         if stdin is None:
@@ -171,7 +172,8 @@ class Node:
             if feeder:
                 feeder.start()
             result = subprocess.run(argv, stdout=sink if sink is not None else subprocess.PIPE,
-                                    stderr=subprocess.PIPE, timeout=timeout, **kwargs)
+                                    stderr=subprocess.PIPE, timeout=timeout + ANSWER_GRACE,
+                                    **kwargs)
         except subprocess.TimeoutExpired:
             raise DriverError(f"{self.host}: tm-iscsi-node {command} did not finish within "
                               f"{timeout}s")

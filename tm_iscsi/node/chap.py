@@ -20,7 +20,12 @@ def add_option(parser):
 
 def credentials(args):
     """(user, secret) when --chap-user is given, else None."""
-    if not args.chap_user:
+    return credentials_from_stdin(args.chap_user)
+
+
+def credentials_from_stdin(user):
+    """(user, secret) with the secret read from stdin, when there is a user; else None."""
+    if not user:
         return None
     line = sys.stdin.readline(_LINE_LIMIT)
     secret = line.rstrip("\r\n")
@@ -30,4 +35,4 @@ def credentials(args):
     if not naming.valid_chap_secret(secret):
         raise NodeError("the CHAP secret on stdin is not 1-255 printable characters without "
                         "blanks")
-    return args.chap_user, secret
+    return user, secret

@@ -7,6 +7,7 @@ import importlib
 import json
 import sys
 
+from . import deadline
 from .errors import NodeError, NodeUsageError
 
 _COMMANDS = {}
@@ -37,21 +38,38 @@ MODULE_OF = {
                      "lv-resize", "lv-info", "lv-list", "lv-write", "lv-read", "lv-copy",
                      "lv-mkfs", "export", "unexport", "exports", "fence"), "cmd_storage"),
     "lv-tag": "cmd_tags",
+    **dict.fromkeys(("storage-attach", "storage-release"), "txn_storage"),
+    **dict.fromkeys(("host-attach", "host-detach"), "txn_host"),
     **dict.fromkeys(("dir-pack", "dir-unpack", "file-put", "path-remove"), "cmd_vmdir"),
 }
 
 
 def _load_commands(argv):
     # Storage commands need rtslib_fb only when they run; hosts do not have it.
-    wanted = next((a for a in argv if not a.startswith("-")), None)
+    words = list(argv)
+    if words[:1] == ["--budget"]:
+        words = words[2:]
+    wanted = next((a for a in words if not a.startswith("-")), None)
     modules = {MODULE_OF[wanted]} if wanted in MODULE_OF else set(MODULE_OF.values())
     for module in sorted(modules):
         importlib.import_module(f"{__package__}.{module}")
 
 
+def _budget(value):
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1
+    if not 1 <= seconds <= 86400:
+        raise argparse.ArgumentTypeError(f"--budget {value!r} is not 1-86400 seconds")
+    return seconds
+
+
 def build_parser(argv=None):
     _load_commands(sys.argv[1:] if argv is None else argv)
     parser = _Parser(prog="tm-iscsi-node", description="tm_iscsi node helper")
+    parser.add_argument("--budget", type=_budget, metavar="SECONDS",
+                        help="the caller's remaining time: stop in time, at a re-runnable point")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (func, help_text) in sorted(_COMMANDS.items()):
         p = sub.add_parser(name, help=help_text)
@@ -64,6 +82,8 @@ def build_parser(argv=None):
 def main(argv=None):
     try:
         args = build_parser(argv).parse_args(argv)
+        if args.budget:
+            deadline.start(args.budget)
         func, _ = _COMMANDS[args.command]
         result = func(args)
     except NodeError as err:

@@ -10,6 +10,7 @@ import os
 import re
 import time
 
+from . import deadline as _deadline
 from . import iscsi, locks, paths
 from . import run as _run
 from .chap import add_option as chap_option, credentials as chap_credentials
@@ -152,30 +153,38 @@ def attach(args):
         # The link goes inside the datastores directory, nowhere else: checked before a login.
         paths.checked(args.link, leaf_may_be_link=True)
     chap = chap_credentials(args)
-    host, port = iscsi.parse_portal(args.portal)
+    return attach_target(args.portal, args.iqn, args.serial, chap, args.timeout, args.link,
+                         args.lun)
+
+
+def attach_target(portal, iqn, serial, chap, timeout, link=None, lun=0):
+    """Log in to `iqn` (or reuse the session), check LUN `lun` has unit serial `serial`, link
+    it at `link` if given. Converges from any state an interrupted attach left."""
+    timeout = max(1, int(_deadline.bounded(timeout)))
+    host, port = iscsi.parse_portal(portal)
     ip = iscsi.resolve(host)
-    deadline = time.monotonic() + args.timeout
-    with locks.lock("iscsi", args.iqn):
-        existing = iscsi.sessions_of(args.iqn)
+    deadline = time.monotonic() + timeout
+    with locks.lock("iscsi", iqn):
+        existing = iscsi.sessions_of(iqn)
         reused = bool(existing)
         if reused:
-            _run.info(f"reusing iSCSI session {existing[0].sid} to {args.iqn}")
+            _run.info(f"reusing iSCSI session {existing[0].sid} to {iqn}")
         else:
             # Bounded by --timeout: iscsid retries a login on its own, even after iscsiadm is
             # gone, unless the record limits the attempts.
-            login_timeout = max(2, min(15, args.timeout // 2))
-            attempts = max(1, args.timeout // login_timeout)
-            iscsi.write_record(args.iqn, ip, port, chap, login_timeout, attempts)
-            _run.info(f"logging in to {args.iqn} at {iscsi.portal_arg(ip, port)}")
+            login_timeout = max(2, min(15, timeout // 2))
+            attempts = max(1, timeout // login_timeout)
+            iscsi.write_record(iqn, ip, port, chap, login_timeout, attempts)
+            _run.info(f"logging in to {iqn} at {iscsi.portal_arg(ip, port)}")
             try:
-                iscsi.login(args.iqn, ip, port, timeout=args.timeout + 10,
+                iscsi.login(iqn, ip, port, timeout=timeout + 10,
                             initiator=_initiator_or_none())
             except NodeError:
-                _undo_login(args.iqn)
+                _undo_login(iqn)
                 raise
         try:
             remaining = max(0.0, deadline - time.monotonic())
-            session, disk = _wait_disk(args.iqn, args.lun, deadline,
+            session, disk = _wait_disk(iqn, lun, deadline,
                                        rescan_at=time.monotonic() + (0 if reused else
                                                                      remaining / 3))
             if reused:
@@ -192,18 +201,18 @@ def attach(args):
                     iscsi.rescan_disk(disk.name)
                     rescanned = True
                 found = iscsi.unit_serial(disk.name)
-            if found != args.serial:
-                raise NodeError(f"LUN {args.lun} of {args.iqn} is {disk.device} with unit serial "
-                                f"{found or '(none)'}, expected {args.serial}; not linking it")
+            if found != serial:
+                raise NodeError(f"LUN {lun} of {iqn} is {disk.device} with unit serial "
+                                f"{found or '(none)'}, expected {serial}; not linking it")
         except NodeError:
             if not reused:
-                _undo_login(args.iqn)
+                _undo_login(iqn)
             raise
-        stable = _stable_path(session.ip or ip, session.port or port, args.iqn, args.lun, disk,
+        stable = _stable_path(session.ip or ip, session.port or port, iqn, lun, disk,
                               deadline)
-        if args.link:
-            replace_symlink(args.link, stable)
-    return {"device": disk.device, "stable_path": stable, "link": args.link,
+        if link:
+            replace_symlink(link, stable)
+    return {"device": disk.device, "stable_path": stable, "link": link,
             "session_reused": reused}
 
 
@@ -254,29 +263,35 @@ def detach(args):
     if args.link:
         paths.checked(args.link, leaf_may_be_link=True)
     iscsi.parse_portal(args.portal)
-    with locks.lock("iscsi", args.iqn):
-        found = iscsi.sessions_of(args.iqn)
+    return detach_target(args.iqn, args.link)
+
+
+def detach_target(iqn, link=None):
+    """Unlink (only a link to this target's LUN), flush and drop the target's disks, log out,
+    forget the record. Refuses, changing nothing, while a disk is held or mounted."""
+    with locks.lock("iscsi", iqn):
+        found = iscsi.sessions_of(iqn)
         disks = [d for s in found for d in s.disks]
         # Refuse before changing anything: a disk under a dm-cache or a mount must not vanish.
         for disk in disks:
             held = iscsi.holders(disk.name)
             if held:
-                raise NodeError(f"{disk.device} (LUN {disk.lun} of {args.iqn}) is in use by "
+                raise NodeError(f"{disk.device} (LUN {disk.lun} of {iqn}) is in use by "
                                 f"{', '.join(held)}; tear that down first")
             if iscsi.mounted(disk.device):
-                raise NodeError(f"{disk.device} (LUN {disk.lun} of {args.iqn}) is mounted; "
+                raise NodeError(f"{disk.device} (LUN {disk.lun} of {iqn}) is mounted; "
                                 "unmount it first")
         link_removed, note = False, None
-        if args.link:
-            remove, note = _link_verdict(args.link, args.iqn, disks)
+        if link:
+            remove, note = _link_verdict(link, iqn, disks)
             if remove:
-                os.unlink(args.link)
+                os.unlink(link)
                 link_removed = True
         for session in found:
             if session.state not in (None, "LOGGED_IN"):
                 # A failed session (fenced host, storage gone) cannot take a flush or a SYNCHRONIZE
                 # CACHE: both would block until the replacement timeout. Logout tears it down.
-                _run.info(f"session {session.sid} to {args.iqn} is {session.state}; its disks "
+                _run.info(f"session {session.sid} to {iqn} is {session.state}; its disks "
                           "cannot be flushed, logging out")
                 continue
             for disk in session.disks:
@@ -285,9 +300,9 @@ def detach(args):
                 # stale /dev/sdX of a logged-out session lingers.
                 iscsi.delete_disk(disk.name)
         for session in found:
-            _run.info(f"logging out of {args.iqn} (session {session.sid})")
+            _run.info(f"logging out of {iqn} (session {session.sid})")
             iscsi.logout_session(session.sid)
-        iscsi.delete_records(args.iqn)
+        iscsi.delete_records(iqn)
     return {"logged_out": bool(found), "link_removed": link_removed, "link_note": note}
 
 

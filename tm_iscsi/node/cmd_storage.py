@@ -14,7 +14,7 @@ import sys
 import tempfile
 
 from .. import naming
-from . import confine, iscsi, lio, locks, lvm
+from . import confine, iscsi, lio, locks, lvm, lvops
 from . import run as _run
 from .chap import add_option as chap_option, credentials as chap_credentials
 from .cli import command as _register
@@ -33,7 +33,8 @@ CHUNK = 4 * MIB
 SPOOL_DIR = os.environ.get("TM_ISCSI_SPOOL_DIR", "/var/tmp")
 # A multi-GiB image converted inside a slow VM can take long; the timeout is only a backstop.
 CONVERT_TIMEOUT = 6 * 3600
-FILESYSTEMS = ("ext4", "ext3", "ext2", "xfs", "swap", "raw")
+FILESYSTEMS = lvops.FILESYSTEMS
+mkfs_argv = lvops.mkfs_argv
 
 
 # -- argument types: bad input is refused before anything runs (exit 2) ------------------------
@@ -76,41 +77,15 @@ def _lv_lock(vg, lv):
     return locks.lock("lv", f"{vg}/{lv}")
 
 
-def _require_pool(rep, pool):
-    lv = rep.get(pool)
-    if lv is None or not lv.is_thin_pool:
-        raise NodeError(f"thin pool {rep.name}/{pool} does not exist; run pool-ensure --vg "
-                        f"{rep.name} --pool {pool} first")
-    return lv
+_require_pool = lvops.require_pool
+_require_lv = lvops.require_lv
+_stamped = lvops.stamped
+_check_fill = lvops.check_fill
+_ensure_active = lvops.ensure_active
 
 
-def _require_lv(rep, name, verb=None):
-    """The LV; with `verb`, only when it is tm_iscsi's (confine.require_owned)."""
-    lv = rep.get(name)
-    if lv is None:
-        raise NodeError(f"logical volume {rep.name}/{name} does not exist")
-    return confine.require_owned(lv, verb) if verb else lv
 
 
-def _stamped(tags):
-    """Every LV the helper makes carries the ownership tag, whatever it was asked."""
-    return sorted(set(tags or []) | {naming.OWNER_TAG})
-
-
-def _check_fill(rep, pool, max_fill):
-    """Refuse new allocations in a pool that is nearly full: a thin pool that runs out of space
-    stops every LV in it, images and running VMs alike."""
-    status = lvm.pool_status(rep, pool)
-    if status["data_percent"] > max_fill or status["metadata_percent"] > max_fill:
-        raise NodeError(f"thin pool {rep.name}/{pool} is too full: data {status['data_percent']}%"
-                        f", metadata {status['metadata_percent']}% (limit {max_fill}%); free "
-                        "space (delete images or VMs) or extend the pool")
-
-
-def _ensure_active(lv):
-    if not lv.active:
-        _run.info(f"activating {lv.vg}/{lv.name}")
-        lvm.activate(lv.vg, lv.name)
 
 
 # -- pool --------------------------------------------------------------------------------------
@@ -163,39 +138,12 @@ def _lv_result(lv, **extra):
 
 @command("lv-create", "create a thin LV in the pool (grow an existing one)")
 def lv_create(args):
-    tags = _stamped(args.tag)
-    want = args.size_mib * MIB
     with locks.lock("vg", args.vg):
         rep = lvm.report(args.vg)
-        _require_pool(rep, args.pool)
-        lv = rep.get(args.lv)
-        want = rep.round_up(want)
-        if lv is not None:
-            if not lv.is_thin or lv.pool != args.pool:
-                raise NodeError(f"{args.vg}/{args.lv} exists but is not a thin LV of pool "
-                                f"{args.pool}; refusing to reuse it")
-            if lv.origin:
-                raise NodeError(f"{args.vg}/{args.lv} exists as a snapshot of {lv.origin}, not "
-                                "as a new LV; refusing to reuse it")
-            # Ownership is what the asked tags say; tags added later (guards such as
-            # tm_iscsi.wb-host=) do not make the LV someone else's.
-            if not set(tags) <= set(lv.tags) or _owner_tags(lv.tags) != _owner_tags(tags):
-                raise NodeError(f"{args.vg}/{args.lv} exists with tags {lv.tags or '(none)'}, "
-                                f"not {tags or '(none)'}: it belongs to something else")
-            size = lv.size_bytes
-            if size < want:
-                _run.info(f"growing {args.vg}/{args.lv} from {size} to {want} bytes")
-                lvm.extend(args.vg, args.lv, want)
-                size = want
-            _ensure_active(lv)
-            return {"vg": args.vg, "lv": args.lv, "path": lv.path, "size_bytes": size,
-                    "created": False}
-        confine.require_scheme(args.vg, args.lv)
-        _check_fill(rep, args.pool, args.max_fill)
-        _run.info(f"creating thin LV {args.vg}/{args.lv} of {want} bytes")
-        lvm.create_thin(args.vg, args.pool, args.lv, want, tags)
+        size, created = lvops.ensure_thin(rep, args.pool, args.lv, args.size_mib, args.tag,
+                                          args.max_fill)
         return {"vg": args.vg, "lv": args.lv, "path": lvm.lv_path(args.vg, args.lv),
-                "size_bytes": want, "created": True}
+                "size_bytes": size, "created": created}
 
 
 def _lv_create_options(p):
@@ -213,38 +161,10 @@ lv_create.configure = _lv_create_options
 
 @command("lv-snapshot", "thin snapshot of an LV (O(1)), optionally larger than its origin")
 def lv_snapshot(args):
-    tags = _stamped(args.tag)
     with locks.lock("vg", args.vg):
         rep = lvm.report(args.vg)
-        # A snapshot reads its origin: only of tm_iscsi's own LVs.
-        origin = _require_lv(rep, args.origin, "snapshot")
-        if not origin.is_thin:
-            raise NodeError(f"{args.vg}/{args.origin} is not a thin LV; only thin LVs have O(1) "
-                            "snapshots")
-        lv = rep.get(args.lv)
-        created = False
-        if lv is not None:
-            if lv.origin != args.origin:
-                what = f"a snapshot of {lv.origin}" if lv.origin else "an LV of its own"
-                raise NodeError(f"{args.vg}/{args.lv} already exists as {what}, not as a "
-                                f"snapshot of {args.origin}; refusing to reuse it")
-            confine.require_owned(lv, "reuse")
-            size = lv.size_bytes
-        else:
-            confine.require_scheme(args.vg, args.lv)
-            _check_fill(rep, origin.pool, args.max_fill)
-            _run.info(f"creating thin snapshot {args.vg}/{args.lv} of {args.origin}")
-            lvm.create_snapshot(args.vg, args.origin, args.lv, tags)
-            created = True
-            size = origin.size_bytes
-        if args.size_mib is not None:
-            want = rep.round_up(args.size_mib * MIB)
-            if size < want:
-                _run.info(f"growing {args.vg}/{args.lv} to {want} bytes")
-                lvm.extend(args.vg, args.lv, want)
-                size = want
-        if lv is not None:
-            _ensure_active(lv)
+        size, created = lvops.ensure_snapshot(rep, args.origin, args.lv, args.tag,
+                                              args.max_fill, args.size_mib)
         return {"vg": args.vg, "lv": args.lv, "origin": args.origin,
                 "path": lvm.lv_path(args.vg, args.lv), "size_bytes": size, "created": created}
 
@@ -275,13 +195,7 @@ def lv_remove(args):
         if args.require_tag and args.require_tag not in lv.tags:
             raise NodeError(f"{args.vg}/{args.lv} does not carry tag {args.require_tag} (tags: "
                             f"{', '.join(lv.tags) or 'none'}); refusing to remove it")
-        users = lio.users_of_device(lv.path, naming.backstore_name(args.vg, args.lv))
-        if users:
-            names = [", ".join(iqns) or f"backstore {so}" for so, iqns in users]
-            raise NodeError(f"{args.vg}/{args.lv} is still exported through LIO "
-                            f"({'; '.join(names)}); unexport it first")
-        _run.info(f"removing {args.vg}/{args.lv}")
-        lvm.remove(args.vg, args.lv)
+        lvops.remove(rep, args.lv)
         return {"vg": args.vg, "lv": args.lv, "removed": True}
 
 
@@ -378,14 +292,6 @@ class _Progress:
             amount = f" ({done // MIB} MiB)" if self.in_bytes else ""
             _run.info(f"{self.what}: {min(percent, 100)}%{amount}")
             self.next_mark = (percent // 5 + 1) * 5
-
-
-_OWNER_KEYS = ("tm_iscsi.kind=", "tm_iscsi.vm=", "tm_iscsi.disk=", "tm_iscsi.image=",
-               "tm_iscsi.ds=")
-
-
-def _owner_tags(tags):
-    return sorted(t for t in tags if t.startswith(_OWNER_KEYS))
 
 
 def _read_full(stream, size):
@@ -624,41 +530,12 @@ def _lv_copy_options(p):
 lv_copy.configure = _lv_copy_options
 
 
-def _fs_type(path):
-    result = _run.run(["blkid", "-p", "-o", "value", "-s", "TYPE", path], timeout=60,
-                      check=False, what=f"probing {path}")
-    if result.returncode == 2:  # nothing found
-        return None
-    if result.returncode != 0:
-        raise _run.failure(result, f"probing {path}")
-    return result.stdout.strip() or None
-
-
-def mkfs_argv(fs, path):
-    if fs == "swap":
-        return ["mkswap", "-f", path]
-    if fs == "xfs":
-        return ["mkfs.xfs", "-q", "-f", path]
-    return [f"mkfs.{fs}", "-q", "-F", path]
-
-
 @command("lv-mkfs", "format an LV (raw: leave it blank)")
 def lv_mkfs(args):
     with _lv_lock(args.vg, args.lv):
         lv = _require_lv(lvm.report(args.vg), args.lv, "format")
-        if args.fs == "raw":
-            return {"vg": args.vg, "lv": args.lv, "fs": "raw", "formatted": False}
-        _ensure_active(lv)
-        found = _fs_type(lv.path)
-        if found == args.fs:
-            return {"vg": args.vg, "lv": args.lv, "fs": args.fs, "formatted": False}
-        if found is not None:
-            raise NodeError(f"{args.vg}/{args.lv} already holds {found} data; refusing to "
-                            f"format it as {args.fs}")
-        _run.info(f"formatting {args.vg}/{args.lv} as {args.fs}")
-        _run.run(mkfs_argv(args.fs, lv.path), timeout=1800,
-                 what=f"formatting {args.vg}/{args.lv} as {args.fs}")
-    return {"vg": args.vg, "lv": args.lv, "fs": args.fs, "formatted": True}
+        formatted = lvops.ensure_fs(lv, args.fs)
+    return {"vg": args.vg, "lv": args.lv, "fs": args.fs, "formatted": formatted}
 
 
 def _lv_mkfs_options(p):
@@ -683,7 +560,7 @@ def export(args):
     iqn = naming.target_iqn(args.vg, args.lv, args.iqn_base)
     if not iscsi.valid_iqn(iqn):
         raise NodeError(f"the target name {iqn} made from {args.vg}/{args.lv} is not a valid IQN")
-    with locks.lock("target", iqn):
+    with lio.config_lock():
         _run.info(f"exporting {dev} as {iqn} to {args.initiator}")
         result = lio.export(iqn, naming.backstore_name(args.vg, args.lv), dev,
                             naming.lun_serial(args.vg, args.lv), args.initiator,
@@ -714,7 +591,7 @@ export.configure = _export_options
 @command("unexport", "remove a host's access; the target goes with its last host")
 def unexport(args):
     iqn = naming.target_iqn(args.vg, args.lv, args.iqn_base)
-    with locks.lock("target", iqn):
+    with lio.config_lock():
         removed, remaining = lio.unexport(iqn, naming.backstore_name(args.vg, args.lv),
                                           args.initiator)
         lio.save_config()
@@ -731,18 +608,19 @@ unexport.configure = _unexport_options
 
 @command("exports", "the LIO targets with their backstore, serial and initiators")
 def exports(args):
-    return {"targets": lio.exports(), "saved": lio.saved_acls()}
+    with lio.config_lock():
+        return {"targets": lio.exports(), "saved": lio.saved_acls()}
 
 
 @command("fence", "revoke an initiator's access to every target (ends its sessions)")
 def fence(args):
     fenced = []
-    for iqn in lio.targets_with_initiator(args.initiator):
-        with locks.lock("target", iqn):
+    with lio.config_lock():
+        for iqn in lio.targets_with_initiator(args.initiator):
             if lio.remove_acl(iqn, args.initiator):
                 fenced.append(iqn)
-    # Also when nothing changed now: a fence interrupted before its save converges here.
-    lio.save_config()
+        # Also when nothing changed now: a fence interrupted before its save converges here.
+        lio.save_config()
     if fenced:
         _run.info(f"fenced {args.initiator} from {len(fenced)} target(s)")
     return {"initiator": args.initiator, "targets": fenced}

@@ -13,6 +13,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from . import locks
 from . import run as _run
 from .errors import NodeError
 
@@ -334,6 +335,20 @@ def set_record_secret(path, secret):
         raise
 
 
+def _db_locked(func):
+    """iscsiadm keeps one node database for every target and gives up ("iSCSI database
+    failure", exit 6) when another iscsiadm holds it too long: every call that reads or writes
+    it runs under one host-wide lock instead."""
+    import functools
+
+    @functools.wraps(func)
+    def locked(*args, **kwargs):
+        with locks.lock("iscsiadm", "db"):
+            return func(*args, **kwargs)
+    return locked
+
+
+@_db_locked
 def write_record(iqn, ip, port, chap=None, login_timeout=15, login_attempts=2):
     """Create (or keep) the node record and set it; no SendTargets discovery, which would record
     every target the portal shows, not just this one. A CHAP secret goes into the record file
@@ -356,6 +371,7 @@ def login_argv(iqn, ip, port):
     return _node_argv(iqn, ip, port) + ["--login"]
 
 
+@_db_locked
 def login(iqn, ip, port, timeout, initiator=None):
     result = _run.run(login_argv(iqn, ip, port), timeout=timeout, check=False,
                       what=f"logging in to {iqn}")
@@ -377,6 +393,7 @@ def logout_session_argv(sid):
     return ["iscsiadm", "-m", "session", "-r", str(int(sid)), "--logout"]
 
 
+@_db_locked
 def logout_session(sid):
     result = _run.run(logout_session_argv(sid), timeout=60, check=False,
                       what=f"logging out of iSCSI session {sid}")
@@ -388,6 +405,7 @@ def delete_records_argv(iqn):
     return ["iscsiadm", "-m", "node", "-T", iqn, "-o", "delete"]
 
 
+@_db_locked
 def delete_records(iqn):
     """Every node record of the target, whatever portal it was made with."""
     result = _run.run(delete_records_argv(iqn), timeout=30, check=False,
@@ -396,6 +414,7 @@ def delete_records(iqn):
         raise _run.failure(result, f"deleting the iSCSI node records of {iqn}")
 
 
+@_db_locked
 def has_record(iqn):
     result = _run.run(["iscsiadm", "-m", "node", "-T", iqn], timeout=30, check=False)
     return result.returncode == 0

@@ -340,6 +340,13 @@ def _saved_config(path):
         return None
 
 
+def config_lock():
+    """LIO's configfs is one tree: every change, every walk that decides a change, and the saved
+    config are done under this one lock (node-wide), or a concurrent action's half-made target
+    breaks the walk ("This TPG does not exist in configFS")."""
+    return locks.lock("lio", "config")
+
+
 def save_config(path=None):
     """Write the live LIO configuration to the saved config if it differs. Atomic (temp file in
     the same directory, fsync, rename, fsync of the directory): a crash leaves the old or the new
@@ -347,7 +354,7 @@ def save_config(path=None):
     path = path or SAVE_FILE
     # One lock for the file, whatever target changed: the last writer must dump after every
     # change that finished before it, or a concurrent export could vanish from the file.
-    with locks.lock("lio", "saveconfig"):
+    with config_lock():
         live = _root().dump()
         if _saved_config(path) == live:
             return False

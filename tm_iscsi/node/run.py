@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 
+from . import deadline
 from .errors import NodeError
 
 DEFAULT_TIMEOUT = 120
@@ -108,6 +109,18 @@ def _start(argv, what, secrets, **kwargs):
         raise NodeError(_mask(f"{what or argv[0]}: cannot execute {argv[0]}: {err}", secrets))
 
 
+# A program started near the end of the call's budget still gets this long: killing it sooner
+# would turn a slow step into a failed one for no gain.
+MIN_TIMEOUT = 5
+
+
+def _within_deadline(timeout, doing):
+    """No program starts once the call's budget is spent, and none outlives it by much."""
+    deadline.check(doing)
+    bounded = deadline.bounded(timeout)
+    return timeout if bounded >= timeout else max(min(MIN_TIMEOUT, timeout), int(bounded))
+
+
 def run(argv, timeout=DEFAULT_TIMEOUT, input=None, ok=(0,), what=None, secrets=(),
         check=True):
     """Run argv to completion and return a Result with text stdout/stderr.
@@ -116,6 +129,7 @@ def run(argv, timeout=DEFAULT_TIMEOUT, input=None, ok=(0,), what=None, secrets=(
     With check=False a failing exit code is returned instead of raised; timeouts and missing
     programs always raise. `secrets` are masked in every message (CHAP passwords)."""
     argv = _check_argv(argv)
+    timeout = _within_deadline(timeout, what or argv[0])
     start = time.monotonic()
     proc = _start(argv, what, secrets, stdin=subprocess.PIPE if input is not None else
                   subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -143,6 +157,7 @@ def run_progress(argv, on_output, timeout=DEFAULT_TIMEOUT, what=None):
     """Run a long command (qemu-img convert -p) and hand each progress fragment of its stdout
     (split on CR or LF) to on_output(text). Raises NodeError on failure or timeout."""
     argv = _check_argv(argv)
+    timeout = _within_deadline(timeout, what or argv[0])
     start = time.monotonic()
     # stderr to a file: a pipe nobody reads while we follow stdout could fill and block it.
     with tempfile.TemporaryFile() as errfile:

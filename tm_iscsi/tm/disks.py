@@ -1,52 +1,45 @@
-"""clone, ln, mkimage, mkswap, delete, mvds, cpds, resize: one VM disk on one host."""
-from .. import attachment, cachemode, caching, log, naming, volumes
+"""clone, ln, mkimage, mkswap, delete, mvds, cpds, resize: one VM disk on one host, each in
+the two node transactions of tm_iscsi.attachment (and a front-end disk in one)."""
+from .. import attachment, log, naming, volumes
+from ..attachment import Release
 from ..errors import DriverError
 from . import storage, sync
 
 
-def _attach(ctx, vm, disk_id, volume, host, path):
-    mode, image_lv = volumes.cache_plan(vm, disk_id, volume)
-    return attachment.attach(ctx, host, volume, path, mode, image_lv)
+def _owner(volume, vm, disk_id, **extra):
+    return {"kind": volume.kind, "vm": vm.id, "disk": disk_id, **extra}
 
 
 def clone(ctx, args):
-    """Non-persistent disk: a thin snapshot of the image (O(1)), then attached to the host."""
+    """Non-persistent disk: a thin snapshot of the image (O(1)), made, cached and exported by
+    the storage node in one call, attached by the host in one."""
     vm = ctx.vm(args.vmid)
     disk_id = args.disk.disk_id
     disk = vm.disk(disk_id)
     volume = volumes.of_disk(ctx, vm, disk_id, args.dsid)
     _image_vg, image_lv = naming.parse_source(disk.require_source())
-    storage.snapshot(ctx, volume.ds, image_lv, volume.lv, size_mib=disk.size_mb,
-                     kind="clone", vm=vm.id, disk=disk_id, image=disk.image_id)
-    mode, _ = volumes.cache_plan(vm, disk_id, volume)
-    if cachemode.has_read(mode):
-        caching.prepare_read_layer(ctx, volume, image_lv, disk.size_mb, vm.id, disk_id)
-    _attach(ctx, vm, disk_id, volume, args.disk.host, args.disk.path)
+    create = {"origin": image_lv, "size_mib": disk.size_mb,
+              "owner": _owner(volume, vm, disk_id, image=disk.image_id)}
+    attachment.attach(ctx, args.disk.host, [attachment.planned(
+        ctx, vm, disk_id, volume, args.disk.path, create=create)])
 
 
 def ln(ctx, args):
-    """Persistent, CD-ROM and read-only images: the image LV itself, never copied or deleted."""
+    """Persistent, CD-ROM and read-only images: the image LV itself, never copied or deleted.
+    A VM about to write the image retires its base (it serves no new clone)."""
     vm = ctx.vm(args.vmid)
     volume = volumes.of_disk(ctx, vm, args.disk.disk_id, args.dsid)
-    info = storage.lv_info(ctx, volume.ds, volume.lv)
-    if not info.get("exists"):
-        raise DriverError(f"image LV {volume.vg}/{volume.lv} does not exist on "
-                          f"{volume.ds.storage_host}")
-    if not volume.readonly:
-        # A VM is about to write the image: its base must not serve new clones any more.
-        caching.retire_base(ctx, volume.ds, volume.lv)
-    _attach(ctx, vm, args.disk.disk_id, volume, args.disk.host, args.disk.path)
+    attachment.attach(ctx, args.disk.host, [attachment.planned(
+        ctx, vm, args.disk.disk_id, volume, args.disk.path, retire_base=not volume.readonly)])
 
 
 def _volatile(ctx, args, fs):
     vm = ctx.vm(args.vmid)
     volume = volumes.of_disk(ctx, vm, args.disk.disk_id, args.dsid)
-    created = storage.create(ctx, volume.ds, volume.lv, args.size_mb, kind="volatile",
-                             vm=vm.id, disk=args.disk.disk_id)
-    if created.get("created") or fs != "raw":
-        # lv-mkfs is idempotent on the node (it keeps a filesystem of the right type).
-        storage.mkfs(ctx, volume.ds, volume.lv, fs)
-    _attach(ctx, vm, args.disk.disk_id, volume, args.disk.host, args.disk.path)
+    create = {"size_mib": args.size_mb, "fs": fs,
+              "owner": _owner(volume, vm, args.disk.disk_id)}
+    attachment.attach(ctx, args.disk.host, [attachment.planned(
+        ctx, vm, args.disk.disk_id, volume, args.disk.path, create=create)])
 
 
 def mkimage(ctx, args):
@@ -68,23 +61,18 @@ def delete_disk(ctx, args):
             ctx.node(args.target.host).call("path-remove", "--path", args.target.path)
         return
     volume = volumes.of_disk(ctx, vm, disk_id, args.dsid)
-    mode, image_lv = volumes.cache_plan(vm, disk_id, volume)
+    _mode, image_lv = volumes.cache_plan(vm, disk_id, volume)
     keep = volume.kind == "clone" and sync.requested(vm, disk_id)
-    if not ctx.is_frontend(args.target.host):
-        # Dirty blocks of a disk that is deleted next are dropped, unless the user asked for
-        # the disk to be kept: then they are flushed first.
-        attachment.detach(ctx, args.target.host, volume, args.target.path,
-                          unexport=not volume.owned_by_vm or keep,
-                          flush=keep or not volume.owned_by_vm, image_lv=image_lv)
+    owned = volume.owned_by_vm and not keep
+    # Dirty blocks of a disk that is deleted next are dropped, unless the user asked for the
+    # disk to be kept: then they are flushed first. The region map described the VM's disk
+    # against its image's base: a kept disk (a new image, no base yet) has no use for it.
+    attachment.detach(ctx, args.target.host, [Release(
+        volume, args.target.path, flush=not owned, image_lv=image_lv, remove=owned,
+        map="forget" if keep else "keep")])
     if keep:
         sync.keep_as_image(ctx, vm, disk_id, volume)
-        # The region map described the VM's disk against its image's base; the new image has
-        # no base yet (its first cached clone makes one) and nothing else owns the map.
-        caching.forget_map(ctx, volume)
-        return
-    if volume.owned_by_vm:
-        caching.forget_map(ctx, volume)
-        storage.remove(ctx, volume.ds, volume.lv)
+    elif owned:
         log.info(f"removed {volume.vg}/{volume.lv}")
 
 
@@ -93,10 +81,7 @@ def mvds(ctx, args):
     write-back cache is flushed, so the host only lets go of it."""
     vm = ctx.vm(args.vmid)
     volume = volumes.of_disk(ctx, vm, args.disk.disk_id, args.dsid)
-    if not ctx.is_frontend(args.disk.host):
-        attachment.detach(ctx, args.disk.host, volume, args.disk.path, flush=True)
-    else:
-        attachment.unexport_from(ctx, volume)
+    attachment.detach(ctx, args.disk.host, [Release(volume, args.disk.path, flush=True)])
 
 
 def cpds(ctx, args):
@@ -123,14 +108,18 @@ def resize(ctx, args):
     volume = volumes.of_disk(ctx, vm, disk_id, args.dsid)
     mode, image_lv = volumes.cache_plan(vm, disk_id, volume)
     on_host = not ctx.is_frontend(args.disk.host)
-    if volume.kind == "clone":
-        # The region map and the base cover the old size only.
-        caching.forget_map(ctx, volume)
+    # The region map and the base cover the old size only.
+    forget = "forget" if volume.kind == "clone" else "keep"
     if on_host and mode != "none":
         # The dm layers are sized when built: flush and rebuild them over the grown LUN.
-        attachment.detach(ctx, args.disk.host, volume, args.disk.path, unexport=False,
-                          flush=True, image_lv=image_lv)
+        attachment.detach(ctx, args.disk.host, [Release(
+            volume, args.disk.path, flush=True, image_lv=image_lv, unexport=False,
+            keep_wb_guard=True, map=forget)])
+    elif forget == "forget":
+        attachment.release_storage(ctx, args.disk.host, [Release(
+            volume, unexport=False, keep_wb_guard=True, map=forget)])
     storage.resize(ctx, volume.ds, volume.lv, args.size_mb)
     if on_host:
         # Re-attaching reuses the session and rescans it, so the host sees the new size.
-        attachment.attach(ctx, args.disk.host, volume, args.disk.path, mode, image_lv)
+        attachment.attach(ctx, args.disk.host, [attachment.Attach(
+            volume, args.disk.path, mode, image_lv)])

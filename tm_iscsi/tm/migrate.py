@@ -5,7 +5,7 @@ import os
 import re
 import subprocess
 
-from .. import attachment, cachemode, caching, log, volumes
+from .. import attachment, cachemode, log, protocol, volumes
 from ..errors import DriverError
 from ..one.objects import VirtualMachine
 from ..one.tm_args import HostPath
@@ -40,34 +40,38 @@ def premigrate(ctx, args, stdin_xml=None):
     """The destination gets every disk before the switch. The source's write-back caches are
     flushed and stay clean (writes go through to the storage node), so both hosts see the same
     bytes during the move; the destination assembles without the read layer, because the
-    region map is still written by the source and cannot be trusted by a second host."""
+    region map is still written by the source and cannot be trusted by a second host.
+    Node calls: one flush per write-back disk on the source, one storage-attach and one
+    host-attach for all the disks, plus the VM directory's copy."""
     vm = _vm(ctx, args, stdin_xml)
-    if args.src_host != args.dst_host:
-        moves.copy_dir(ctx, HostPath(args.src_host, args.vm_dir),
-                       HostPath(args.dst_host, args.vm_dir))
+    if args.src_host == args.dst_host:
+        _migrate_other(args, "premigrate", vm, stdin_xml)
+        return
+    moves.copy_dir(ctx, HostPath(args.src_host, args.vm_dir),
+                   HostPath(args.dst_host, args.vm_dir))
+    wants = []
     for disk, volume, mode, image_lv in _disk_plans(ctx, vm):
-        link = f"{args.vm_dir}/disk.{disk.disk_id}"
-        if args.src_host == args.dst_host:
-            continue
         if cachemode.has_writeback(mode):
             attachment.flush(ctx, args.src_host, volume)
-            caching.tag(ctx, volume, add=[caching.WB_TAG + args.dst_host])
-        if cachemode.has_read(mode) and caching.map_exists(ctx, volume):
-            caching.tag(ctx, caching.map_volume(volume), add=[caching.STALE_MAP_TAG])
-        dst_mode = "writeback" if cachemode.has_writeback(mode) else "none"
-        attachment.attach(ctx, args.dst_host, volume, link, dst_mode, image_lv)
+        wants.append(attachment.Attach(
+            volume, f"{args.vm_dir}/disk.{disk.disk_id}", protocol.without_read(mode),
+            wb_host=args.dst_host if cachemode.has_writeback(mode) else None,
+            wb_from=args.src_host,
+            map="stale" if cachemode.has_read(mode) else "keep"))
+    if wants:
+        attachment.attach(ctx, args.dst_host, wants)
     _migrate_other(args, "premigrate", vm, stdin_xml)
 
 
 def postmigrate(ctx, args, stdin_xml=None):
     vm = _vm(ctx, args, stdin_xml)
     if args.src_host != args.dst_host:
-        for disk, volume, mode, image_lv in _disk_plans(ctx, vm):
-            link = f"{args.vm_dir}/disk.{disk.disk_id}"
-            attachment.detach(ctx, args.src_host, volume, link, flush=True, image_lv=image_lv,
-                              keep_wb_guard=True)
-            if volume.kind == "clone":
-                caching.forget_map(ctx, volume)
+        releases = [attachment.Release(
+            volume, f"{args.vm_dir}/disk.{disk.disk_id}", flush=True, image_lv=image_lv,
+            keep_wb_guard=True, map="forget" if volume.kind == "clone" else "keep")
+            for disk, volume, mode, image_lv in _disk_plans(ctx, vm)]
+        if releases:
+            attachment.detach(ctx, args.src_host, releases)
         moves.remove_dir(ctx, args.src_host, args.vm_dir)
     _migrate_other(args, "postmigrate", vm, stdin_xml)
 
@@ -75,16 +79,15 @@ def postmigrate(ctx, args, stdin_xml=None):
 def failmigrate(ctx, args, stdin_xml=None):
     vm = _vm(ctx, args, stdin_xml)
     if args.src_host != args.dst_host:
-        for disk, volume, mode, image_lv in _disk_plans(ctx, vm):
-            link = f"{args.vm_dir}/disk.{disk.disk_id}"
-            # Nothing ran on the destination: its (clean, unused) stack goes, the source keeps
-            # the disk and its region map stays valid (the source was the only writer).
-            attachment.detach(ctx, args.dst_host, volume, link, flush=False,
-                              image_lv=image_lv, keep_wb_guard=True)
-            if cachemode.has_writeback(mode):
-                caching.tag(ctx, volume, add=[caching.WB_TAG + args.src_host])
-            if cachemode.has_read(mode) and caching.map_exists(ctx, volume):
-                caching.tag(ctx, caching.map_volume(volume), delete=[caching.STALE_MAP_TAG])
+        # Nothing ran on the destination: its (clean, unused) stacks go, the source keeps the
+        # disks and their region maps stay valid (the source was the only writer).
+        releases = [attachment.Release(
+            volume, f"{args.vm_dir}/disk.{disk.disk_id}", flush=False, image_lv=image_lv,
+            keep_wb_guard=True, map="fresh" if cachemode.has_read(mode) else "keep",
+            wb_host=args.src_host if cachemode.has_writeback(mode) else None)
+            for disk, volume, mode, image_lv in _disk_plans(ctx, vm)]
+        if releases:
+            attachment.detach(ctx, args.dst_host, releases)
         moves.remove_dir(ctx, args.dst_host, args.vm_dir)
     _migrate_other(args, "failmigrate", vm, stdin_xml)
 

@@ -29,10 +29,11 @@ def _mv_disk(ctx, args):
     dst_is_host = not ctx.is_frontend(args.dst.host)
     if src_is_host and (args.src.host != args.dst.host or args.src.path != args.dst.path):
         # Stop, undeploy, cold migrate: every dirty block reaches the storage node first.
-        attachment.detach(ctx, args.src.host, volume, args.src.path, flush=True,
-                          image_lv=image_lv)
+        attachment.detach(ctx, args.src.host, [attachment.Release(
+            volume, args.src.path, flush=True, image_lv=image_lv)])
     if dst_is_host:
-        attachment.attach(ctx, args.dst.host, volume, args.dst.path, mode, image_lv)
+        attachment.attach(ctx, args.dst.host, [attachment.Attach(
+            volume, args.dst.path, mode, image_lv)])
 
 
 def _mv_dir(ctx, src, dst):

@@ -1,5 +1,6 @@
 """Disk snapshots: thin snapshots of the disk's LV, named `<lv>-snap-<id>`."""
-from .. import attachment, caching, naming, volumes
+from .. import attachment, naming, volumes
+from ..attachment import Release
 from . import storage
 
 
@@ -48,15 +49,17 @@ def snap_revert(ctx, args):
     host = args.disk.host
     on_host = not ctx.is_frontend(host)
     mode, image_lv = volumes.cache_plan(vm, args.disk.disk_id, volume)
+    # The disk's content is replaced: what its write-back cache holds is dropped, and the region
+    # map described the old content.
+    forget = "forget" if volume.kind == "clone" else "keep"
     if on_host:
-        # The disk's content is replaced: what its write-back cache holds is dropped.
-        attachment.detach(ctx, host, volume, args.disk.path, unexport=False, flush=False,
-                          image_lv=image_lv)
-    if volume.kind == "clone":
-        caching.forget_map(ctx, volume)
+        attachment.detach(ctx, host, [Release(volume, args.disk.path, flush=False,
+                                              image_lv=image_lv, unexport=False, map=forget)])
+    elif forget == "forget":
+        attachment.release_storage(ctx, host, [Release(volume, unexport=False, map=forget)])
     storage.remove(ctx, volume.ds, volume.lv, with_snapshots=False)
     owner = {"kind": volume.kind, "vm": vm.id if volume.owned_by_vm else None,
              "disk": args.disk.disk_id if volume.owned_by_vm else None}
     storage.snapshot(ctx, volume.ds, snap_lv, volume.lv, **owner)
     if on_host:
-        attachment.attach(ctx, host, volume, args.disk.path, mode, image_lv)
+        attachment.attach(ctx, host, [attachment.Attach(volume, args.disk.path, mode, image_lv)])

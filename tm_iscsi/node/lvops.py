@@ -1,0 +1,181 @@
+"""The storage node's LV operations, each bringing one LV to a wanted state from whatever state
+it is in (so a re-run after a failure converges). Callers hold the VG's lock and pass the VG
+report they read under it; the single-LV commands (cmd_storage) and the transactions
+(txn_storage) are both made of these."""
+from .. import naming
+from . import confine, lvm
+from . import run as _run
+from .errors import NodeError
+
+MIB = 1024 * 1024
+FILESYSTEMS = ("ext4", "ext3", "ext2", "xfs", "swap", "raw")
+_OWNER_KEYS = ("tm_iscsi.kind=", "tm_iscsi.vm=", "tm_iscsi.disk=", "tm_iscsi.image=",
+               "tm_iscsi.ds=")
+
+
+def owner_tags(tags):
+    return sorted(t for t in tags if t.startswith(_OWNER_KEYS))
+
+
+def require_pool(rep, pool):
+    lv = rep.get(pool)
+    if lv is None or not lv.is_thin_pool:
+        raise NodeError(f"thin pool {rep.name}/{pool} does not exist; run pool-ensure --vg "
+                        f"{rep.name} --pool {pool} first")
+    return lv
+
+
+def require_lv(rep, name, verb=None):
+    """The LV; with `verb`, only when it is tm_iscsi's (confine.require_owned)."""
+    lv = rep.get(name)
+    if lv is None:
+        raise NodeError(f"logical volume {rep.name}/{name} does not exist")
+    return confine.require_owned(lv, verb) if verb else lv
+
+
+def stamped(tags):
+    """Every LV the helper makes carries the ownership tag, whatever it was asked."""
+    return sorted(set(tags or []) | {naming.OWNER_TAG})
+
+
+def check_fill(rep, pool, max_fill):
+    """Refuse new allocations in a pool that is nearly full: a thin pool that runs out of space
+    stops every LV in it, images and running VMs alike."""
+    status = lvm.pool_status(rep, pool)
+    if status["data_percent"] > max_fill or status["metadata_percent"] > max_fill:
+        raise NodeError(f"thin pool {rep.name}/{pool} is too full: data {status['data_percent']}%"
+                        f", metadata {status['metadata_percent']}% (limit {max_fill}%); free "
+                        "space (delete images or VMs) or extend the pool")
+
+
+def ensure_active(lv):
+    if not lv.active:
+        _run.info(f"activating {lv.vg}/{lv.name}")
+        lvm.activate(lv.vg, lv.name)
+
+
+def ensure_snapshot(rep, origin_name, name, tags, max_fill, size_mib=None):
+    """`name` as a thin snapshot of `origin_name` (O(1)), grown to `size_mib` if asked.
+    Returns (size in bytes, created)."""
+    vg = rep.name
+    tags = stamped(tags)
+    # A snapshot reads its origin: only of tm_iscsi's own LVs.
+    origin = require_lv(rep, origin_name, "snapshot")
+    if not origin.is_thin:
+        raise NodeError(f"{vg}/{origin_name} is not a thin LV; only thin LVs have O(1) "
+                        "snapshots")
+    lv = rep.get(name)
+    created = False
+    if lv is not None:
+        if lv.origin != origin_name:
+            what = f"a snapshot of {lv.origin}" if lv.origin else "an LV of its own"
+            raise NodeError(f"{vg}/{name} already exists as {what}, not as a snapshot of "
+                            f"{origin_name}; refusing to reuse it")
+        confine.require_owned(lv, "reuse")
+        size = lv.size_bytes
+    else:
+        confine.require_scheme(vg, name)
+        check_fill(rep, origin.pool, max_fill)
+        _run.info(f"creating thin snapshot {vg}/{name} of {origin_name}")
+        lvm.create_snapshot(vg, origin_name, name, tags)
+        created = True
+        size = origin.size_bytes
+    if size_mib is not None:
+        want = rep.round_up(size_mib * MIB)
+        if size < want:
+            _run.info(f"growing {vg}/{name} to {want} bytes")
+            lvm.extend(vg, name, want)
+            size = want
+    if lv is not None:
+        ensure_active(lv)
+    return size, created
+
+
+def ensure_thin(rep, pool, name, size_mib, tags, max_fill):
+    """`name` as a new thin LV of at least `size_mib` in `pool`. Returns (size, created)."""
+    vg = rep.name
+    tags = stamped(tags)
+    require_pool(rep, pool)
+    lv = rep.get(name)
+    want = rep.round_up(size_mib * MIB)
+    if lv is not None:
+        if not lv.is_thin or lv.pool != pool:
+            raise NodeError(f"{vg}/{name} exists but is not a thin LV of pool {pool}; refusing "
+                            "to reuse it")
+        if lv.origin:
+            raise NodeError(f"{vg}/{name} exists as a snapshot of {lv.origin}, not as a new LV; "
+                            "refusing to reuse it")
+        # Ownership is what the asked tags say; tags added later (guards such as
+        # tm_iscsi.wb-host=) do not make the LV someone else's.
+        if not set(tags) <= set(lv.tags) or owner_tags(lv.tags) != owner_tags(tags):
+            raise NodeError(f"{vg}/{name} exists with tags {lv.tags or '(none)'}, not "
+                            f"{tags or '(none)'}: it belongs to something else")
+        size = lv.size_bytes
+        if size < want:
+            _run.info(f"growing {vg}/{name} from {size} to {want} bytes")
+            lvm.extend(vg, name, want)
+            size = want
+        ensure_active(lv)
+        return size, False
+    confine.require_scheme(vg, name)
+    check_fill(rep, pool, max_fill)
+    _run.info(f"creating thin LV {vg}/{name} of {want} bytes")
+    lvm.create_thin(vg, pool, name, want, tags)
+    return want, True
+
+
+def fs_type(path):
+    result = _run.run(["blkid", "-p", "-o", "value", "-s", "TYPE", path], timeout=60,
+                      check=False, what=f"probing {path}")
+    if result.returncode == 2:  # nothing found
+        return None
+    if result.returncode != 0:
+        raise _run.failure(result, f"probing {path}")
+    return result.stdout.strip() or None
+
+
+def mkfs_argv(fs, path):
+    if fs == "swap":
+        return ["mkswap", "-f", path]
+    if fs == "xfs":
+        return ["mkfs.xfs", "-q", "-f", path]
+    return [f"mkfs.{fs}", "-q", "-F", path]
+
+
+def ensure_fs(lv, fs):
+    """A filesystem of type `fs` on the LV (raw: leave it blank). True when it was made now; an
+    LV that holds another filesystem is refused (it holds data)."""
+    if fs not in FILESYSTEMS:
+        raise NodeError(f"filesystem {fs!r} is not one of {', '.join(FILESYSTEMS)}")
+    if fs == "raw":
+        return False
+    ensure_active(lv)
+    found = fs_type(lv.path)
+    if found == fs:
+        return False
+    if found is not None:
+        raise NodeError(f"{lv.vg}/{lv.name} already holds {found} data; refusing to format it "
+                        f"as {fs}")
+    _run.info(f"formatting {lv.vg}/{lv.name} as {fs}")
+    _run.run(mkfs_argv(fs, lv.path), timeout=1800, what=f"formatting {lv.vg}/{lv.name} as {fs}")
+    return True
+
+
+def remove(rep, name, verb="remove"):
+    """Remove an LV that nothing exports (the caller unexported it). False if it was gone."""
+    from . import lio
+    lv = rep.get(name)
+    if lv is None:
+        return False
+    if lv.is_thin_pool:
+        raise NodeError(f"{rep.name}/{name} is the thin pool; tm_iscsi removes volumes, not pools")
+    confine.require_owned(lv, verb)
+    with lio.config_lock():
+        users = lio.users_of_device(lv.path, naming.backstore_name(rep.name, name))
+    if users:
+        names = [", ".join(iqns) or f"backstore {so}" for so, iqns in users]
+        raise NodeError(f"{rep.name}/{name} is still exported through LIO ({'; '.join(names)}); "
+                        "unexport it first")
+    _run.info(f"removing {rep.name}/{name}")
+    lvm.remove(rep.name, name)
+    return True

@@ -1,0 +1,176 @@
+"""The host's two transactions (tm_iscsi.protocol): `host-attach` logs in to every LUN of an
+action's disks, checks each unit serial, builds the cache stacks and points the links at them;
+`host-detach` takes that down. One call each; idempotent as a whole (every step keeps what is
+already right), so a re-run after a failure or a kill converges.
+
+The front-end says which initiator name the storage node exported to; a host whose name is
+another (re-installed, renamed) answers with its real name before it changes anything, so the
+front-end can export again instead of failing on a login the target refuses."""
+from dmcache import stack, state
+
+from .. import protocol
+from ..protocol import has_read
+from . import deadline, iscsi, lvm, paths
+from . import run as _run
+from .chap import credentials_from_stdin
+from .cli import command as _register
+from .cmd_cache import KEY, NAME
+from .cmd_host import IQN, LINK, SERIAL, attach_target, detach_target, replace_symlink
+from .errors import NodeError, NodeUsageError
+
+MIB = 1024 * 1024
+ATTACH_TIMEOUT = 60
+FLUSH_TIMEOUT = 7200
+
+
+def command(name, help):
+    def register(func):
+        return _register(name, help)(_run.one_line_errors(name, func))
+    return register
+
+
+def _request_option(p):
+    p.add_argument("--request", required=True, help="the transaction as JSON (protocol.py)")
+
+
+def _decode(cls, text):
+    try:
+        return protocol.decode(cls, text)
+    except protocol.ProtocolError as err:
+        raise NodeUsageError(str(err))
+
+
+def _checked(check, value):
+    try:
+        return check(value)
+    except Exception as err:  # argparse types raise ArgumentTypeError
+        raise NodeUsageError(str(err))
+
+
+def _check_luns(luns):
+    for lun in luns.values():
+        _checked(IQN, lun.iqn)
+        _checked(SERIAL, lun.serial)
+
+
+def _check_portal(portal):
+    try:
+        iscsi.parse_portal(portal)
+    except ValueError as err:
+        raise NodeUsageError(str(err))
+
+
+def _own_initiator():
+    try:
+        return iscsi.initiator_name()
+    except NodeError:
+        return None
+
+
+# -- host-attach --------------------------------------------------------------------------------
+
+def _check_attach(req):
+    _check_portal(req.portal)
+    if req.initiator is not None:
+        _checked(IQN, req.initiator)
+    for disk in req.disks:
+        _checked(NAME, disk.name)
+        _check_luns(disk.luns)
+        if disk.link is not None:
+            _checked(LINK, disk.link)
+            # The link goes inside the datastores directory, nowhere else: before any login.
+            paths.checked(disk.link, leaf_may_be_link=True)
+        if disk.base_key is not None:
+            _checked(KEY, disk.base_key)
+        if disk.wb_size_mib is not None and not 1 <= disk.wb_size_mib <= 1 << 24:
+            raise NodeUsageError(f"wb_size_mib {disk.wb_size_mib} is out of range")
+
+
+def _assemble(req, disk, devices):
+    if disk.mode == "none":
+        if disk.link:
+            replace_symlink(disk.link, devices["clone"])
+        return {"name": disk.name, "mode": "none", "top": devices["clone"], "link": disk.link}
+    request = stack.Request(
+        name=disk.name, mode=disk.mode, clone_dev=devices["clone"],
+        base_key=disk.base_key if has_read(disk.mode) else None,
+        base_dev=devices.get("base"), map_dev=devices.get("map"),
+        wb_size_bytes=disk.wb_size_mib * MIB if disk.wb_size_mib else None, link=disk.link,
+        luns={role: state.Lun(req.portal, lun.iqn, lun.serial)
+              for role, lun in disk.luns.items()})
+    if lvm.local_report(request.vg, missing_ok=True) is None:
+        raise NodeError(f"the local cache VG {request.vg} does not exist on this host; run "
+                        f"cache-init --device DISK --vg {request.vg} first")
+    built = stack.assemble(request)
+    return {"name": disk.name, "mode": disk.mode, "top": built.get("top"), "link": disk.link}
+
+
+@command(protocol.HOST_ATTACH, "log in to an action's LUNs, check them, build the stacks, link")
+def host_attach(args):
+    req = _decode(protocol.HostAttach, args.request)
+    _check_attach(req)
+    chap = credentials_from_stdin(req.chap_user)
+    mine = _own_initiator()
+    if req.initiator is not None and mine is not None and mine != req.initiator:
+        return {"initiator": mine, "initiator_mismatch": True, "disks": []}
+    out = []
+    for disk in req.disks:
+        devices = {}
+        for role in ("clone", "base", "map"):
+            lun = disk.luns.get(role)
+            if lun is None:
+                continue
+            deadline.check(f"attaching {lun.iqn}")
+            attached = attach_target(req.portal, lun.iqn, lun.serial, chap, ATTACH_TIMEOUT)
+            devices[role] = attached["stable_path"]
+        out.append(_assemble(req, disk, devices))
+    return {"initiator": mine, "initiator_mismatch": False, "disks": out}
+
+
+host_attach.configure = _request_option
+
+
+# -- host-detach --------------------------------------------------------------------------------
+
+def _base_in_use(prefix):
+    return any((st.base_key or "").startswith(prefix) for st in state.list_stacks())
+
+
+@command(protocol.HOST_DETACH, "tear an action's stacks down (flush or drop), log out, unlink")
+def host_detach(args):
+    req = _decode(protocol.HostDetach, args.request)
+    _check_portal(req.portal)
+    for disk in req.disks:
+        _checked(NAME, disk.name)
+        _check_luns(disk.luns)
+        if disk.link is not None:
+            _checked(LINK, disk.link)
+            paths.checked(disk.link, leaf_may_be_link=True)
+        if disk.base_prefix is not None:
+            _checked(KEY, disk.base_prefix)
+    out = []
+    for disk in req.disks:
+        deadline.check(f"tearing down {disk.name}")
+        torn = stack.teardown(disk.name, disk.flush, deadline.bounded(FLUSH_TIMEOUT))
+        if torn.get("existed"):
+            _run.info(f"stack {disk.name} removed ({'flushed' if disk.flush else 'dropped'})")
+        detach_target(disk.luns["clone"].iqn, disk.link)
+        if "map" in disk.luns:
+            detach_target(disk.luns["map"].iqn)
+        released = False
+        if disk.base_prefix and "base" in disk.luns and not _base_in_use(disk.base_prefix):
+            try:
+                detach_target(disk.luns["base"].iqn)
+                released = True
+            except NodeError as err:
+                # The disk itself is released; the base LUN stays for whoever still holds it.
+                _run.info(f"base LUN {disk.luns['base'].iqn} kept: {err}")
+        out.append({"name": disk.name, "existed": bool(torn.get("existed")),
+                    "flushed": bool(torn.get("flushed")),
+                    "dropped_dirty_blocks": torn.get("dropped_dirty_blocks", 0),
+                    "base_released": released})
+    return {"initiator": _own_initiator(), "disks": out}
+
+
+host_detach.configure = _request_option
+

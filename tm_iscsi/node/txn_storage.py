@@ -1,0 +1,406 @@
+"""The storage node's two transactions (tm_iscsi.protocol): `storage-attach` brings every disk of
+an action to the storage state a host needs and exports its LUNs; `storage-release` takes that
+back. One call each, under the VG's lock and then LIO's (locks.py gives the order), reading
+LVM's state once and again only after changing it; the saved LIO config is written once.
+
+Each is idempotent as a whole: it starts from what is there, so a re-run after a failure (or a
+kill) at any point converges. Every refusal comes before the first change."""
+import argparse
+import ipaddress
+import secrets as _secrets
+
+from .. import naming, protocol
+from ..protocol import (BASE_GEN_TAG, RETIRED_TAG, STALE_MAP_TAG, WB_HOST_TAG, has_read,
+                        has_writeback, tag_value, without_read)
+from . import confine, iscsi, lio, locks, lvm, lvops
+from . import run as _run
+from .chap import credentials_from_stdin
+from .cli import command as _register
+from .errors import NodeError, NodeUsageError
+
+MIB = 1024 * 1024
+# dm-clone keeps one bit per 64 KiB region plus a superblock and space maps.
+MAP_MIB_MIN = 8
+
+
+def command(name, help):
+    def register(func):
+        return _register(name, help)(_run.one_line_errors(name, func))
+    return register
+
+
+def map_size_mib(disk_bytes):
+    return MAP_MIB_MIN + int(disk_bytes or 0) // (16384 * MIB)
+
+
+def _request_option(p):
+    p.add_argument("--request", required=True, help="the transaction as JSON (protocol.py)")
+
+
+def _decode(cls, text):
+    try:
+        return protocol.decode(cls, text)
+    except protocol.ProtocolError as err:
+        raise NodeUsageError(str(err))
+
+
+def _need(ok, what, value):
+    if not ok:
+        raise NodeUsageError(f"{what} {str(value)[:80]!r} is not valid")
+
+
+def _check_common(req):
+    try:
+        confine.storage_vg(req.vg)
+    except argparse.ArgumentTypeError as err:
+        raise NodeUsageError(str(err))
+    _need(naming.valid_host(req.host), "host", req.host)
+    if req.initiator is not None:
+        _need(iscsi.valid_iqn(req.initiator), "initiator", req.initiator)
+    _need(iscsi.valid_iqn(req.iqn_base) and ":" not in req.iqn_base, "iqn_base", req.iqn_base)
+    for disk in req.disks:
+        _need(naming.valid_name(disk.lv), "LV name", disk.lv)
+
+
+def _check_attach(req):
+    _check_common(req)
+    _need(naming.valid_name(req.pool), "pool", req.pool)
+    try:
+        ipaddress.ip_address(req.portal_ip)
+    except ValueError:
+        raise NodeUsageError(f"portal_ip {req.portal_ip[:60]!r} is not an IP address")
+    if req.chap_user is not None:
+        _need(naming.valid_chap_user(req.chap_user), "CHAP user", req.chap_user)
+    for disk in req.disks:
+        for name in (disk.image_lv, (disk.create or {}).get("origin")):
+            if name is not None:
+                _need(naming.valid_name(name), "LV name", name)
+        for host in (disk.wb_host, disk.wb_from):
+            if host is not None:
+                _need(naming.valid_host(host), "host", host)
+        create = disk.create or {}
+        if create.get("fs") is not None and create["fs"] not in lvops.FILESYSTEMS:
+            raise NodeUsageError(f"fs {create['fs'][:40]!r} is not one of "
+                                 f"{', '.join(lvops.FILESYSTEMS)}")
+        if create.get("size_mib") is not None and not 1 <= create["size_mib"] <= 1 << 30:
+            raise NodeUsageError(f"size_mib {create['size_mib']} is out of range")
+        for tag in _owner(req, disk, "clone"):
+            _need(lvm.valid_tag(tag), "owner tag", tag)
+
+
+def _owner(req, disk, default_kind):
+    owner = dict((disk.create or {}).get("owner") or {})
+    owner.setdefault("kind", default_kind)
+    if req.ds_id is not None:
+        owner["ds"] = req.ds_id
+    return protocol.owner_tags(**owner)
+
+
+def _vm_disk_of(lv):
+    """(vm, disk) of vm-V-disk-D, for the owner tags of its map."""
+    parts = lv.split("-")
+    if len(parts) >= 4 and parts[0] == "vm" and parts[2] == "disk":
+        return parts[1], parts[3]
+    return None, None
+
+
+# -- storage-attach ---------------------------------------------------------------------------
+
+class _Disk:
+    """What the transaction decided for one disk: its mode, its LUNs and its base key."""
+
+    def __init__(self, want):
+        self.want = want
+        self.mode = "none" if want.readonly else want.mode
+        self.gen = None
+        self.created = False
+        self.size_bytes = None
+        self.add_tags = []
+        self.delete_tags = []
+
+
+def _refuse_before_changes(rep, req, disk):
+    lv = rep.get(disk.want.lv)
+    create = disk.want.create
+    if lv is None and not create:
+        raise NodeError(f"logical volume {req.vg}/{disk.want.lv} does not exist on this storage "
+                        "node")
+    if lv is None and create and create.get("origin") and rep.get(create["origin"]) is None:
+        raise NodeError(f"logical volume {req.vg}/{create['origin']} (the image) does not exist "
+                        "on this storage node")
+    if lv is not None:
+        confine.require_owned(lv, "export")
+        owner = tag_value(lv.tags, WB_HOST_TAG)
+        if owner and owner not in (req.host, disk.want.wb_host, disk.want.wb_from):
+            raise NodeError(f"{req.vg}/{disk.want.lv} has unflushed write-back data on {owner}; "
+                            f"boot {owner} (its activation flushes it) before using the disk on "
+                            f"{req.host}")
+
+
+def _unexport_all(vg, name, iqn_base):
+    lio.unexport(naming.target_iqn(vg, name, iqn_base), naming.backstore_name(vg, name), None)
+
+
+def _remove_unexported(rep, name, iqn_base):
+    """Drop every export of the LV, then the LV."""
+    if rep.get(name) is None:
+        return False
+    with lio.config_lock():
+        _unexport_all(rep.name, name, iqn_base)
+    return lvops.remove(rep, name)
+
+
+def _read_layer(rep, req, disk, clone_tags):
+    """Make sure the image has a base and the clone a region map made against it (all under the
+    VG lock: concurrent first clones of one image agree on one base generation). Sets
+    disk.gen, or turns the read layer off when the map cannot be trusted."""
+    want = disk.want
+    base_name = protocol.base_lv(want.image_lv)
+    base = rep.get(base_name)
+    if base is not None and RETIRED_TAG in base.tags:
+        _run.info(f"{req.vg}/{base_name} is retired (the image was written); no read cache")
+        disk.mode = without_read(disk.mode)
+        return
+    if base is None:
+        gen = _secrets.token_hex(4)
+        image_id = want.image_lv.split("-", 1)[1] if want.image_lv.startswith("img-") else None
+        owner = protocol.owner_tags(kind="base", image=image_id, ds=req.ds_id)
+        lvops.ensure_snapshot(rep, want.image_lv, base_name, owner + [BASE_GEN_TAG + gen],
+                              req.max_fill)
+        base_bytes = rep.get(want.image_lv).size_bytes
+    else:
+        gen = tag_value(base.tags, BASE_GEN_TAG)
+        if gen is None:
+            gen = _secrets.token_hex(4)
+            lvm.change_tags(req.vg, base_name, [BASE_GEN_TAG + gen], [])
+        base_bytes = base.size_bytes
+    map_name = protocol.map_lv(want.lv)
+    mapped = rep.get(map_name)
+    if mapped is not None and (want.map == "forget" or
+                               tag_value(mapped.tags, BASE_GEN_TAG) != gen):
+        _remove_unexported(rep, map_name, req.iqn_base)
+        mapped = None
+    if want.map == "forget":
+        disk.mode = without_read(disk.mode)
+        return
+    clone_gen = tag_value(clone_tags, BASE_GEN_TAG)
+    if mapped is None:
+        if clone_gen not in (None, gen):
+            # The clone predates this base: its unwritten regions may differ from it.
+            disk.mode = without_read(disk.mode)
+            return
+        vm, disk_id = _vm_disk_of(want.lv)
+        owner = protocol.owner_tags(kind="map", vm=vm, disk=disk_id, ds=req.ds_id)
+        lvops.ensure_thin(rep, req.pool, map_name, map_size_mib(disk.size_bytes),
+                          owner + [BASE_GEN_TAG + gen], req.max_fill)
+        map_tags = [BASE_GEN_TAG + gen]
+    else:
+        map_tags = mapped.tags
+        if want.map == "stale" and STALE_MAP_TAG not in map_tags:
+            lvm.change_tags(req.vg, map_name, [STALE_MAP_TAG], [])
+            map_tags = map_tags + [STALE_MAP_TAG]
+        elif want.map == "fresh" and STALE_MAP_TAG in map_tags:
+            lvm.change_tags(req.vg, map_name, [], [STALE_MAP_TAG])
+            map_tags = [t for t in map_tags if t != STALE_MAP_TAG]
+    if clone_gen is None:
+        disk.add_tags.append(BASE_GEN_TAG + gen)
+        clone_gen = gen
+    # A disk grown past its image has regions the base cannot serve.
+    if clone_gen != gen or STALE_MAP_TAG in map_tags or disk.size_bytes > base_bytes:
+        _run.info(f"{req.vg}/{want.lv}: no valid region map; assembling without the read cache")
+        disk.mode = without_read(disk.mode)
+        return
+    disk.gen = gen
+
+
+def _map_action(rep, vg_req, lv, action):
+    """stale / fresh / forget on a clone's region map, when the disk gets no read layer now."""
+    map_name = protocol.map_lv(lv)
+    mapped = rep.get(map_name)
+    if mapped is None or action == "keep":
+        return
+    if action == "forget":
+        _remove_unexported(rep, map_name, vg_req.iqn_base)
+    elif action == "stale" and STALE_MAP_TAG not in mapped.tags:
+        lvm.change_tags(rep.name, map_name, [STALE_MAP_TAG], [])
+    elif action == "fresh" and STALE_MAP_TAG in mapped.tags:
+        lvm.change_tags(rep.name, map_name, [], [STALE_MAP_TAG])
+
+
+def _retire_base(rep, req, image_lv):
+    """The image is about to be written: its base stays for the clones that use it but serves no
+    new one; a base nobody uses goes."""
+    base_name = protocol.base_lv(image_lv)
+    base = rep.get(base_name)
+    if base is None:
+        return
+    with lio.config_lock():
+        used = lio.users_of_device(base.path, naming.backstore_name(req.vg, base_name))
+    if used:
+        if RETIRED_TAG not in base.tags:
+            lvm.change_tags(req.vg, base_name, [RETIRED_TAG], [])
+    else:
+        lvops.remove(rep, base_name)
+
+
+def _bring_lv(rep, req, disk):
+    """The disk's LV made (snapshot or new) or found; its guards and base generation set."""
+    want = disk.want
+    lv = rep.get(want.lv)
+    create = want.create
+    if create:
+        tags = _owner(req, want, "clone")
+        if create.get("origin"):
+            disk.size_bytes, disk.created = lvops.ensure_snapshot(
+                rep, create["origin"], want.lv, tags, req.max_fill, create.get("size_mib"))
+        else:
+            disk.size_bytes, disk.created = lvops.ensure_thin(
+                rep, req.pool, want.lv, create["size_mib"], tags, req.max_fill)
+    else:
+        disk.size_bytes = lv.size_bytes
+    clone_tags = lv.tags if lv is not None else []
+    if want.retire_base:
+        _retire_base(rep, req, want.lv)
+    if has_read(disk.mode):
+        _read_layer(rep, req, disk, clone_tags)
+    else:
+        _map_action(rep, req, want.lv, want.map)
+    if has_writeback(disk.mode):
+        guard = WB_HOST_TAG + (want.wb_host or req.host)
+        if guard not in clone_tags:
+            disk.add_tags.append(guard)
+            disk.delete_tags += [t for t in clone_tags if t.startswith(WB_HOST_TAG)]
+    if disk.add_tags or disk.delete_tags:
+        lvm.change_tags(req.vg, want.lv, disk.add_tags, disk.delete_tags)
+
+
+def _luns(req, disk):
+    """role -> LV name of every LUN the host needs for the disk."""
+    names = {"clone": disk.want.lv}
+    if has_read(disk.mode):
+        names["base"] = protocol.base_lv(disk.want.image_lv)
+        names["map"] = protocol.map_lv(disk.want.lv)
+    return names
+
+
+def _export(rep, req, chap, disk):
+    luns = {}
+    for role, name in _luns(req, disk).items():
+        lv = lvops.require_lv(rep, name, "export")
+        lvops.ensure_active(lv)
+        iqn = naming.target_iqn(req.vg, name, req.iqn_base)
+        if disk.want.export:
+            _run.info(f"exporting {lv.path} as {iqn} to {req.initiator}")
+            lio.export(iqn, naming.backstore_name(req.vg, name), lv.path,
+                       naming.lun_serial(req.vg, name), req.initiator,
+                       portal_ip=req.portal_ip, port=req.port, chap=chap,
+                       readonly=disk.want.readonly and role == "clone")
+        luns[role] = {"iqn": iqn, "serial": naming.lun_serial(req.vg, name)}
+    return luns
+
+
+@command(protocol.STORAGE_ATTACH, "bring an action's disks to their storage state and export them")
+def storage_attach(args):
+    req = _decode(protocol.StorageAttach, args.request)
+    _check_attach(req)
+    chap = credentials_from_stdin(req.chap_user)
+    disks = [_Disk(want) for want in req.disks]
+    with locks.lock("vg", req.vg):
+        rep = lvm.report(req.vg)
+        lvops.require_pool(rep, req.pool)
+        for disk in disks:
+            _refuse_before_changes(rep, req, disk)
+        for disk in disks:
+            _bring_lv(rep, req, disk)
+        # What changed is read again once, not after every step.
+        rep = lvm.report(req.vg)
+        for disk in disks:
+            fs = (disk.want.create or {}).get("fs")
+            if fs and (disk.created or fs != "raw"):
+                lvops.ensure_fs(rep.get(disk.want.lv), fs)
+        with lio.config_lock():
+            out = []
+            for disk in disks:
+                out.append({"lv": disk.want.lv, "mode": disk.mode, "created": disk.created,
+                            "size_bytes": disk.size_bytes, "luns": _export(rep, req, chap, disk),
+                            "base_key": protocol.base_key(req.vg, disk.want.image_lv, disk.gen)
+                            if disk.gen else None})
+            if any(d.want.export for d in disks):
+                lio.save_config()
+    return {"vg": req.vg, "disks": out}
+
+
+storage_attach.configure = _request_option
+
+
+# -- storage-release --------------------------------------------------------------------------
+
+def _snapshots_of(rep, lv):
+    prefix = f"{lv}-snap-"
+    return sorted(n for n in rep.lvs if n.startswith(prefix) and n[len(prefix):].isdigit())
+
+
+def _revoke(req, name, whole_target):
+    iqn = naming.target_iqn(req.vg, name, req.iqn_base)
+    return lio.unexport(iqn, naming.backstore_name(req.vg, name),
+                        None if whole_target else req.initiator)
+
+
+@command(protocol.STORAGE_RELEASE, "revoke a host's access to an action's disks; remove the VM's own")
+def storage_release(args):
+    req = _decode(protocol.StorageRelease, args.request)
+    _check_common(req)
+    for disk in req.disks:
+        if disk.release_base_of is not None:
+            _need(naming.valid_name(disk.release_base_of), "LV name", disk.release_base_of)
+        if disk.wb_host is not None:
+            _need(naming.valid_host(disk.wb_host), "wb_host", disk.wb_host)
+    out = []
+    with locks.lock("vg", req.vg):
+        rep = lvm.report(req.vg)
+        for disk in req.disks:
+            lv = rep.get(disk.lv)
+            if lv is not None:
+                confine.require_owned(lv, "release")
+        with lio.config_lock():
+            for disk in req.disks:
+                # A host that is gone (no initiator known) loses every ACL of the VM's disks.
+                whole = req.initiator is None or disk.remove
+                if disk.unexport or disk.remove:
+                    _revoke(req, disk.lv, whole)
+                    _revoke(req, protocol.map_lv(disk.lv), whole)
+                if disk.remove:
+                    for snap in _snapshots_of(rep, disk.lv):
+                        _revoke(req, snap, True)
+                elif disk.map == "forget":
+                    _revoke(req, protocol.map_lv(disk.lv), True)
+                if disk.release_base_of and req.initiator is not None:
+                    _revoke(req, protocol.base_lv(disk.release_base_of), False)
+            lio.save_config()
+        for disk in req.disks:
+            lv = rep.get(disk.lv)
+            result = {"lv": disk.lv, "removed": False}
+            map_name = protocol.map_lv(disk.lv)
+            if disk.remove and rep.get(map_name) is not None:
+                lvops.remove(rep, map_name)
+            else:
+                _map_action(rep, req, disk.lv, disk.map)
+            if lv is not None and disk.remove:
+                for snap in _snapshots_of(rep, disk.lv):
+                    lvops.remove(rep, snap)
+                result["removed"] = lvops.remove(rep, disk.lv)
+            elif lv is not None:
+                owner = tag_value(lv.tags, WB_HOST_TAG)
+                add, delete = [], []
+                if disk.wb_host and owner != disk.wb_host:
+                    add = [WB_HOST_TAG + disk.wb_host]
+                    delete = [t for t in lv.tags if t.startswith(WB_HOST_TAG)]
+                elif disk.wb_clear and owner == req.host:
+                    delete = [WB_HOST_TAG + owner]
+                if add or delete:
+                    lvm.change_tags(req.vg, disk.lv, add, delete)
+            out.append(result)
+    return {"vg": req.vg, "disks": out}
+
+
+storage_release.configure = _request_option

@@ -1,0 +1,390 @@
+"""The seam between the front-end and the node helper, in one place both sides import.
+
+- the cache-mode vocabulary and its rules;
+- the guard and ownership tags tm_iscsi keeps on the storage node's LVs;
+- the four transactions an action is made of, with their requests as typed records that travel
+  as one JSON argument (`--request`) and are checked field by field on the node before anything
+  changes:
+
+    storage-attach   storage node: every disk of an action at its wanted storage state (LV made
+                     or snapshotted, base and region map, guard tags, exports and ACLs for one
+                     host, the saved LIO config written once); returns the LUNs the host needs.
+    host-attach      host: log in to every LUN, check each serial, build the cache stacks, link.
+    host-detach      host: tear the stacks down (flush or drop), log out, unlink; says which
+                     image bases the host's read caches no longer use.
+    storage-release  storage node: revoke the host's ACLs (or every ACL of a host that is gone),
+                     clear guards, remove what the VM owned.
+
+Secrets never travel in a request: a CHAP secret is the first line of the call's stdin.
+Standard library only (the node helper imports this module too)."""
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Dict, List, Optional
+
+# -- cache modes ---------------------------------------------------------------------------------
+
+MODES = ("none", "read", "writeback", "read+writeback")
+
+
+def has_read(mode):
+    return mode in ("read", "read+writeback")
+
+
+def has_writeback(mode):
+    return mode in ("writeback", "read+writeback")
+
+
+def without_read(mode):
+    return "writeback" if has_writeback(mode) else "none"
+
+
+def effective(mode, volume_kind):
+    """The layers a volume of `volume_kind` can have in `mode`: the read cache is of an image
+    shared by many VMs, so only clones of an image get it."""
+    if volume_kind == "clone":
+        return mode
+    if volume_kind in ("volatile", "image"):
+        return "writeback" if has_writeback(mode) else "none"
+    return "none"
+
+
+# -- tags on the storage node's LVs -------------------------------------------------------------
+
+OWNER_TAG = "tm_iscsi"
+# A host holds unflushed write-back data of the LV: no other host may attach it.
+WB_HOST_TAG = "tm_iscsi.wb-host="
+# The base generation a clone's region map was made against (on the clone, its map, the base).
+BASE_GEN_TAG = "tm_iscsi.base="
+# The image was written (attached persistent, reverted): its base serves no new clone.
+RETIRED_TAG = "tm_iscsi.retired=yes"
+# The clone is written by a path that does not update its map (live migration in progress).
+STALE_MAP_TAG = "tm_iscsi.map=stale"
+
+
+def tag_value(tags, prefix):
+    for tag in tags or ():
+        if tag.startswith(prefix):
+            return tag[len(prefix):]
+    return None
+
+
+def owner_tags(**owner):
+    """lv_tags(kind="clone", vm=42, disk=0, image=7, ds=100) -> ["tm_iscsi",
+    "tm_iscsi.disk=0", ...]. LVM allows [A-Za-z0-9_+.-/=!:&#] in tags."""
+    tags = [OWNER_TAG]
+    for key, value in sorted(owner.items()):
+        if value is not None:
+            tags.append(f"tm_iscsi.{key}={value}")
+    return tags
+
+
+def base_lv(image_lv):
+    """The image's read-cache base: a thin snapshot of it, exported to hosts, never written."""
+    return f"{image_lv}-base"
+
+
+def map_lv(lv):
+    """A clone's region map (dm-clone metadata), kept next to the clone."""
+    return f"{lv}-map"
+
+
+def base_key(vg, image_lv, gen):
+    """What names one version of an image's base on every host (its read cache's identity)."""
+    return f"{vg}.{base_lv(image_lv)}.{gen}"
+
+
+def base_key_prefix(vg, image_lv):
+    return f"{vg}.{base_lv(image_lv)}."
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+STORAGE_ATTACH = "storage-attach"
+STORAGE_RELEASE = "storage-release"
+HOST_ATTACH = "host-attach"
+HOST_DETACH = "host-detach"
+TRANSACTIONS = (STORAGE_ATTACH, STORAGE_RELEASE, HOST_ATTACH, HOST_DETACH)
+
+LUN_ROLES = ("clone", "base", "map")
+MAX_DISKS = 64
+MAP_ACTIONS = ("keep", "stale", "fresh", "forget")
+
+
+class ProtocolError(ValueError):
+    """A request that is not what the protocol says; the message names the field."""
+
+
+def _check_type(where, name, value, kind, optional):
+    if value is None:
+        if optional:
+            return
+        raise ProtocolError(f"{where}: {name} is required")
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool) and abs(value) < 1 << 53
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise ProtocolError(f"{where}: {name} must be {kind.__name__}, not {value!r:.60}")
+    if kind is str and (len(value) > 4096 or "\0" in value or "\n" in value):
+        raise ProtocolError(f"{where}: {name} is too long or holds a NUL or newline")
+
+
+class _Record:
+    """A dataclass that travels as JSON: unknown keys and wrong types are refused."""
+    _TYPES: Dict[str, tuple] = {}
+    _NESTED: Dict[str, type] = {}
+
+    @classmethod
+    def from_dict(cls, doc, where=None):
+        where = where or cls.__name__
+        if not isinstance(doc, dict):
+            raise ProtocolError(f"{where} must be an object")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(doc) - names)
+        if unknown:
+            raise ProtocolError(f"{where}: unknown field {unknown[0]!r}")
+        values = {}
+        for name in names:
+            value = doc.get(name)
+            if name in cls._NESTED:
+                nested = cls._NESTED[name]
+                if name in cls._TYPES and cls._TYPES[name][0] is list:
+                    if not isinstance(value or [], list) or len(value or []) > MAX_DISKS:
+                        raise ProtocolError(f"{where}: {name} must be a list of at most "
+                                            f"{MAX_DISKS}")
+                    value = [nested.from_dict(v, f"{where}.{name}[{i}]")
+                             for i, v in enumerate(value or [])]
+                elif name in cls._TYPES and cls._TYPES[name][0] is dict:
+                    if not isinstance(value or {}, dict):
+                        raise ProtocolError(f"{where}: {name} must be an object")
+                    for role in (value or {}):
+                        if role not in LUN_ROLES:
+                            raise ProtocolError(f"{where}: {name}: unknown LUN role {role!r}")
+                    value = {k: nested.from_dict(v, f"{where}.{name}.{k}")
+                             for k, v in (value or {}).items()}
+                elif value is not None:
+                    value = nested.from_dict(value, f"{where}.{name}")
+            else:
+                kind, optional = cls._TYPES[name]
+                if value is None:
+                    default = next(f for f in fields(cls) if f.name == name).default
+                    value = None if default is MISSING else default
+                _check_type(where, name, value, kind, optional)
+            values[name] = value
+        record = cls(**values)
+        record.check(where)
+        return record
+
+    def check(self, where):
+        pass
+
+    def to_dict(self):
+        return _strip(asdict(self))
+
+
+def _strip(value):
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value
+
+
+def encode(record):
+    return json.dumps(record.to_dict(), sort_keys=True, separators=(",", ":"))
+
+
+def decode(cls, text):
+    if not isinstance(text, str) or len(text) > 256 * 1024:
+        raise ProtocolError(f"{cls.__name__}: the request is not a JSON text of at most 256 KiB")
+    try:
+        doc = json.loads(text)
+    except ValueError as err:
+        raise ProtocolError(f"{cls.__name__}: the request is not JSON: {err}")
+    return cls.from_dict(doc)
+
+
+# -- storage-attach -----------------------------------------------------------------------------
+
+@dataclass
+class StorageDisk(_Record):
+    lv: str
+    mode: str = "none"                 # the cache mode wanted on the host
+    readonly: bool = False
+    # When the LV is missing: {"owner": {tag: value}, "origin": LV to snapshot, or "size_mib"
+    # of a new thin LV, "fs" to make on it}.
+    create: Optional[dict] = None
+    image_lv: Optional[str] = None     # the image a clone's read layer caches
+    retire_base: bool = False          # the image itself is about to be written
+    wb_host: Optional[str] = None      # set the write-back guard to this host (refuses others)
+    wb_from: Optional[str] = None      # ... taking it over from this one (flushed: migration)
+    map: str = "keep"                  # keep | stale | fresh | forget (migrations, resize)
+    export: bool = True                # export the disk's LUNs to the request's initiator
+
+    _TYPES = {"lv": (str, False), "mode": (str, False), "readonly": (bool, False),
+              "create": (dict, True), "image_lv": (str, True), "retire_base": (bool, False),
+              "wb_host": (str, True), "wb_from": (str, True), "map": (str, False),
+              "export": (bool, False)}
+
+    def check(self, where):
+        if self.mode not in MODES:
+            raise ProtocolError(f"{where}: mode {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.map not in MAP_ACTIONS:
+            raise ProtocolError(f"{where}: map {self.map!r} is not one of "
+                                f"{', '.join(MAP_ACTIONS)}")
+        if has_read(self.mode) and not self.image_lv:
+            raise ProtocolError(f"{where}: mode {self.mode} needs image_lv")
+        if self.create is not None:
+            unknown = sorted(set(self.create) - {"owner", "origin", "size_mib", "fs"})
+            if unknown:
+                raise ProtocolError(f"{where}.create: unknown field {unknown[0]!r}")
+            owner = self.create.get("owner") or {}
+            if not isinstance(owner, dict) or not all(
+                    isinstance(k, str) and isinstance(v, (str, int)) and not isinstance(v, bool)
+                    for k, v in owner.items()):
+                raise ProtocolError(f"{where}.create.owner must map names to strings or ints")
+            for key, kind in (("origin", str), ("size_mib", int), ("fs", str)):
+                _check_type(f"{where}.create", key, self.create.get(key), kind, True)
+            if not self.create.get("origin") and not self.create.get("size_mib"):
+                raise ProtocolError(f"{where}.create needs origin or size_mib")
+
+
+@dataclass
+class StorageAttach(_Record):
+    vg: str
+    host: str                          # the host the disks are for (guards name it)
+    initiator: Optional[str] = None    # its iSCSI initiator name (exports need it)
+    disks: List[StorageDisk] = field(default_factory=list)
+    pool: str = "tpool"
+    iqn_base: str = "iqn.2026-11.io.tm-iscsi"
+    portal_ip: str = "0.0.0.0"
+    port: int = 3260
+    chap_user: Optional[str] = None
+    max_fill: int = 90
+    ds_id: Optional[int] = None
+
+    _TYPES = {"vg": (str, False), "host": (str, False), "initiator": (str, True),
+              "disks": (list, False), "pool": (str, False), "iqn_base": (str, False),
+              "portal_ip": (str, False), "port": (int, False), "chap_user": (str, True),
+              "max_fill": (int, False), "ds_id": (int, True)}
+    _NESTED = {"disks": StorageDisk}
+
+    def check(self, where):
+        if not self.disks:
+            raise ProtocolError(f"{where}: disks is empty")
+        if any(d.export for d in self.disks) and not self.initiator:
+            raise ProtocolError(f"{where}: exporting needs the host's initiator")
+        if not 0 <= self.max_fill <= 100 or not 1 <= self.port <= 65535:
+            raise ProtocolError(f"{where}: max_fill or port out of range")
+
+
+@dataclass
+class Lun(_Record):
+    iqn: str
+    serial: str
+
+    _TYPES = {"iqn": (str, False), "serial": (str, False)}
+
+
+# -- host-attach ----------------------------------------------------------------------------------
+
+@dataclass
+class HostDisk(_Record):
+    name: str                          # the disk's LV, which names its stack
+    mode: str
+    luns: Dict[str, Lun] = field(default_factory=dict)
+    link: Optional[str] = None
+    base_key: Optional[str] = None
+    wb_size_mib: Optional[int] = None
+
+    _TYPES = {"name": (str, False), "mode": (str, False), "luns": (dict, False),
+              "link": (str, True), "base_key": (str, True), "wb_size_mib": (int, True)}
+    _NESTED = {"luns": Lun}
+
+    def check(self, where):
+        if self.mode not in MODES:
+            raise ProtocolError(f"{where}: mode {self.mode!r} is not one of {', '.join(MODES)}")
+        need = {"clone", "base", "map"} if has_read(self.mode) else {"clone"}
+        if set(self.luns) != need:
+            raise ProtocolError(f"{where}: mode {self.mode} needs LUNs {', '.join(sorted(need))}")
+        if has_read(self.mode) and not self.base_key:
+            raise ProtocolError(f"{where}: mode {self.mode} needs base_key")
+
+
+@dataclass
+class HostAttach(_Record):
+    portal: str
+    disks: List[HostDisk] = field(default_factory=list)
+    initiator: Optional[str] = None    # what the storage node exported to; checked first
+    chap_user: Optional[str] = None
+
+    _TYPES = {"portal": (str, False), "disks": (list, False), "initiator": (str, True),
+              "chap_user": (str, True)}
+    _NESTED = {"disks": HostDisk}
+
+
+# -- host-detach ----------------------------------------------------------------------------------
+
+@dataclass
+class HostRelease(_Record):
+    name: str
+    flush: bool = True                 # write dirty blocks back (False: the disk is deleted)
+    luns: Dict[str, Lun] = field(default_factory=dict)   # clone, map (and base when read)
+    link: Optional[str] = None
+    base_prefix: Optional[str] = None  # base_key_prefix of the image the read layer cached
+
+    _TYPES = {"name": (str, False), "flush": (bool, False), "luns": (dict, False),
+              "link": (str, True), "base_prefix": (str, True)}
+    _NESTED = {"luns": Lun}
+
+    def check(self, where):
+        if "clone" not in self.luns:
+            raise ProtocolError(f"{where}: luns needs clone")
+
+
+@dataclass
+class HostDetach(_Record):
+    portal: str
+    disks: List[HostRelease] = field(default_factory=list)
+
+    _TYPES = {"portal": (str, False), "disks": (list, False)}
+    _NESTED = {"disks": HostRelease}
+
+
+# -- storage-release ------------------------------------------------------------------------------
+
+@dataclass
+class StorageRelease(_Record):
+    vg: str
+    host: str
+    disks: List["ReleaseDisk"] = field(default_factory=list)
+    initiator: Optional[str] = None    # None: every ACL of the disks' targets goes (host lost)
+    iqn_base: str = "iqn.2026-11.io.tm-iscsi"
+
+    _TYPES = {"vg": (str, False), "host": (str, False), "disks": (list, False),
+              "initiator": (str, True), "iqn_base": (str, False)}
+
+
+@dataclass
+class ReleaseDisk(_Record):
+    lv: str
+    unexport: bool = True              # the host's ACLs of the disk (and its map) go
+    remove: bool = False               # the LV, its snapshots and its map go (the VM's own)
+    wb_clear: bool = False             # the write-back guard goes, if it names the host
+    wb_host: Optional[str] = None      # ... or is set to this host (a failed migration)
+    map: str = "keep"                  # keep | stale | fresh | forget
+    release_base_of: Optional[str] = None   # image whose base the host no longer uses
+
+    _TYPES = {"lv": (str, False), "unexport": (bool, False), "remove": (bool, False),
+              "wb_clear": (bool, False), "wb_host": (str, True), "map": (str, False),
+              "release_base_of": (str, True)}
+
+    def check(self, where):
+        if self.map not in MAP_ACTIONS:
+            raise ProtocolError(f"{where}: map {self.map!r} is not one of "
+                                f"{', '.join(MAP_ACTIONS)}")
+
+
+StorageRelease._NESTED = {"disks": ReleaseDisk}
