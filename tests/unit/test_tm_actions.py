@@ -1,12 +1,13 @@
 """Front-end TM/DS actions with the nodes replaced by a recorder: which node is asked for what, in
 which order, and how bad input is refused (one line, exit 1, nothing asked of any node).
 Behaviour on devices is proven in tests/lab; this checks the decisions and the error paths."""
+import json
 import os
 import stat
 
 import pytest
 
-from tm_iscsi import settings as settings_mod
+from tm_iscsi import protocol, settings as settings_mod
 from tm_iscsi.context import ActionContext
 from tm_iscsi.one.objects import Datastore, VirtualMachine
 from tm_iscsi.one.errors import OnedNoSuchObject
@@ -48,6 +49,40 @@ class FakeOne:
         return self.datastores[ds_id]
 
 
+def _request(args):
+    """The JSON request of a transaction call (`--request JSON`)."""
+    assert args[0] == "--request"
+    return json.loads(args[1])
+
+
+def _storage_attach(host, args):
+    disks = []
+    for disk in _request(args)["disks"]:
+        luns = {"clone": {"iqn": "iqn.x:" + disk["lv"], "serial": "s-" + disk["lv"]}}
+        if protocol.has_read(disk["mode"]):
+            for role, lv in (("base", disk["image_lv"] + "-base"), ("map", disk["lv"] + "-map")):
+                luns[role] = {"iqn": "iqn.x:" + lv, "serial": "s-" + lv}
+        disks.append({"lv": disk["lv"], "mode": disk["mode"], "luns": luns, "created": True,
+                      "base_key": "vg-one-100.img-0-base.g1" if "base" in luns else None})
+    return {"disks": disks}
+
+
+def _host_detach(host, args):
+    return {"initiator": HOST1_IQN, "disks": [
+        {"name": d["name"], "existed": True, "base_released": True}
+        for d in _request(args)["disks"]]}
+
+
+TRANSACTIONS = {
+    "storage-attach": _storage_attach,
+    "host-attach": lambda host, args: {"initiator": HOST1_IQN, "initiator_mismatch": False,
+                                       "disks": [{"name": d["name"], "mode": d["mode"]}
+                                                 for d in _request(args)["disks"]]},
+    "host-detach": _host_detach,
+    "storage-release": lambda host, args: {"disks": []},
+}
+
+
 def _ds(ds_id, **template):
     xml = (fixtures.folder("00-datastores") / f"ds-{ds_id}.after-monitor.xml").read_text()
     ds = Datastore.from_xml(xml)
@@ -74,6 +109,7 @@ def world():
                             101: _ds(101, VG_NAME="vg-one-100")})
     calls = []
     answers = {
+        **TRANSACTIONS,
         "initiator": {"iqn": HOST1_IQN},
         "export": lambda host, args: {"iqn": "iqn.x:" + args[3], "serial": "s-" + args[3]},
         "attach": {"device": "/dev/sda"},
@@ -97,24 +133,69 @@ def _run(ctx, line, capsys):
     return code, plain
 
 
-def test_clone_is_snapshot_then_export_to_this_host_then_attach(world, capsys):
+def test_clone_is_one_storage_transaction_then_one_host_transaction(world, capsys):
     ctx, calls, _ = world
     code, plain = _run(ctx, "CLONE iscsi_lvm frontend:vg-one-100/img-0 "
                             "host1:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
     assert code == 0 and plain == []
-    # lv-info: no other host holds unflushed write-back data of the disk
+    # oned has no ISCSI_INITIATOR for host1 here: it is asked once.
     assert [(h, c) for h, c, _ in calls] == [
-        ("storage", "lv-snapshot"), ("storage", "lv-info"), ("host1", "initiator"),
-        ("storage", "export"), ("host1", "attach")]
-    snap_args = calls[0][2]
-    assert snap_args[:6] == ("--vg", "vg-one-100", "--origin", "img-0", "--lv", "vm-0-disk-0")
-    assert ("--initiator", HOST1_IQN) == calls[3][2][4:6]
-    attach = calls[4][2]
-    assert attach[attach.index("--link") + 1] == "/var/lib/one/datastores/101/0/disk.0"
-    assert attach[attach.index("--serial") + 1] == "s-vm-0-disk-0"
+        ("host1", "initiator"), ("storage", "storage-attach"), ("host1", "host-attach")]
+    storage = _request(calls[1][2])
+    assert storage["initiator"] == HOST1_IQN and storage["host"] == "host1"
+    (disk,) = storage["disks"]
+    assert disk["lv"] == "vm-0-disk-0" and disk["mode"] == "none"
+    assert disk["create"]["origin"] == "img-0" and disk["create"]["owner"]["vm"] == 0
+    (host_disk,) = _request(calls[2][2])["disks"]
+    assert host_disk["link"] == "/var/lib/one/datastores/101/0/disk.0"
+    assert host_disk["luns"] == {"clone": {"iqn": "iqn.x:vm-0-disk-0", "serial": "s-vm-0-disk-0"}}
 
 
-def test_chap_secret_goes_to_export_and_attach_on_stdin_never_in_argv(world, capsys):
+def test_the_initiator_oned_records_spares_the_call_and_one_learnt_is_recorded(world, capsys):
+    import xml.etree.ElementTree as ET
+    ctx, calls, one = world
+    updates = []
+    host = ET.fromstring("<HOST><ID>3</ID><NAME>host1</NAME><TEMPLATE/></HOST>")
+    one.host_pool = lambda: [host]
+    one.host_update = lambda host_id, template: updates.append((host_id, template))
+    line = ("CLONE iscsi_lvm frontend:vg-one-100/img-0 "
+            "host1:/var/lib/one//datastores/101/0/disk.0 0 100")
+    assert _run(ctx, line, capsys)[0] == 0
+    assert updates == [(3, {"ISCSI_INITIATOR": HOST1_IQN})]
+    ET.SubElement(host.find("TEMPLATE"), "ISCSI_INITIATOR").text = HOST1_IQN
+    calls.clear()
+    fresh = ActionContext(settings=ctx.settings, one=one)
+    fresh.node = ctx.node
+    assert _run(fresh, line, capsys)[0] == 0
+    assert [c for _, c, _ in calls] == ["storage-attach", "host-attach"]
+
+
+def test_a_host_whose_initiator_changed_gets_the_export_again(world, capsys):
+    import xml.etree.ElementTree as ET
+    ctx, calls, one = world
+    host = ET.fromstring("<HOST><ID>3</ID><NAME>host1</NAME><TEMPLATE>"
+                         "<ISCSI_INITIATOR>iqn.2026-11.lab:old</ISCSI_INITIATOR></TEMPLATE></HOST>")
+    one.host_pool = lambda: [host]
+    one.host_update = lambda host_id, template: None
+    answers = {}
+
+    def host_attach(h, args):
+        request = _request(args)
+        if request["initiator"] != HOST1_IQN:
+            return {"initiator": HOST1_IQN, "initiator_mismatch": True, "disks": []}
+        return TRANSACTIONS["host-attach"](h, args)
+    answers["host-attach"] = host_attach
+    ctx.node = lambda h, base=ctx.node: _with_answer(base(h), "host-attach", host_attach)
+    code, plain = _run(ctx, "CLONE iscsi_lvm frontend:vg-one-100/img-0 "
+                            "host1:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
+    assert code == 0, plain
+    assert [c for _, c, _ in calls] == ["storage-attach", "host-attach", "storage-attach",
+                                        "host-attach", "storage-release"]
+    assert _request(calls[2][2])["initiator"] == HOST1_IQN
+    assert _request(calls[4][2])["initiator"] == "iqn.2026-11.lab:old"
+
+
+def test_chap_secret_goes_to_both_transactions_on_stdin_never_in_argv(world, capsys):
     ctx, calls, one = world
     one.datastores[100] = _ds(100, CACHE_MODE="none", ISCSI_CHAP_USER="onechap",
                               ISCSI_CHAP_PASSWORD="s3cret-Passw0rd!")
@@ -134,12 +215,12 @@ def test_chap_secret_goes_to_export_and_attach_on_stdin_never_in_argv(world, cap
     code, plain = _run(ctx, "CLONE iscsi_lvm frontend:vg-one-100/img-0 "
                             "host1:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
     assert code == 0 and plain == []
-    for command in ("export", "attach"):
+    for command in ("storage-attach", "host-attach"):
         args = next(a for _, c, a in calls if c == command)
-        assert args[args.index("--chap-user") + 1] == "onechap"
+        assert _request(args)["chap_user"] == "onechap"
         assert stdins[command] == "s3cret-Passw0rd!\n"
     assert not any("s3cret" in " ".join(a) for _, _, a in calls)
-    assert not any(stdins[c] for c in stdins if c not in ("export", "attach"))
+    assert not any(stdins[c] for c in stdins if c not in ("storage-attach", "host-attach"))
 
 
 def test_a_chap_secret_with_a_blank_is_refused_before_any_node_call(world, capsys):
@@ -157,10 +238,14 @@ def test_stop_detaches_and_revokes_but_keeps_the_clone(world, capsys):
     code, plain = _run(ctx, "MV iscsi_lvm host1:/var/lib/one//datastores/101/0/disk.0 "
                             "frontend:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
     assert code == 0, plain
-    commands = [(h, c) for h, c, _ in calls]
-    assert commands == [("host1", "stack-teardown"), ("storage", "lv-info"), ("host1", "detach"),
-                        ("host1", "initiator"), ("storage", "unexport"), ("storage", "lv-info")]
-    assert ("--initiator", HOST1_IQN) == calls[4][2][-2:]
+    # The host says its initiator name as it lets go: no call to ask it.
+    assert [(h, c) for h, c, _ in calls] == [("host1", "host-detach"),
+                                             ("storage", "storage-release")]
+    (host_disk,) = _request(calls[0][2])["disks"]
+    assert host_disk["flush"] is True
+    release = _request(calls[1][2])
+    assert release["initiator"] == HOST1_IQN
+    assert release["disks"][0]["remove"] is False and release["disks"][0]["unexport"] is True
 
 
 def test_delete_of_a_persistent_disk_never_removes_the_image(world, capsys):
@@ -168,16 +253,18 @@ def test_delete_of_a_persistent_disk_never_removes_the_image(world, capsys):
     code, _ = _run(ctx, "DELETE iscsi_lvm host1:/var/lib/one//datastores/101/0/disk.1 0 100",
                    capsys)
     assert code == 0
-    assert "lv-remove" not in [c for _, c, _ in calls]
+    (release,) = [_request(a) for _, c, a in calls if c == "storage-release"]
+    assert release["disks"][0]["lv"] == "img-1" and release["disks"][0]["remove"] is False
 
 
-def test_delete_of_a_clone_removes_it_and_its_snapshots(world, capsys):
+def test_delete_of_a_clone_removes_it_in_one_storage_transaction(world, capsys):
     ctx, calls, _ = world
     code, _ = _run(ctx, "DELETE iscsi_lvm host1:/var/lib/one//datastores/101/0/disk.0 0 100",
                    capsys)
     assert code == 0
-    removed = [a for _, c, a in calls if c == "lv-remove"]
-    assert removed == [("--vg", "vg-one-100", "--lv", "vm-0-disk-0")]
+    assert [c for _, c, _ in calls] == ["host-detach", "storage-release"]
+    (disk,) = _request(calls[1][2])["disks"]
+    assert disk["lv"] == "vm-0-disk-0" and disk["remove"] is True
 
 
 @pytest.mark.parametrize("line, fragment", [
@@ -282,9 +369,8 @@ def cached_world(world):
     one.datastores[100] = _ds(100, CACHE_MODE="read+writeback")
     lvs = LvState(["img-0", "img-1"])
     answers = {
+        **TRANSACTIONS,
         "initiator": {"iqn": HOST1_IQN},
-        "export": lambda host, args: {"iqn": "iqn.x:" + args[3], "serial": "s-" + args[3]},
-        "attach": lambda host, args: {"stable_path": "/dev/disk/by-path/" + args[3]},
         "lv-list": {"lvs": []},
     }
     answers.update(lvs.answers())
@@ -292,74 +378,70 @@ def cached_world(world):
     return ctx, calls, lvs
 
 
-def test_clone_with_read_cache_makes_base_and_map_and_assembles_over_three_luns(
+def test_clone_with_read_cache_asks_for_the_read_layer_and_assembles_over_three_luns(
         cached_world, capsys):
     ctx, calls, lvs = cached_world
     code, plain = _run(ctx, "CLONE iscsi_lvm frontend:vg-one-100/img-0 "
                             "host1:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
     assert code == 0, plain
-    assert {"img-0-base", "vm-0-disk-0", "vm-0-disk-0-map"} <= set(lvs.lvs)
-    gen = [t for t in lvs.lvs["img-0-base"] if t.startswith("tm_iscsi.base=")]
-    assert gen and gen[0] in lvs.lvs["vm-0-disk-0"] and gen[0] in lvs.lvs["vm-0-disk-0-map"]
-    assert "tm_iscsi.wb-host=host1" in lvs.lvs["vm-0-disk-0"]
-    attached = [a[3] for h, c, a in calls if c == "attach"]
-    assert sorted(attached) == sorted(["iqn.x:vm-0-disk-0", "iqn.x:img-0-base",
-                                       "iqn.x:vm-0-disk-0-map"])
-    (assemble,) = [a for h, c, a in calls if c == "stack-assemble"]
-    assert assemble[assemble.index("--mode") + 1] == "read+writeback"
-    assert assemble[assemble.index("--link") + 1] == "/var/lib/one/datastores/101/0/disk.0"
+    assert [c for _, c, _ in calls] == ["initiator", "storage-attach", "host-attach"]
+    (disk,) = _request(calls[1][2])["disks"]
+    assert disk["mode"] == "read+writeback" and disk["image_lv"] == "img-0"
+    (host_disk,) = _request(calls[2][2])["disks"]
+    assert sorted(host_disk["luns"]) == ["base", "clone", "map"]
+    assert host_disk["mode"] == "read+writeback"
+    assert host_disk["base_key"] == "vg-one-100.img-0-base.g1"
+    assert host_disk["link"] == "/var/lib/one/datastores/101/0/disk.0"
 
 
-def test_a_disk_with_dirty_cache_on_another_host_is_refused(cached_world, capsys):
+def test_a_refusal_of_the_storage_node_is_the_action_s_one_line(cached_world, capsys):
+    from tm_iscsi.errors import DriverError
     ctx, calls, lvs = cached_world
-    lvs.lvs["vm-0-disk-0"] = {"tm_iscsi.wb-host=host2"}
+
+    def refuse(host, args):
+        raise DriverError("storage: vg-one-100/vm-0-disk-0 has unflushed write-back data on host2")
+    ctx.node = lambda h, base=ctx.node: _with_answer(base(h), "storage-attach", refuse)
     code, plain = _run(ctx, "CLONE iscsi_lvm frontend:vg-one-100/img-0 "
                             "host1:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
-    assert code == 1 and "host2" in plain[0] and "unflushed" in plain[0]
-    assert "stack-assemble" not in [c for _, c, _ in calls]
+    assert code == 1 and len(plain) == 1 and "host2" in plain[0] and "unflushed" in plain[0]
+    assert "host-attach" not in [c for _, c, _ in calls]
 
 
-def test_stale_region_map_means_no_read_layer(cached_world, capsys):
+def test_the_mode_the_storage_node_grants_is_the_one_the_host_builds(cached_world, capsys):
     ctx, calls, lvs = cached_world
-    _run(ctx, "CLONE iscsi_lvm frontend:vg-one-100/img-0 "
-              "host1:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
-    lvs.lvs["vm-0-disk-0-map"].add("tm_iscsi.map=stale")
-    calls.clear()
+
+    def no_read(host, args):
+        out = _storage_attach(host, args)
+        for disk in out["disks"]:
+            disk.update(mode="writeback", base_key=None, luns={"clone": disk["luns"]["clone"]})
+        return out
+    ctx.node = lambda h, base=ctx.node: _with_answer(base(h), "storage-attach", no_read)
     code, plain = _run(ctx, "MV iscsi_lvm frontend:/var/lib/one//datastores/101/0/disk.0 "
                             "host1:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
     assert code == 0, plain
-    (assemble,) = [a for h, c, a in calls if c == "stack-assemble"]
-    assert assemble[assemble.index("--mode") + 1] == "writeback"
-    assert "--map-dev" not in assemble
+    (host_disk,) = _request(next(a for _, c, a in calls if c == "host-attach"))["disks"]
+    assert host_disk["mode"] == "writeback" and sorted(host_disk["luns"]) == ["clone"]
 
 
 def test_delete_drops_the_cache_of_a_clone_and_keeps_none_of_it(cached_world, capsys):
     ctx, calls, lvs = cached_world
-    _run(ctx, "CLONE iscsi_lvm frontend:vg-one-100/img-0 "
-              "host1:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
-    calls.clear()
     code, plain = _run(ctx, "DELETE iscsi_lvm host1:/var/lib/one//datastores/101/0/disk.0 0 100",
                        capsys)
     assert code == 0, plain
-    (teardown,) = [a for h, c, a in calls if c == "stack-teardown"]
-    assert "--drop" in teardown
-    assert "vm-0-disk-0" not in lvs.lvs and "vm-0-disk-0-map" not in lvs.lvs
-    assert "img-0" in lvs.lvs
+    (host_disk,) = _request(next(a for _, c, a in calls if c == "host-detach"))["disks"]
+    assert host_disk["flush"] is False and sorted(host_disk["luns"]) == ["base", "clone", "map"]
+    (disk,) = _request(next(a for _, c, a in calls if c == "storage-release"))["disks"]
+    assert disk["remove"] is True and disk["release_base_of"] == "img-0"
 
 
 def test_stop_flushes_before_the_host_lets_go(cached_world, capsys):
     ctx, calls, lvs = cached_world
-    _run(ctx, "CLONE iscsi_lvm frontend:vg-one-100/img-0 "
-              "host1:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
-    calls.clear()
     code, plain = _run(ctx, "MV iscsi_lvm host1:/var/lib/one//datastores/101/0/disk.0 "
                             "frontend:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
     assert code == 0, plain
-    commands = [c for _, c, _ in calls]
-    assert commands.index("stack-teardown") < commands.index("detach")
-    (teardown,) = [a for h, c, a in calls if c == "stack-teardown"]
-    assert "--flush" in teardown
-    assert not any(t.startswith("tm_iscsi.wb-host=") for t in lvs.lvs["vm-0-disk-0"])
+    assert [c for _, c, _ in calls] == ["host-detach", "storage-release"]
+    assert _request(calls[0][2])["disks"][0]["flush"] is True
+    assert _request(calls[1][2])["disks"][0]["wb_clear"] is True
 
 
 def test_delete_with_sync_flushes_keeps_the_clone_as_an_image_and_drops_its_map(
@@ -368,8 +450,7 @@ def test_delete_with_sync_flushes_keeps_the_clone_as_an_image_and_drops_its_map(
     the user chose, retagged as an image, and its region map goes; replayed, nothing repeats."""
     import xml.etree.ElementTree as ET
     ctx, calls, lvs = cached_world
-    _run(ctx, "CLONE iscsi_lvm frontend:vg-one-100/img-0 "
-              "host1:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
+    lvs.lvs["vm-0-disk-0"] = {"tm_iscsi", "tm_iscsi.kind=clone", "tm_iscsi.vm=0"}
     vm = ctx.one.vms[0]
     user = vm.element.find("USER_TEMPLATE")
     ET.SubElement(user, "TM_ISCSI_SYNC").text = "YES"
@@ -383,15 +464,16 @@ def test_delete_with_sync_flushes_keeps_the_clone_as_an_image_and_drops_its_map(
     line = "DELETE iscsi_lvm host1:/var/lib/one//datastores/101/0/disk.0 0 100"
     code, plain = _run(ctx, line, capsys)
     assert code == 0, plain
-    (teardown,) = [a for h, c, a in calls if c == "stack-teardown"]
-    assert "--flush" in teardown
+    (host_disk,) = _request(next(a for _, c, a in calls if c == "host-detach"))["disks"]
+    assert host_disk["flush"] is True
+    (released,) = _request(next(a for _, c, a in calls if c == "storage-release"))["disks"]
+    assert released["remove"] is False and released["map"] == "forget"
     ((template, ds_id),) = allocated
     # YES keeps every non-persistent disk: this VM has one, so the name is the one asked for.
     assert ds_id == 100 and 'NAME = "golden"' in template
     assert 'SOURCE = "vg-one-100/vm-0-disk-0"' in template and 'SIZE = "64"' in template
     assert "tm_iscsi.image-of-sync=42" in lvs.lvs["vm-0-disk-0"]
-    assert "vm-0-disk-0-map" not in lvs.lvs
-    assert "lv-remove" not in [c for _, c, a in calls if "vm-0-disk-0" in a]
+    assert "lv-remove" not in [c for _, c, a in calls]
     code, plain = _run(ctx, line, capsys)
     assert code == 0 and len(allocated) == 1, plain
 
@@ -505,8 +587,8 @@ def test_write_back_cache_size_is_the_datastore_s(cached_world, capsys, attr, wa
     code, plain = _run(ctx, "CLONE iscsi_lvm frontend:vg-one-100/img-0 "
                             "host1:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
     assert code == 0, plain
-    (assemble,) = [a for _, c, a in calls if c == "stack-assemble"]
-    assert assemble[assemble.index("--wb-size-mib") + 1] == wanted
+    (host_disk,) = _request(next(a for _, c, a in calls if c == "host-attach"))["disks"]
+    assert host_disk["wb_size_mib"] == int(wanted)
 
 
 @pytest.mark.parametrize("value", ["0", "63", "big", "9" * 5000, "2097152"])

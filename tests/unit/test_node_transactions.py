@@ -1,0 +1,257 @@
+"""The storage node's transactions with LVM and LIO replaced by a small in-memory VG: the storage
+state each decides from what it reads (base generation, region map, guards), that refusals come
+before any change, and that a re-run changes nothing. The lab proves them on the real kernel."""
+import io
+import json
+import sys
+
+import pytest
+
+from tm_iscsi import naming, protocol
+from tm_iscsi.node import cli, lio, locks, lvm, lvops, nodeconf
+
+MIB = 1024 * 1024
+HOST1 = "iqn.2026-11.lab:host1"
+
+
+class FakeVG:
+    """vgt with a thin pool and tm_iscsi's image img-0 (64 MiB); lvm's change functions edit it."""
+
+    def __init__(self):
+        self.lvs = {}
+        self.calls = []
+        self.add("tpool", 8 << 30, segtype="thin-pool", tags=[], data_percent=10.0,
+                 metadata_percent=5.0)
+        self.add("img-0", 64 * MIB, tags=["tm_iscsi", "tm_iscsi.kind=image"])
+
+    def add(self, name, size, segtype="thin", tags=("tm_iscsi",), origin="", **extra):
+        self.lvs[name] = lvm.LV(vg="vgt", name=name, size_bytes=size, origin=origin,
+                                tags=list(tags), attr="Vwi-a-tz--", pool="tpool" if
+                                segtype == "thin" else "", segtype=segtype, **extra)
+
+    def report(self, vg, missing_ok=False):
+        self.calls.append("report")
+        lvs = {n: lvm.LV(**{**lv.__dict__, "tags": list(lv.tags)}) for n, lv in self.lvs.items()}
+        return lvm.VGReport("vgt", 20 << 30, 10 << 30, 4 * MIB, lvs)
+
+    def install(self, mocker):
+        mocker.patch.object(lvm, "report", side_effect=self.report)
+        mocker.patch.object(lvm, "create_snapshot", side_effect=lambda vg, origin, lv, tags=():
+                            self._change("snapshot", lv) or self.add(
+                                lv, self.lvs[origin].size_bytes, tags=tags, origin=origin))
+        mocker.patch.object(lvm, "create_thin", side_effect=lambda vg, pool, lv, size, tags=():
+                            self._change("create", lv) or self.add(lv, size, tags=tags))
+        mocker.patch.object(lvm, "change_tags", side_effect=self._tags)
+        mocker.patch.object(lvm, "remove", side_effect=lambda vg, lv: self._change(
+            "remove", lv) or self.lvs.pop(lv))
+        mocker.patch.object(lvm, "extend", side_effect=lambda vg, lv, size: self._change(
+            "extend", lv) or setattr(self.lvs[lv], "size_bytes", size))
+        mocker.patch.object(lvm, "activate")
+        self.exports = {}
+        mocker.patch.object(lio, "export", side_effect=self._export)
+        mocker.patch.object(lio, "unexport", side_effect=self._unexport)
+        mocker.patch.object(lio, "save_config", side_effect=lambda: self.calls.append("save"))
+        mocker.patch.object(lio, "users_of_device", side_effect=lambda dev, so=None: [
+            (so, sorted(self.exports))] if any(i.endswith(so.split(".", 1)[1])
+                                                 for i in self.exports) else [])
+        mocker.patch.object(lvops, "fs_type", return_value=None)
+        return self
+
+    def _change(self, what, lv):
+        self.calls.append(f"{what} {lv}")
+
+    def _tags(self, vg, lv, add=(), delete=()):
+        self._change("tags", lv)
+        tags = [t for t in self.lvs[lv].tags if t not in delete]
+        self.lvs[lv].tags = tags + [t for t in add if t not in tags]
+
+    def _export(self, iqn, backstore, dev, serial, initiator, **kw):
+        self.calls.append(f"export {iqn.rsplit('.', 1)[1]}")
+        self.exports.setdefault(iqn, set()).add(initiator)
+        return {"iqn": iqn, "serial": serial}
+
+    def _unexport(self, iqn, backstore, initiator=None):
+        if iqn in self.exports:
+            self.calls.append(f"unexport {iqn.rsplit('.', 1)[1]}")
+            if initiator is None:
+                del self.exports[iqn]
+            else:
+                self.exports[iqn].discard(initiator)
+                if not self.exports[iqn]:
+                    del self.exports[iqn]
+        return False, []
+
+    def tags(self, lv):
+        return set(self.lvs[lv].tags)
+
+
+@pytest.fixture(autouse=True)
+def node_env(tmp_path, tmp_path_factory, monkeypatch):
+    monkeypatch.setattr(locks, "LOCK_DIR", str(tmp_path / "locks"))
+    conf = tmp_path_factory.mktemp("etc") / "node.conf"
+    conf.write_text(f"ROLES=storage,host\nVG_NAME=vgt\nDATASTORES={tmp_path}\n")
+    monkeypatch.setattr(nodeconf, "PATH", str(conf))
+
+
+@pytest.fixture
+def vg(mocker):
+    return FakeVG().install(mocker)
+
+
+def run(capsys, command, request, stdin=None):
+    saved = sys.stdin
+    sys.stdin = io.StringIO(stdin or "")
+    try:
+        code = cli.main([command, "--request", protocol.encode(request)])
+    finally:
+        sys.stdin = saved
+    out, err = capsys.readouterr()
+    return code, (json.loads(out) if out.strip() else None), err
+
+
+def clone_request(mode="read+writeback", host="host1", **disk):
+    want = dict(lv="vm-7-disk-0", mode=mode, image_lv="img-0" if protocol.has_read(mode)
+                else None, create={"origin": "img-0", "owner": {"kind": "clone", "vm": 7,
+                                                                 "disk": 0, "image": 0}})
+    want.update(disk)
+    return protocol.StorageAttach(vg="vgt", host=host, initiator=HOST1, ds_id=100,
+                                  disks=[protocol.StorageDisk(**want)])
+
+
+def test_a_cached_clone_is_made_with_its_base_map_guard_and_three_exports_in_one_call(vg, capsys):
+    code, out, err = run(capsys, "storage-attach", clone_request())
+    assert code == 0, err
+    (disk,) = out["disks"]
+    assert disk["mode"] == "read+writeback" and disk["created"]
+    gen = protocol.tag_value(vg.tags("img-0-base"), protocol.BASE_GEN_TAG)
+    assert gen and disk["base_key"] == f"vgt.img-0-base.{gen}"
+    assert protocol.BASE_GEN_TAG + gen in vg.tags("vm-7-disk-0")
+    assert protocol.BASE_GEN_TAG + gen in vg.tags("vm-7-disk-0-map")
+    assert protocol.WB_HOST_TAG + "host1" in vg.tags("vm-7-disk-0")
+    assert "tm_iscsi.ds=100" in vg.tags("vm-7-disk-0-map")
+    assert sorted(disk["luns"]) == ["base", "clone", "map"]
+    assert disk["luns"]["clone"]["serial"] == naming.lun_serial("vgt", "vm-7-disk-0")
+    # Read once, changed, read once more; the saved LIO config written once.
+    assert vg.calls.count("report") == 2 and vg.calls.count("save") == 1
+    assert vg.calls[-1] == "save"
+
+
+def test_the_same_call_again_changes_nothing_but_the_idempotent_exports(vg, capsys):
+    run(capsys, "storage-attach", clone_request())
+    first = dict(vg.lvs)
+    vg.calls.clear()
+    code, out, _ = run(capsys, "storage-attach", clone_request())
+    assert code == 0 and not out["disks"][0]["created"]
+    assert [c for c in vg.calls if c.split()[0] in ("snapshot", "create", "tags", "remove")] == []
+    assert set(vg.lvs) == set(first)
+
+
+def test_a_second_clone_of_the_image_shares_its_base_generation(vg, capsys):
+    run(capsys, "storage-attach", clone_request())
+    code, out, _ = run(capsys, "storage-attach", clone_request(lv="vm-8-disk-0"))
+    assert code == 0
+    gen = protocol.tag_value(vg.tags("img-0-base"), protocol.BASE_GEN_TAG)
+    assert protocol.BASE_GEN_TAG + gen in vg.tags("vm-8-disk-0")
+    assert out["disks"][0]["mode"] == "read+writeback"
+    assert vg.calls.count("snapshot img-0-base") == 1
+
+
+def test_dirty_data_on_another_host_is_refused_before_any_change(vg, capsys):
+    vg.add("vm-7-disk-0", 64 * MIB, tags=["tm_iscsi", protocol.WB_HOST_TAG + "host2"],
+           origin="img-0")
+    vg.calls.clear()
+    code, out, err = run(capsys, "storage-attach", clone_request())
+    assert code == 1 and out is None
+    assert "unflushed write-back data on host2" in err and len(err.strip().splitlines()) == 1
+    assert [c for c in vg.calls if c != "report"] == []
+
+
+def test_a_stale_map_or_a_retired_base_means_no_read_layer(vg, capsys):
+    run(capsys, "storage-attach", clone_request())
+    vg.lvs["vm-7-disk-0-map"].tags.append(protocol.STALE_MAP_TAG)
+    code, out, _ = run(capsys, "storage-attach", clone_request())
+    assert out["disks"][0]["mode"] == "writeback" and sorted(out["disks"][0]["luns"]) == ["clone"]
+    vg.lvs["img-0-base"].tags.append(protocol.RETIRED_TAG)
+    code, out, _ = run(capsys, "storage-attach", clone_request(lv="vm-9-disk-0", mode="read"))
+    assert code == 0 and out["disks"][0]["mode"] == "none"
+
+
+def test_a_clone_older_than_the_base_gets_no_map(vg, capsys):
+    vg.add("img-0-base", 64 * MIB, tags=["tm_iscsi", protocol.BASE_GEN_TAG + "new"],
+           origin="img-0")
+    vg.add("vm-7-disk-0", 64 * MIB, tags=["tm_iscsi", "tm_iscsi.kind=clone", "tm_iscsi.vm=7",
+                                          "tm_iscsi.disk=0", "tm_iscsi.image=0",
+                                          "tm_iscsi.ds=100", protocol.BASE_GEN_TAG + "old"],
+           origin="img-0")
+    code, out, _ = run(capsys, "storage-attach", clone_request(mode="read"))
+    assert code == 0 and out["disks"][0]["mode"] == "none"
+    assert "vm-7-disk-0-map" not in vg.lvs
+
+
+def test_a_missing_image_is_one_line_and_nothing_changes(vg, capsys):
+    code, _, err = run(capsys, "storage-attach", clone_request(
+        create={"origin": "img-5", "owner": {"kind": "clone"}}, mode="none", image_lv=None))
+    assert code == 1 and "img-5" in err and "does not exist" in err
+    assert [c for c in vg.calls if c != "report"] == []
+
+
+@pytest.mark.parametrize("change", [
+    {"vg": "vg;rm"}, {"host": "-oProxyCommand=x"}, {"initiator": "iqn`id`"},
+    {"iqn_base": "iqn.2026-11.x:y"}, {"portal_ip": "storage"}, {"chap_user": "has space"},
+])
+def test_a_bad_request_field_is_refused_before_lvm_is_read(vg, capsys, change):
+    request = clone_request()
+    for key, value in change.items():
+        setattr(request, key, value)
+    code, _, err = run(capsys, "storage-attach", request)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert vg.calls == []
+
+
+@pytest.mark.parametrize("text", ["{", "[]", '{"vg": "vgt", "host": "h", "disks": [], "x": 1}',
+                                  '{"vg": "vgt", "host": "h", "disks": [{"lv": 5}]}',
+                                  '{"vg": "vgt", "host": "h", "disks": [{"lv": "a", "mode": "x"}]}'])
+def test_a_request_that_is_not_the_protocol_is_one_line(vg, capsys, text):
+    code = cli.main(["storage-attach", "--request", text])
+    _, err = capsys.readouterr()
+    assert code == 2 and len(err.strip().splitlines()) == 1 and vg.calls == []
+
+
+def test_release_revokes_removes_the_vm_s_own_and_keeps_the_image(vg, capsys):
+    run(capsys, "storage-attach", clone_request())
+    vg.add("vm-7-disk-0-snap-0", 64 * MIB, origin="vm-7-disk-0")
+    release = protocol.StorageRelease(vg="vgt", host="host1", initiator=HOST1, disks=[
+        protocol.ReleaseDisk(lv="vm-7-disk-0", remove=True, release_base_of="img-0")])
+    code, out, err = run(capsys, "storage-release", release)
+    assert code == 0, err
+    assert out["disks"] == [{"lv": "vm-7-disk-0", "removed": True}]
+    assert not {"vm-7-disk-0", "vm-7-disk-0-map", "vm-7-disk-0-snap-0"} & set(vg.lvs)
+    assert {"img-0", "img-0-base"} <= set(vg.lvs) and vg.exports == {}
+    again = run(capsys, "storage-release", release)
+    assert again[0] == 0 and again[1]["disks"][0]["removed"] is False
+
+
+def test_release_clears_only_this_host_s_guard(vg, capsys):
+    run(capsys, "storage-attach", clone_request())
+    other = protocol.StorageRelease(vg="vgt", host="host2", initiator=HOST1, disks=[
+        protocol.ReleaseDisk(lv="vm-7-disk-0", wb_clear=True)])
+    run(capsys, "storage-release", other)
+    assert protocol.WB_HOST_TAG + "host1" in vg.tags("vm-7-disk-0")
+    mine = protocol.StorageRelease(vg="vgt", host="host1", initiator=HOST1, disks=[
+        protocol.ReleaseDisk(lv="vm-7-disk-0", wb_clear=True)])
+    run(capsys, "storage-release", mine)
+    assert not any(t.startswith(protocol.WB_HOST_TAG) for t in vg.tags("vm-7-disk-0"))
+
+
+def test_a_live_migration_moves_the_guard_only_from_the_host_that_flushed(vg, capsys):
+    run(capsys, "storage-attach", clone_request())
+    moved = clone_request(mode="writeback", host="host2", wb_host="host2", wb_from="host1",
+                          map="stale")
+    code, out, err = run(capsys, "storage-attach", moved)
+    assert code == 0, err
+    assert protocol.WB_HOST_TAG + "host2" in vg.tags("vm-7-disk-0")
+    assert protocol.WB_HOST_TAG + "host1" not in vg.tags("vm-7-disk-0")
+    assert protocol.STALE_MAP_TAG in vg.tags("vm-7-disk-0-map")
+    stolen = clone_request(mode="writeback", host="host3", wb_host="host3", wb_from="host1")
+    code, _, err = run(capsys, "storage-attach", stolen)
+    assert code == 1 and "host2" in err
