@@ -6,6 +6,8 @@ import contextlib
 import hashlib
 import re
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -129,6 +131,23 @@ class Cloud:
             plain = plain_lines(result)
             assert len(plain) == 1 and "injected fault" in plain[0], result.stderr
         raise AssertionError(f"{line}: more than {max_steps} node calls")
+
+    def killed_at_random(self, line, rng, max_delay, stdin=None,
+                         nodes=("storage", "host1", "host2")):
+        """Run the action and kill -9 every node helper process at a random moment of it (inside
+        whichever transaction runs then, or between two). Returns (seconds the kill came at,
+        the action's result)."""
+        delay = rng.uniform(0.0, max_delay)
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(self.tm_action, line, stdin)
+            time.sleep(delay)
+            for node in nodes:
+                self.lab.sh(node, "pkill -9 -f 'tm-iscsi-node|tm_iscsi[.]node' || true")
+            result = running.result()
+        if not result.success:
+            plain = plain_lines(result)
+            assert len(plain) == 1, result.stderr
+        return delay, result
 
     def import_image(self, mib, seed):
         """Image 0 from a pattern file of `mib` MiB through the real DS cp; kept as self.raw."""

@@ -4,6 +4,10 @@
 Each action is failed at its 1st, 2nd, ... node call, before the call is sent and after it has
 done its work, each re-run starting from what the previous failure left; then it runs clean and
 the result must be the same as an undisturbed run's."""
+import os
+import random
+import time
+
 import pytest
 
 from tests.lab.cloud import IMAGE_VG, SYSDIR, Cloud, sha_of_file
@@ -106,3 +110,30 @@ def test_snapshot_saveas_resize_migrate_and_mvds_converge(cloud):
                    f"{IMAGE_VG}/img-1 0 100")
     assert cloud.sha_on("storage", f"/dev/{IMAGE_VG}/img-1", 2) == written
     assert all(not t["iqn"].endswith("img-1") for t in cloud.exports())
+
+
+# Trials of the kill test in CI (bench/soak_kill.py runs 200).
+KILL_TRIALS = int(os.environ.get("TM_ISCSI_KILL_TRIALS", "3"))
+
+
+@pytest.mark.parametrize("mode", ["none", "read+writeback"])
+def test_a_helper_killed_inside_a_transaction_converges_on_the_re_run(cloud, mode):
+    """kill -9 of the node helper at seeded random moments of a deploy and of a terminate: the
+    re-run converges, the disk holds the image's bytes, and the terminate leaves nothing."""
+    cloud.set_cache_mode(mode)
+    rng = random.Random(f"kill-{mode}")
+    started = time.monotonic()
+    assert cloud.tm_action(CLONE).success
+    clean = time.monotonic() - started
+    assert cloud.tm_action(DELETE.replace("host2", "host1")).success
+    for _ in range(KILL_TRIALS):
+        cloud.killed_at_random(CLONE, rng, clean)
+        result = cloud.tm_action(CLONE)
+        assert result.success, result.info
+        assert cloud.sha_on("host1", DISK0, 2) == sha_of_file(cloud.raw, 2)
+        cloud.killed_at_random(DELETE.replace("host2", "host1"), rng, clean)
+        result = cloud.tm_action(DELETE.replace("host2", "host1"))
+        assert result.success, result.info
+        assert [lv for lv in cloud.lvs() if lv.startswith("vm-0")] == []
+        assert cloud.leftovers_on_hosts() == {}
+        assert [t["iqn"] for t in cloud.exports() if "vm-0" in t["iqn"]] == []

@@ -21,6 +21,11 @@ class Parser(argparse.ArgumentParser):
 
 
 def run(prog, parser, commands, argv, cloud, out):
+    from ..entry import guarded
+    return guarded(prog, _run, prog, parser, commands, argv, cloud, out)
+
+
+def _run(prog, parser, commands, argv, cloud, out):
     """Parse `argv`, build the Cloud when none is given, run the command; its exit code."""
     from .cloud import Cloud
     out = out or sys.stdout

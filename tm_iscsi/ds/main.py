@@ -19,6 +19,11 @@ ACTIONS = {
 
 
 def run(action, argv, stdin=None, ctx=None):
+    from ..entry import guarded
+    return guarded(f"datastore {action}", _run, action, argv, stdin, ctx)
+
+
+def _run(action, argv, stdin, ctx):
     try:
         if action not in ACTIONS:
             raise DriverError(f"{action} is not supported by the iscsi_lvm datastore")

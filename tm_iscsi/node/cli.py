@@ -80,6 +80,11 @@ def build_parser(argv=None):
 
 
 def main(argv=None):
+    from ..entry import guarded
+    return guarded("tm-iscsi-node", _main, argv)
+
+
+def _main(argv):
     try:
         args = build_parser(argv).parse_args(argv)
         if args.budget:

@@ -57,6 +57,11 @@ def _monitor(ctx, args):
 
 def run(action, argv, stdin=None, ctx=None):
     """Run TM `action` with its positional `argv`. Returns the process exit code."""
+    from ..entry import guarded
+    return guarded(f"tm {action}", _run, action, argv, stdin, ctx)
+
+
+def _run(action, argv, stdin, ctx):
     try:
         name, _system = split_action_name(action)
         if name in NOT_SUPPORTED:

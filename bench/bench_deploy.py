@@ -1,0 +1,320 @@
+#!/usr/bin/env python3
+"""Deploy cost on the lab, everything measured in one run (bench/results/deploy.json):
+
+- calls: ssh round trips per TM action and cache mode, counted at the ssh boundary (an `ssh` on
+  PATH that logs each invocation and runs the real one), not by the code under test;
+- floor_ratio: the deploy of one disk against the floor measured in the same run: the kernel
+  commands the deploy needs (thin snapshot, LIO export, iSCSI login, the link) run by hand in one
+  ssh session per node;
+- burst: N VMs of one image on the two hosts in read+writeback, 15 actions at a time as one_tm
+  runs them: failures, p95 clone latency over a single clone's, stacks without their read layer,
+  and what is left after terminating all of them (15 at a time);
+- lv_scale: clone latency with 1,000 LVs in the VG against 10.
+
+    bench/bench_deploy.py [--burst 50] [--lv-scale 1000] [--repeat 3] [--reuse]
+
+The driver reaches the hosts' initiator names from oned (ISCSI_INITIATOR in the host templates,
+as `tm-iscsi-hooks register` records them), as on an installed cloud."""
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from lab import api, config  # noqa: E402
+from lab.session import LabSession  # noqa: E402
+from tests.lab.cloud import IMAGE_VG, REMOTES, SYSDIR, Cloud  # noqa: E402
+from tests.standin.oned import OnedStandIn  # noqa: E402
+from tests.standin.transfer import TransferManager  # noqa: E402
+from tests.unit.test_admin_world import host_xml, vm_xml  # noqa: E402
+
+MODES = ("none", "read+writeback")
+PARALLEL = 15
+SSH_WRAPPER = """#!/bin/sh
+echo "$$ $*" >> "$TM_BENCH_SSH_LOG"
+exec /usr/bin/ssh "$@"
+"""
+
+
+class Counted:
+    """The cloud's driver with every ssh invocation logged."""
+
+    def __init__(self, cloud, workdir):
+        self.cloud = cloud
+        bindir = Path(workdir) / "bin"
+        bindir.mkdir(exist_ok=True)
+        (bindir / "ssh").write_text(SSH_WRAPPER)
+        (bindir / "ssh").chmod(0o755)
+        self.log = Path(workdir) / "ssh.log"
+        self.log.write_text("")
+        env = dict(cloud.env, PATH=f"{bindir}:{os.environ['PATH']}",
+                   TM_BENCH_SSH_LOG=str(self.log))
+        cloud.env = env
+        cloud.tm = TransferManager(REMOTES, drivers=["iscsi_lvm"], env=env, timeout=900)
+
+    def lines(self):
+        return self.log.read_text().splitlines()
+
+    def run(self, line, stdin=None):
+        before = len(self.lines())
+        started = time.monotonic()
+        result = self.cloud.tm_action(line, stdin=stdin)
+        seconds = time.monotonic() - started
+        if not result.success:
+            raise SystemExit(f"{line}: {result.info}")
+        return len(self.lines()) - before, seconds
+
+
+def _disk(host, vm, disk):
+    return f"{host}:{SYSDIR}/{vm}/disk.{disk}"
+
+
+def measure_calls(counted, mode, vm):
+    cloud = counted.cloud
+    cloud.set_cache_mode(mode)
+    cloud.oned.put_xml(vm_xml(vm, hosts=("host1",), disks=(0, 1, 2, 3)))
+    out = {}
+    out["clone"], _ = counted.run(f"CLONE iscsi_lvm frontend:{IMAGE_VG}/img-0 "
+                                  f"{_disk('host1', vm, 0)} {vm} 100")
+    out["mkimage"], _ = counted.run(f"MKIMAGE iscsi_lvm 64 raw {_disk('host1', vm, 2)} {vm} 101")
+    out["mkswap"], _ = counted.run(f"MKSWAP iscsi_lvm 64 {_disk('host1', vm, 3)} {vm} 101")
+    out["ln"], _ = counted.run(f"LN iscsi_lvm frontend:{IMAGE_VG}/img-1 "
+                               f"{_disk('host1', vm, 1)} {vm} 100")
+    out["mv_stop"], _ = counted.run(f"MV iscsi_lvm {_disk('host1', vm, 0)} "
+                                    f"{_disk('frontend', vm, 0)} {vm} 100")
+    out["mv_resume"], _ = counted.run(f"MV iscsi_lvm {_disk('frontend', vm, 0)} "
+                                      f"{_disk('host1', vm, 0)} {vm} 100")
+    out["mv_cold"], _ = counted.run(f"MV iscsi_lvm {_disk('host1', vm, 0)} "
+                                    f"{_disk('host2', vm, 0)} {vm} 100")
+    # A live migration of the whole VM (its four disks) back to host1.
+    for disk in (1, 2, 3):
+        counted.run(f"MV iscsi_lvm {_disk('host1', vm, disk)} {_disk('host2', vm, disk)} "
+                    f"{vm} {100 if disk == 1 else 101}")
+    cloud.oned.put_xml(vm_xml(vm, hosts=("host2", "host1"), disks=(0, 1, 2, 3)))
+    # No VM document on stdin (it would be the captured VM 0's): the driver reads it from oned.
+    pre, _ = counted.run(f"PREMIGRATE iscsi_lvm host2 host1 {SYSDIR}/{vm} {vm} 101")
+    post, _ = counted.run(f"POSTMIGRATE iscsi_lvm host2 host1 {SYSDIR}/{vm} {vm} 101")
+    out["live_migration_4_disks"] = pre + post
+    out["delete"], _ = counted.run(f"DELETE iscsi_lvm {_disk('host1', vm, 0)} {vm} 100")
+    for disk in (1, 2, 3):
+        counted.run(f"DELETE iscsi_lvm {_disk('host1', vm, disk)} {vm} "
+                    f"{100 if disk == 1 else 101}")
+    counted.run(f"DELETE iscsi_lvm host1:{SYSDIR}/{vm} {vm} 101")
+    return out
+
+
+def deploy_seconds(counted, mode, first_vm, repeat):
+    cloud = counted.cloud
+    cloud.set_cache_mode(mode)
+    times = []
+    for vm in range(first_vm, first_vm + repeat):
+        cloud.oned.put_xml(vm_xml(vm, hosts=("host1",), disks=(0,)))
+        _, seconds = counted.run(f"CLONE iscsi_lvm frontend:{IMAGE_VG}/img-0 "
+                                 f"{_disk('host1', vm, 0)} {vm} 100")
+        times.append(seconds)
+        counted.run(f"DELETE iscsi_lvm {_disk('host1', vm, 0)} {vm} 100")
+        counted.run(f"DELETE iscsi_lvm host1:{SYSDIR}/{vm} {vm} 101")
+    return statistics.median(times)
+
+
+FLOOR_STORAGE = r"""
+set -e
+lvcreate -q -y --snapshot --setactivationskip n -n floor-{n} {vg}/img-0 >/dev/null
+/opt/tm_iscsi-venv/bin/python - <<'EOF'
+import rtslib_fb as r
+so = r.BlockStorageObject("floor-{n}", dev="/dev/{vg}/floor-{n}")
+t = r.Target(r.FabricModule("iscsi"), "iqn.2026-11.io.floor:f{n}")
+tpg = r.TPG(t, 1)
+tpg.set_attribute("authentication", "0")
+r.NetworkPortal(tpg, "0.0.0.0", 3260)
+lun = r.LUN(tpg, 0, so)
+acl = r.NodeACL(tpg, "{initiator}")
+r.MappedLUN(acl, 0, lun)
+tpg.enable = True
+EOF
+"""
+FLOOR_HOST = r"""
+set -e
+iscsiadm -m node -o new -T iqn.2026-11.io.floor:f{n} -p {portal} >/dev/null
+iscsiadm -m node -T iqn.2026-11.io.floor:f{n} -p {portal} --login >/dev/null
+for i in $(seq 200); do
+  d=$(ls /dev/disk/by-path/ 2>/dev/null | grep "iqn.2026-11.io.floor:f{n}-lun-0$" || true)
+  [ -n "$d" ] && break; sleep 0.05
+done
+mkdir -p /tmp/floor && ln -sfn /dev/disk/by-path/$d /tmp/floor/disk.{n}
+"""
+FLOOR_UNDO_HOST = r"""
+iscsiadm -m node -T iqn.2026-11.io.floor:f{n} --logout >/dev/null 2>&1 || true
+iscsiadm -m node -T iqn.2026-11.io.floor:f{n} -o delete >/dev/null 2>&1 || true
+rm -f /tmp/floor/disk.{n}
+"""
+FLOOR_UNDO_STORAGE = r"""
+/opt/tm_iscsi-venv/bin/python - <<'EOF'
+import rtslib_fb as r
+root = r.RTSRoot()
+for t in list(root.targets):
+    if t.wwn == "iqn.2026-11.io.floor:f{n}":
+        t.delete()
+for so in list(root.storage_objects):
+    if so.name == "floor-{n}":
+        so.delete()
+EOF
+lvremove -q -y {vg}/floor-{n} >/dev/null
+"""
+
+
+def ssh_session(node, script):
+    """One ssh session to `node` running `script` as root (the lab's own key)."""
+    import subprocess
+    argv = ["ssh", "-F", str(config.SSH_CONFIG), f"root@{node}", "bash", "-s"]
+    started = time.monotonic()
+    result = subprocess.run(argv, input=script.encode(), capture_output=True, timeout=300)
+    if result.returncode != 0:
+        raise SystemExit(f"floor on {node}: {result.stderr.decode().strip()}")
+    return time.monotonic() - started
+
+
+def floor_seconds(repeat):
+    times = []
+    initiator = config.node("host1").initiator_iqn
+    for n in range(repeat):
+        fields = {"n": n, "vg": IMAGE_VG, "initiator": initiator,
+                  "portal": config.node("storage").ip}
+        seconds = ssh_session("storage", FLOOR_STORAGE.format(**fields))
+        seconds += ssh_session("host1", FLOOR_HOST.format(**fields))
+        times.append(seconds)
+        ssh_session("host1", FLOOR_UNDO_HOST.format(**fields))
+        ssh_session("storage", FLOOR_UNDO_STORAGE.format(**fields))
+    return statistics.median(times)
+
+
+def burst(counted, count, first_vm, single_seconds):
+    cloud = counted.cloud
+    cloud.set_cache_mode("read+writeback")
+    vms = list(range(first_vm, first_vm + count))
+
+    def host(vm):
+        return "host1" if vm % 2 else "host2"
+
+    for vm in vms:
+        cloud.oned.put_xml(vm_xml(vm, hosts=(host(vm),), disks=(0,)))
+
+    def clone(vm):
+        started = time.monotonic()
+        result = cloud.tm_action(f"CLONE iscsi_lvm frontend:{IMAGE_VG}/img-0 "
+                                 f"{_disk(host(vm), vm, 0)} {vm} 100")
+        return result, time.monotonic() - started
+
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        done = list(pool.map(clone, vms))
+    failures = [r.info.strip() for r, _ in done if not r.success]
+    latencies = sorted(s for _, s in done)
+    p95 = latencies[max(0, int(round(0.95 * len(latencies))) - 1)]
+    missing = 0
+    for node in ("host1", "host2"):
+        stacks = cloud.lab.node_helper(node, "cache-status")["stacks"]
+        missing += sum(1 for s in stacks if s["mode"] != "read+writeback")
+
+    def terminate(vm):
+        first = cloud.tm_action(f"DELETE iscsi_lvm {_disk(host(vm), vm, 0)} {vm} 100")
+        second = cloud.tm_action(f"DELETE iscsi_lvm {host(vm)}:{SYSDIR}/{vm} {vm} 101")
+        return first.success and second.success
+
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        terminated = list(pool.map(terminate, vms))
+    leftovers = leftover_count(cloud)
+    return {"vms": count, "parallel": PARALLEL, "failures": len(failures),
+            "terminate_failures": terminated.count(False),
+            "failure_lines": failures[:5], "p95_seconds": round(p95, 2),
+            "single_seconds": round(single_seconds, 2),
+            "p95_over_single": round(p95 / single_seconds, 2),
+            "read_layer_missing": missing, "leftovers": leftovers}
+
+
+def leftover_count(cloud):
+    vm_lvs = [lv for lv in cloud.lvs() if lv.startswith("vm-")]
+    targets = [t for t in cloud.exports() if "vm-" in t["iqn"] or t["initiators"]]
+    hosts = cloud.leftovers_on_hosts()
+    return len(vm_lvs) + len(targets) + sum(len(v) for h in hosts.values() for v in h.values())
+
+
+def lv_scale(counted, extra, first_vm, repeat):
+    """Clone latency with `extra` more LVs in the VG, against the VG as it is (about 10)."""
+    small = deploy_seconds(counted, "none", first_vm, repeat)
+    script = "\n".join(f"lvcreate -q -y --type thin --thinpool tpool -V 4m -n filler-{i} "
+                       f"{IMAGE_VG} >/dev/null" for i in range(extra))
+    counted.cloud.lab.sh("storage", script, timeout=7200)
+    large = deploy_seconds(counted, "none", first_vm + repeat, repeat)
+    counted.cloud.lab.sh("storage", f"lvs --noheadings -o lv_name {IMAGE_VG} | grep filler- | "
+                                    f"sed 's|^ *|{IMAGE_VG}/|' | xargs -r lvremove -q -y "
+                                    ">/dev/null", timeout=7200)
+    return {"lvs_small": 10, "lvs_large": extra, "seconds_small": round(small, 2),
+            "seconds_large": round(large, 2), "ratio": round(large / small, 2)}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--reuse", action="store_true")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--burst", type=int, default=50)
+    parser.add_argument("--lv-scale", type=int, default=1000)
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "deploy.json"))
+    args = parser.parse_args()
+    up = all(r["state"] == "up" for r in api.status())
+    if not (args.reuse and up):
+        if any(r["state"] != "down" for r in api.status()):
+            api.down()
+        api.up()
+    try:
+        api.reset()
+        lab = LabSession(api)
+        with tempfile.TemporaryDirectory() as workdir, OnedStandIn() as oned:
+            cloud = Cloud(lab, oned, workdir)
+            cloud.prepare_storage()
+            cloud.load_datastores()
+            cloud.import_image(64, "bench-deploy")
+            mkfs = cloud.ds_action("mkfs", 1, cloud.ds_xml("02-image-create-datablock",
+                                                           "01-ds-mkfs"))
+            if not mkfs.success:
+                raise SystemExit(f"image 1: {mkfs.info}")
+            for name in ("WRITEBACK_CACHE_MB",):
+                cloud.set_template_attr("datastore", 100, name, "64")
+                cloud.set_template_attr("datastore", 101, name, "64")
+            for host_id, node in enumerate(("host1", "host2")):
+                oned.put_document(host_xml(host_id, node,
+                                           initiator=config.node(node).initiator_iqn))
+            counted = Counted(cloud, workdir)
+            result = {"calls": {}, "deploy_seconds": {}, "floor_ratio": {}}
+            vm = 100
+            for mode in MODES:
+                result["calls"][mode] = measure_calls(counted, mode, vm)
+                vm += 1
+                # The base exists from the first clone: this is the steady-state deploy.
+                result["deploy_seconds"][mode] = round(
+                    deploy_seconds(counted, mode, vm, args.repeat), 2)
+                vm += args.repeat
+            floor = floor_seconds(args.repeat)
+            result["floor_seconds"] = round(floor, 2)
+            for mode in MODES:
+                result["floor_ratio"][mode] = round(result["deploy_seconds"][mode] / floor, 2)
+            if args.burst:
+                result["burst"] = burst(counted, args.burst, 1000,
+                                        result["deploy_seconds"]["read+writeback"])
+            if args.lv_scale:
+                result["lv_scale"] = lv_scale(counted, args.lv_scale, 2000, args.repeat)
+        Path(args.out).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        print(json.dumps(result, indent=2, sort_keys=True))
+    finally:
+        if not args.reuse:
+            api.down()
+
+
+if __name__ == "__main__":
+    main()
