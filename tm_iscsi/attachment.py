@@ -129,7 +129,7 @@ def prepare(ctx, host, disks):
 
 # -- detach -------------------------------------------------------------------------------------
 
-def _host_detach(ctx, host, group):
+def _host_detach(ctx, host, group, remove_dir=None):
     ds = group[0].volume.ds
     disks = []
     for r in group:
@@ -145,7 +145,7 @@ def _host_detach(ctx, host, group):
             prefix = protocol.base_key_prefix(ds.vg, r.image_lv)
         disks.append(protocol.HostRelease(name=v.lv, flush=r.flush, luns=luns, link=r.link,
                                           base_prefix=prefix))
-    request = protocol.HostDetach(portal=ds.portal, disks=disks)
+    request = protocol.HostDetach(portal=ds.portal, disks=disks, remove_dir=remove_dir)
     return ctx.node(host).call(protocol.HOST_DETACH, "--request", protocol.encode(request),
                                timeout=ctx.settings.copy_timeout)
 
@@ -166,10 +166,13 @@ def _storage_release(ctx, host, initiator, group, torn=None, reachable=True):
                                           protocol.encode(request))
 
 
-def detach(ctx, host, releases):
+def detach(ctx, host, releases, remove_dir=None):
     """Take every disk of `releases` (Release) back from `host`: its stack first (write-back
-    data flushed to the storage node, or dropped when `flush` is False), then the LUNs."""
-    for group in _by_datastore(releases):
+    data flushed to the storage node, or dropped when `flush` is False), then the LUNs; and the
+    VM directory `remove_dir` with the last of them. Returns whether the directory went."""
+    groups = _by_datastore(releases)
+    dir_removed = False
+    for index, group in enumerate(groups):
         torn, initiator, reachable = {}, None, True
         if ctx.is_frontend(host):
             # The front-end holds no session: nothing of a host's to revoke (a shared CD-ROM's
@@ -177,7 +180,9 @@ def detach(ctx, host, releases):
             group = [Release(**{**r.__dict__, "unexport": False}) for r in group]
         else:
             try:
-                answer = _host_detach(ctx, host, group)
+                last = index == len(groups) - 1
+                answer = _host_detach(ctx, host, group, remove_dir if last else None)
+                dir_removed = dir_removed or bool(answer.get("dir_removed") is not None)
                 torn = {d["name"]: d for d in answer.get("disks", [])}
                 initiator = answer.get("initiator") or ctx.initiator(host)
             except NodeUnreachable as err:
@@ -189,6 +194,7 @@ def detach(ctx, host, releases):
             if not any(r.remove or r.map != "keep" for r in group):
                 continue
         _storage_release(ctx, host, initiator, group, torn, reachable)
+    return dir_removed
 
 
 def detach_one(ctx, host, volume, link=None, **extra):
@@ -221,11 +227,13 @@ def resume_writeback(ctx, vm, disk_id, volume, host):
         ctx.node(host).call("stack-writeback", "--name", volume.lv)
 
 
-def flush(ctx, host, volume):
-    """Write the host's dirty blocks of `volume` back to the storage node, keeping the stack (and
-    keeping it clean from now on): before a snapshot, a save-as, a live migration."""
-    if ctx.is_frontend(host):
+def flush(ctx, host, *volumes_to_flush):
+    """Write the host's dirty blocks of the volumes back to the storage node, keeping their
+    stacks (and keeping them clean from now on), in one call: before a snapshot, a save-as, a
+    live migration."""
+    if ctx.is_frontend(host) or not volumes_to_flush:
         return None
-    return ctx.node(host).call("stack-flush", "--name", volume.lv,
+    names = [w for v in volumes_to_flush for w in ("--name", v.lv)]
+    return ctx.node(host).call("stack-flush", *names,
                                "--timeout", max(1, ctx.settings.copy_timeout - 30),
                                timeout=ctx.settings.copy_timeout)

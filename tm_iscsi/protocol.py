@@ -348,8 +348,9 @@ class HostRelease(_Record):
 class HostDetach(_Record):
     portal: str
     disks: List[HostRelease] = field(default_factory=list)
+    remove_dir: Optional[str] = None   # the VM directory goes too, once its disks are released
 
-    _TYPES = {"portal": (str, False), "disks": (list, False)}
+    _TYPES = {"portal": (str, False), "disks": (list, False), "remove_dir": (str, True)}
     _NESTED = {"disks": HostRelease}
 
 

@@ -132,13 +132,21 @@ stack_assemble.configure = _assemble_options
 
 # -- stack-flush -------------------------------------------------------------------------------
 
-@command("stack-flush", "write a stack's dirty blocks back to its clone and keep it clean")
+@command("stack-flush", "write stacks' dirty blocks back to their clones and keep them clean")
 def stack_flush(args):
-    return stack.flush(args.name, args.timeout)
+    from . import deadline
+    until = time.monotonic() + args.timeout
+    results = []
+    for name in args.name:
+        left = max(1, int(deadline.bounded(until - time.monotonic())))
+        results.append(stack.flush(name, left))
+    # One stack (the usual call): its result as it is; several (a VM's disks): one list.
+    return results[0] if len(results) == 1 else {"stacks": results}
 
 
 def _flush_options(p):
-    p.add_argument("--name", required=True, type=NAME)
+    p.add_argument("--name", required=True, type=NAME, action="append",
+                   help="the stack (repeatable: every write-back disk of a VM in one call)")
     _timeout_option(p, 600)
 
 

@@ -96,7 +96,11 @@ file_put.configure = _path_option
 
 @command("path-remove", "remove a file, a link or a whole VM directory (links only, never their devices)")
 def path_remove(args):
-    path = paths.checked(args.path, leaf_may_be_link=True)
+    return remove_path(args.path)
+
+
+def remove_path(path):
+    path = paths.checked(path, leaf_may_be_link=True)
     with lock("vmdir", path if os.path.isdir(path) else os.path.dirname(path)), \
             paths.as_oneadmin():
         if os.path.islink(path) or os.path.isfile(path):

@@ -140,6 +140,9 @@ def _base_in_use(prefix):
 def host_detach(args):
     req = _decode(protocol.HostDetach, args.request)
     _check_portal(req.portal)
+    if req.remove_dir is not None:
+        _checked(LINK, req.remove_dir)
+        paths.checked(req.remove_dir, leaf_may_be_link=True)
     for disk in req.disks:
         _checked(NAME, disk.name)
         _check_luns(disk.luns)
@@ -169,7 +172,11 @@ def host_detach(args):
                     "flushed": bool(torn.get("flushed")),
                     "dropped_dirty_blocks": torn.get("dropped_dirty_blocks", 0),
                     "base_released": released})
-    return {"initiator": _own_initiator(), "disks": out}
+    removed = None
+    if req.remove_dir:
+        from .cmd_vmdir import remove_path
+        removed = remove_path(req.remove_dir)["removed"]
+    return {"initiator": _own_initiator(), "disks": out, "dir_removed": removed}
 
 
 host_detach.configure = _request_option

@@ -50,9 +50,10 @@ def premigrate(ctx, args, stdin_xml=None):
     moves.copy_dir(ctx, HostPath(args.src_host, args.vm_dir),
                    HostPath(args.dst_host, args.vm_dir))
     wants = []
-    for disk, volume, mode, image_lv in _disk_plans(ctx, vm):
-        if cachemode.has_writeback(mode):
-            attachment.flush(ctx, args.src_host, volume)
+    plans = list(_disk_plans(ctx, vm))
+    attachment.flush(ctx, args.src_host, *[volume for _, volume, mode, _ in plans
+                                           if cachemode.has_writeback(mode)])
+    for disk, volume, mode, image_lv in plans:
         wants.append(attachment.Attach(
             volume, f"{args.vm_dir}/disk.{disk.disk_id}", protocol.without_read(mode),
             wb_host=args.dst_host if cachemode.has_writeback(mode) else None,
@@ -70,9 +71,10 @@ def postmigrate(ctx, args, stdin_xml=None):
             volume, f"{args.vm_dir}/disk.{disk.disk_id}", flush=True, image_lv=image_lv,
             keep_wb_guard=True, map="forget" if volume.kind == "clone" else "keep")
             for disk, volume, mode, image_lv in _disk_plans(ctx, vm)]
-        if releases:
-            attachment.detach(ctx, args.src_host, releases)
-        moves.remove_dir(ctx, args.src_host, args.vm_dir)
+        removed = releases and attachment.detach(ctx, args.src_host, releases,
+                                                 remove_dir=args.vm_dir)
+        if not removed:
+            moves.remove_dir(ctx, args.src_host, args.vm_dir)
     _migrate_other(args, "postmigrate", vm, stdin_xml)
 
 
@@ -86,9 +88,10 @@ def failmigrate(ctx, args, stdin_xml=None):
             keep_wb_guard=True, map="fresh" if cachemode.has_read(mode) else "keep",
             wb_host=args.src_host if cachemode.has_writeback(mode) else None)
             for disk, volume, mode, image_lv in _disk_plans(ctx, vm)]
-        if releases:
-            attachment.detach(ctx, args.dst_host, releases)
-        moves.remove_dir(ctx, args.dst_host, args.vm_dir)
+        removed = releases and attachment.detach(ctx, args.dst_host, releases,
+                                                 remove_dir=args.vm_dir)
+        if not removed:
+            moves.remove_dir(ctx, args.dst_host, args.vm_dir)
     _migrate_other(args, "failmigrate", vm, stdin_xml)
 
 
