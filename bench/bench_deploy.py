@@ -30,10 +30,10 @@ sys.path.insert(0, str(REPO))
 
 from lab import api, config  # noqa: E402
 from lab.session import LabSession  # noqa: E402
-from tests.lab.cloud import IMAGE_VG, REMOTES, SYSDIR, Cloud  # noqa: E402
-from tests.standin.oned import OnedStandIn  # noqa: E402
-from tests.standin.transfer import TransferManager  # noqa: E402
-from tests.unit.test_admin_world import host_xml, vm_xml  # noqa: E402
+from harness.cloud import IMAGE_VG, REMOTES, SYSDIR, Cloud  # noqa: E402
+from harness.oned import OnedStandIn  # noqa: E402
+from harness.transfer import TransferManager  # noqa: E402
+from harness.documents import host_xml, vm_xml  # noqa: E402
 
 MODES = ("none", "read+writeback")
 PARALLEL = 15

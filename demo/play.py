@@ -22,9 +22,9 @@ from lab.session import LabSession
 REPO = config.SOURCE_DIR
 sys.path.insert(0, str(REPO))
 
-from tests.lab.cloud import IMAGE_VG, Cloud, pattern_file, sha_of_file  # noqa: E402
-from tests.standin.oned import OnedStandIn  # noqa: E402
-from tests.unit.test_admin_world import host_xml, image_xml, vm_xml  # noqa: E402
+from harness.cloud import IMAGE_VG, Cloud, pattern_file, sha_of_file  # noqa: E402
+from harness.oned import OnedStandIn  # noqa: E402
+from harness.documents import host_xml, image_xml, vm_xml  # noqa: E402
 
 SYS = "/var/lib/one//datastores/101"
 SHIP_DIR = "demo-install"
@@ -199,7 +199,7 @@ class Demo:
     # -- the play --------------------------------------------------------------------------------
 
     def play(self):
-        from tests.standin import fixtures
+        from harness import fixtures
         self.fixtures = fixtures.fixtures_root()
         self.step("boot the lab (storage node, host1, host2)", self.boot)
         self.lab = LabSession(api)

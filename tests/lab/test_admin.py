@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from tests.lab.cloud import IMAGE_VG, SYSDIR, sha_of_file
+from harness.cloud import IMAGE_VG, SYSDIR, sha_of_file
 from tests.lab.test_hooks import (  # noqa: F401  (the cloud fixture)
     HOST1, cloud, deploy_clone, run_tool, target_name)
-from tests.unit.test_admin_world import image_xml
+from harness.documents import image_xml
 
 ISCSID_CONF = "/etc/iscsi/iscsid.conf"
 
@@ -62,7 +62,7 @@ def test_status_and_orphans(cloud):
 
 
 def vm_xml_running(vm_id):
-    from tests.unit.test_admin_world import vm_xml
+    from harness.documents import vm_xml
     return vm_xml(vm_id, state=3, lcm=3, hosts=("host1",), disks=(0,))
 
 

@@ -5,8 +5,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.lab.cloud import IMAGE_VG, SYSDIR, Cloud, sha_of_file
-from tests.unit.test_admin_world import vm_xml
+from harness.cloud import IMAGE_VG, SYSDIR, Cloud, sha_of_file
+from harness.documents import vm_xml
 
 PARALLEL = 15
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from tests.lab.cloud import IMAGE_VG, SYSDIR, Cloud, sha_of_file
-from tests.standin import fixtures
+from harness.cloud import IMAGE_VG, SYSDIR, Cloud, sha_of_file
+from harness import fixtures
 
 DISK0 = f"{SYSDIR}/0/disk.0"
 CLONE = f"CLONE iscsi_lvm frontend:{IMAGE_VG}/img-0 host1:/var/lib/one//datastores/101/0/disk.0 0 100"

@@ -4,7 +4,7 @@ using the disk (a VM recreated elsewhere is refused with the one line that says 
 the host's boot-time activation flushes it, and then the disk moves with every byte."""
 import pytest
 
-from tests.lab.cloud import IMAGE_VG, SYSDIR, Cloud, plain_lines, sha_of_file
+from harness.cloud import IMAGE_VG, SYSDIR, Cloud, plain_lines, sha_of_file
 
 IMAGE_MIB = 32
 DISK = f"{SYSDIR}/0/disk.0"

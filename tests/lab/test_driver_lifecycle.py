@@ -4,8 +4,8 @@ the image never changes, and terminate leaves only what images own."""
 
 import pytest
 
-from tests.lab.cloud import IMAGE_VG, SYSDIR, Cloud, pattern_file, sha_of_file
-from tests.standin import fixtures
+from harness.cloud import IMAGE_VG, SYSDIR, Cloud, pattern_file, sha_of_file
+from harness import fixtures
 
 VM_DIR = f"{SYSDIR}/0"
 IMAGE_MIB = 64

@@ -12,8 +12,8 @@ import threading
 
 import pytest
 
-from tests.lab.cloud import IMAGE_VG, SYSDIR, Cloud, plain_lines, sha_of_file
-from tests.standin import fixtures
+from harness.cloud import IMAGE_VG, SYSDIR, Cloud, plain_lines, sha_of_file
+from harness import fixtures
 
 HOST1 = "iqn.2026-11.lab.tm-iscsi:host1"
 

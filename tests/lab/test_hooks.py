@@ -12,8 +12,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from tests.lab.cloud import IMAGE_VG, SYSDIR, Cloud, sha_of_file
-from tests.unit.test_admin_world import host_xml, vm_xml
+from harness.cloud import IMAGE_VG, SYSDIR, Cloud, sha_of_file
+from harness.documents import host_xml, vm_xml
 
 HOST1 = "iqn.2026-11.lab.tm-iscsi:host1"
 HOST2 = "iqn.2026-11.lab.tm-iscsi:host2"

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from tests.standin import fixtures
-from tests.standin.oned import ACTION, INTERNAL, NO_EXISTS, OnedStandIn
+from harness import fixtures
+from harness.oned import ACTION, INTERNAL, NO_EXISTS, OnedStandIn
 from tm_iscsi.one import client as one_client
 from tm_iscsi.one.client import OneClient, resolve_endpoint, resolve_session, resolve_timeout
 from tm_iscsi.one.errors import (

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from tests.standin import fixtures
+from harness import fixtures
 from tm_iscsi.one import ds_action
 from tm_iscsi.one.errors import BadDriverAction, BadXml, UsageError
 from tm_iscsi.one.states import DatastoreType, ImageType

@@ -4,7 +4,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from tests.standin import fixtures
+from harness import fixtures
 from tm_iscsi.one.errors import BadAttribute, BadXml, MissingAttribute
 from tm_iscsi.one.objects import CACHE_MODES, Datastore, Image, VirtualMachine
 from tm_iscsi.one.states import DatastoreType, ImageState, ImageType, LcmState, VmState

@@ -4,7 +4,7 @@ import base64
 
 import pytest
 
-from tests.standin import fixtures
+from harness import fixtures
 from tm_iscsi.one import tm_args
 from tm_iscsi.one.errors import UsageError
 from tm_iscsi.one.objects import Datastore, VirtualMachine

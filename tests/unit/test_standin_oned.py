@@ -6,8 +6,8 @@ import xmlrpc.client
 import pyone
 import pytest
 
-from tests.standin import fixtures
-from tests.standin.oned import AUTHENTICATION, NO_EXISTS, XML_RPC_API, OnedStandIn
+from harness import fixtures
+from harness.oned import AUTHENTICATION, NO_EXISTS, XML_RPC_API, OnedStandIn
 
 VM_XML = (fixtures.folder("09-migrate-live") / "01-tm-premigrate.vm.xml").read_text()
 DS_XML = (fixtures.folder("09-migrate-live") / "01-tm-premigrate.ds.xml").read_text()

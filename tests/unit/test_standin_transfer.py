@@ -13,10 +13,10 @@ import textwrap
 
 import pytest
 
-from tests.standin import fixtures
-from tests.standin.fixtures import REPO_ROOT
-from tests.standin.oned import OnedStandIn
-from tests.standin.transfer import (
+from harness import fixtures
+from harness.fixtures import REPO_ROOT
+from harness.oned import OnedStandIn
+from harness.transfer import (
     MIGRATE_ERROR_PREFIX,
     DatastoreManager,
     LogLine,

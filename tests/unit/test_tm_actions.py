@@ -12,7 +12,7 @@ from tm_iscsi.context import ActionContext
 from tm_iscsi.one.objects import Datastore, VirtualMachine
 from tm_iscsi.one.errors import OnedNoSuchObject
 from tm_iscsi.tm import main as tm_main
-from tests.standin import fixtures
+from harness import fixtures
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOST1_IQN = "iqn.2026-11.lab.tm-iscsi:host1"
@@ -561,7 +561,7 @@ def test_sync_name_gets_the_disk_suffix_only_when_several_disks_are_kept(
 def test_sync_name_taken_in_oned_gets_the_first_free_suffix():
     """oned refuses a NAME its owner already has: the kept disk is registered as <name>-1 (the
     stand-in refuses duplicates as oned's ImagePool does)."""
-    from tests.standin.oned import OnedStandIn
+    from harness.oned import OnedStandIn
     from tm_iscsi.one.client import OneClient
     from tm_iscsi.tm import sync
     with OnedStandIn() as oned:

@@ -4,7 +4,7 @@ import xml.etree.ElementTree as ET
 
 from tm_iscsi.errors import DriverError
 from tm_iscsi.tm import monitor
-from tests.unit.test_admin_world import host_xml
+from harness.documents import host_xml
 
 STATUS = {
     "vg": "tmi-cache", "present": True, "size_bytes": 6 << 30, "free_bytes": 5 << 30,

@@ -12,11 +12,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from lab import config as lab_config
-from tests.standin import fixtures
-from tests.standin.oned import OnedStandIn
-from tests.standin.transfer import DatastoreManager, TransferManager
+from harness import fixtures
+from harness.oned import OnedStandIn
+from harness.transfer import DatastoreManager, TransferManager
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 REMOTES = REPO / "remotes"
 IMAGE_VG = "vg-one-100"
 SYSDIR = "/var/lib/one/datastores/101"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 FIXTURES_ENV = "TM_ISCSI_FIXTURES"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "oned-7.4.0"
 
 
