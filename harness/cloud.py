@@ -142,7 +142,8 @@ class Cloud:
             running = pool.submit(self.tm_action, line, stdin)
             time.sleep(delay)
             for node in nodes:
-                self.lab.sh(node, "pkill -9 -f 'tm-iscsi-node|tm_iscsi[.]node' || true")
+                # [e]: the pattern must not match this shell's own command line.
+                self.lab.sh(node, "pkill -9 -f 'tm-iscsi-nod[e]|tm_iscsi[.]nod[e]' || true")
             result = running.result()
         if not result.success:
             plain = plain_lines(result)

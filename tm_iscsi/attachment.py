@@ -74,7 +74,8 @@ def _storage_attach(ctx, host, initiator, group, export=True):
             export=export)
             for a in group])
     result = ctx.node(ds.storage_host).call(protocol.STORAGE_ATTACH, "--request",
-                                            protocol.encode(request), stdin=ds.chap_stdin())
+                                            protocol.encode(request), stdin=ds.chap_stdin(),
+                                            timeout=ctx.settings.transaction_timeout)
     return result.get("disks", [])
 
 
@@ -89,7 +90,7 @@ def _host_attach(ctx, host, initiator, group, granted):
     request = protocol.HostAttach(portal=ds.portal, disks=disks, initiator=initiator,
                                   chap_user=ds.chap_user)
     return ctx.node(host).call(protocol.HOST_ATTACH, "--request", protocol.encode(request),
-                               stdin=ds.chap_stdin(), timeout=ctx.settings.copy_timeout)
+                               stdin=ds.chap_stdin(), timeout=ctx.settings.transaction_timeout)
 
 
 def attach(ctx, host, disks):
@@ -163,7 +164,8 @@ def _storage_release(ctx, host, initiator, group, torn=None, reachable=True):
     request = protocol.StorageRelease(vg=ds.vg, host=host, initiator=initiator,
                                       iqn_base=ds.iqn_base, disks=disks)
     return ctx.node(ds.storage_host).call(protocol.STORAGE_RELEASE, "--request",
-                                          protocol.encode(request))
+                                          protocol.encode(request),
+                                          timeout=ctx.settings.transaction_timeout)
 
 
 def detach(ctx, host, releases, remove_dir=None):

@@ -22,6 +22,9 @@ class Settings:
     ssh_timeout: int = 60
     attach_timeout: int = 60
     copy_timeout: int = 7200
+    # A node transaction of an action (every disk, three LUNs each): waits for the node's locks
+    # behind up to 15 concurrent actions (oned's one_tm), so longer than one plain call.
+    transaction_timeout: int = 600
     max_pool_fill: int = 90
     extra: dict = field(default_factory=dict)
 
@@ -50,5 +53,6 @@ def load(environ=None):
         ssh_timeout=int(get("SSH_TIMEOUT", 60)),
         attach_timeout=int(get("ATTACH_TIMEOUT", 60)),
         copy_timeout=int(get("COPY_TIMEOUT", 7200)),
+        transaction_timeout=int(get("TRANSACTION_TIMEOUT", 600)),
         max_pool_fill=int(get("MAX_POOL_FILL", 90)),
     )

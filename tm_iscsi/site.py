@@ -38,7 +38,8 @@ SCHEMA = {
     "datastore": ("image_name", "system_name", "cache_mode", "iqn_base", "bridge_list",
                   "chap_user", "chap_password"),
     "lvm": ("system_devices",),
-    "frontend": ("ssh_opts", "ssh_timeout", "attach_timeout", "copy_timeout", "max_pool_fill"),
+    "frontend": ("ssh_opts", "ssh_timeout", "attach_timeout", "copy_timeout",
+                 "transaction_timeout", "max_pool_fill"),
     "iscsi": ("replacement_timeout", "noop_out_interval", "noop_out_timeout", "login_timeout",
               "login_retry_max"),
     "install": ("venv",),
@@ -79,6 +80,7 @@ class Site:
     ssh_timeout: int
     attach_timeout: int
     copy_timeout: int
+    transaction_timeout: int
     max_pool_fill: int
     replacement_timeout: int
     noop_out_interval: int
@@ -238,6 +240,7 @@ def load_site(path):
         ssh_timeout=r.integer("frontend", "ssh_timeout", 60, 5, 3600),
         attach_timeout=attach_timeout,
         copy_timeout=r.integer("frontend", "copy_timeout", 7200, 60, 7 * 86400),
+        transaction_timeout=r.integer("frontend", "transaction_timeout", 600, 30, 86400),
         max_pool_fill=r.integer("frontend", "max_pool_fill", 90, 1, 100),
         replacement_timeout=r.integer("iscsi", "replacement_timeout", 300, 5, 86400),
         noop_out_interval=r.integer("iscsi", "noop_out_interval", 5, 1, 3600),

@@ -131,9 +131,11 @@ def test_a_cached_clone_is_made_with_its_base_map_guard_and_three_exports_in_one
     assert "tm_iscsi.ds=100" in vg.tags("vm-7-disk-0-map")
     assert sorted(disk["luns"]) == ["base", "clone", "map"]
     assert disk["luns"]["clone"]["serial"] == naming.lun_serial("vgt", "vm-7-disk-0")
-    # Read once, changed, read once more; the saved LIO config written once.
-    assert vg.calls.count("report") == 2 and vg.calls.count("save") == 1
-    assert vg.calls[-1] == "save"
+    # LVM read once; three LVs made with their tags (no tag change after); three exports and
+    # the saved LIO config written once.
+    assert vg.calls == ["report", "snapshot img-0-base", "snapshot vm-7-disk-0",
+                        "create vm-7-disk-0-map", "export vm-7-disk-0", "export img-0-base",
+                        "export vm-7-disk-0-map", "save"]
 
 
 def test_the_same_call_again_changes_nothing_but_the_idempotent_exports(vg, capsys):

@@ -117,6 +117,7 @@ class _Disk:
         self.size_bytes = None
         self.add_tags = []
         self.delete_tags = []
+        self.created_names = set()
 
 
 def _refuse_before_changes(rep, req, disk):
@@ -150,30 +151,36 @@ def _remove_unexported(rep, name, iqn_base):
     return lvops.remove(rep, name)
 
 
-def _read_layer(rep, req, disk, clone_tags):
-    """Make sure the image has a base and the clone a region map made against it (all under the
-    VG lock: concurrent first clones of one image agree on one base generation). Sets
-    disk.gen, or turns the read layer off when the map cannot be trusted."""
+def _ensure_base(rep, req, disk):
+    """The image's base and its generation (made now if missing), under the VG lock, so that
+    concurrent first clones of one image agree on one generation. Returns (gen, base size), or
+    (None, 0) after turning the read layer off (a retired base)."""
     want = disk.want
     base_name = protocol.base_lv(want.image_lv)
     base = rep.get(base_name)
     if base is not None and RETIRED_TAG in base.tags:
         _run.info(f"{req.vg}/{base_name} is retired (the image was written); no read cache")
         disk.mode = without_read(disk.mode)
-        return
+        return None, 0
     if base is None:
         gen = _secrets.token_hex(4)
         image_id = want.image_lv.split("-", 1)[1] if want.image_lv.startswith("img-") else None
         owner = protocol.owner_tags(kind="base", image=image_id, ds=req.ds_id)
         lvops.ensure_snapshot(rep, want.image_lv, base_name, owner + [BASE_GEN_TAG + gen],
                               req.max_fill)
-        base_bytes = rep.get(want.image_lv).size_bytes
-    else:
-        gen = tag_value(base.tags, BASE_GEN_TAG)
-        if gen is None:
-            gen = _secrets.token_hex(4)
-            lvm.change_tags(req.vg, base_name, [BASE_GEN_TAG + gen], [])
-        base_bytes = base.size_bytes
+        disk.created_names.add(base_name)
+        return gen, rep.get(want.image_lv).size_bytes
+    gen = tag_value(base.tags, BASE_GEN_TAG)
+    if gen is None:
+        gen = _secrets.token_hex(4)
+        lvm.change_tags(req.vg, base_name, [BASE_GEN_TAG + gen], [])
+    return gen, base.size_bytes
+
+
+def _ensure_map(rep, req, disk, gen, base_bytes, clone_tags):
+    """The clone's region map, made against base generation `gen`; sets disk.gen, or turns the
+    read layer off when the map cannot be trusted."""
+    want = disk.want
     map_name = protocol.map_lv(want.lv)
     mapped = rep.get(map_name)
     if mapped is not None and (want.map == "forget" or
@@ -193,6 +200,7 @@ def _read_layer(rep, req, disk, clone_tags):
         owner = protocol.owner_tags(kind="map", vm=vm, disk=disk_id, ds=req.ds_id)
         lvops.ensure_thin(rep, req.pool, map_name, map_size_mib(disk.size_bytes),
                           owner + [BASE_GEN_TAG + gen], req.max_fill)
+        disk.created_names.add(map_name)
         map_tags = [BASE_GEN_TAG + gen]
     else:
         map_tags = mapped.tags
@@ -244,32 +252,44 @@ def _retire_base(rep, req, image_lv):
 
 
 def _bring_lv(rep, req, disk):
-    """The disk's LV made (snapshot or new) or found; its guards and base generation set."""
+    """The disk's LV made (snapshot or new) or found, with its guard and base generation: a new
+    LV gets them as it is made (no second LVM change), an existing one by one tag change."""
     want = disk.want
     lv = rep.get(want.lv)
+    gen, base_bytes = _ensure_base(rep, req, disk) if has_read(disk.mode) else (None, 0)
+    guard = WB_HOST_TAG + (want.wb_host or req.host)
     create = want.create
-    if create:
+    if lv is None and create:
         tags = _owner(req, want, "clone")
+        tags += [BASE_GEN_TAG + gen] if gen else []
+        tags += [guard] if has_writeback(disk.mode) else []
         if create.get("origin"):
             disk.size_bytes, disk.created = lvops.ensure_snapshot(
                 rep, create["origin"], want.lv, tags, req.max_fill, create.get("size_mib"))
         else:
             disk.size_bytes, disk.created = lvops.ensure_thin(
                 rep, req.pool, want.lv, create["size_mib"], tags, req.max_fill)
+        disk.created_names.add(want.lv)
+        clone_tags = tags
+    elif create:
+        disk.size_bytes, disk.created = lvops.ensure_snapshot(
+            rep, create["origin"], want.lv, _owner(req, want, "clone"), req.max_fill,
+            create.get("size_mib")) if create.get("origin") else lvops.ensure_thin(
+            rep, req.pool, want.lv, create["size_mib"], _owner(req, want, "clone"),
+            req.max_fill)
+        clone_tags = lv.tags
     else:
         disk.size_bytes = lv.size_bytes
-    clone_tags = lv.tags if lv is not None else []
+        clone_tags = lv.tags
     if want.retire_base:
         _retire_base(rep, req, want.lv)
     if has_read(disk.mode):
-        _read_layer(rep, req, disk, clone_tags)
+        _ensure_map(rep, req, disk, gen, base_bytes, clone_tags)
     else:
         _map_action(rep, req, want.lv, want.map)
-    if has_writeback(disk.mode):
-        guard = WB_HOST_TAG + (want.wb_host or req.host)
-        if guard not in clone_tags:
-            disk.add_tags.append(guard)
-            disk.delete_tags += [t for t in clone_tags if t.startswith(WB_HOST_TAG)]
+    if has_writeback(disk.mode) and guard not in clone_tags:
+        disk.add_tags.append(guard)
+        disk.delete_tags += [t for t in clone_tags if t.startswith(WB_HOST_TAG)]
     if disk.add_tags or disk.delete_tags:
         lvm.change_tags(req.vg, want.lv, disk.add_tags, disk.delete_tags)
 
@@ -286,12 +306,16 @@ def _luns(req, disk):
 def _export(rep, req, chap, disk):
     luns = {}
     for role, name in _luns(req, disk).items():
-        lv = lvops.require_lv(rep, name, "export")
-        lvops.ensure_active(lv)
+        if name in disk.created_names:
+            path = lvm.lv_path(req.vg, name)   # made by this call: active, tm_iscsi's
+        else:
+            lv = lvops.require_lv(rep, name, "export")
+            lvops.ensure_active(lv)
+            path = lv.path
         iqn = naming.target_iqn(req.vg, name, req.iqn_base)
         if disk.want.export:
-            _run.info(f"exporting {lv.path} as {iqn} to {req.initiator}")
-            lio.export(iqn, naming.backstore_name(req.vg, name), lv.path,
+            _run.info(f"exporting {path} as {iqn} to {req.initiator}")
+            lio.export(iqn, naming.backstore_name(req.vg, name), path,
                        naming.lun_serial(req.vg, name), req.initiator,
                        portal_ip=req.portal_ip, port=req.port, chap=chap,
                        readonly=disk.want.readonly and role == "clone")
@@ -305,6 +329,8 @@ def storage_attach(args):
     _check_attach(req)
     chap = credentials_from_stdin(req.chap_user)
     disks = [_Disk(want) for want in req.disks]
+    # LVM under the VG's lock (read once, decide, change), then LIO under its own: exports of
+    # one action never hold back another action's LVM changes.
     with locks.lock("vg", req.vg):
         rep = lvm.report(req.vg)
         lvops.require_pool(rep, req.pool)
@@ -312,21 +338,23 @@ def storage_attach(args):
             _refuse_before_changes(rep, req, disk)
         for disk in disks:
             _bring_lv(rep, req, disk)
-        # What changed is read again once, not after every step.
-        rep = lvm.report(req.vg)
         for disk in disks:
             fs = (disk.want.create or {}).get("fs")
             if fs and (disk.created or fs != "raw"):
-                lvops.ensure_fs(rep.get(disk.want.lv), fs)
-        with lio.config_lock():
-            out = []
-            for disk in disks:
-                out.append({"lv": disk.want.lv, "mode": disk.mode, "created": disk.created,
-                            "size_bytes": disk.size_bytes, "luns": _export(rep, req, chap, disk),
-                            "base_key": protocol.base_key(req.vg, disk.want.image_lv, disk.gen)
-                            if disk.gen else None})
-            if any(d.want.export for d in disks):
-                lio.save_config()
+                made = disk.want.lv in disk.created_names
+                lv = rep.get(disk.want.lv) if not made else lvm.LV(
+                    vg=req.vg, name=disk.want.lv, size_bytes=disk.size_bytes, attr="Vwi-a-tz--",
+                    segtype="thin")
+                lvops.ensure_fs(lv, fs)
+    with lio.config_lock():
+        out = []
+        for disk in disks:
+            out.append({"lv": disk.want.lv, "mode": disk.mode, "created": disk.created,
+                        "size_bytes": disk.size_bytes, "luns": _export(rep, req, chap, disk),
+                        "base_key": protocol.base_key(req.vg, disk.want.image_lv, disk.gen)
+                        if disk.gen else None})
+        if any(d.want.export for d in disks):
+            lio.save_config()
     return {"vg": req.vg, "disks": out}
 
 
