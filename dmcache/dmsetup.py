@@ -55,13 +55,13 @@ _INFO_FIELDS = "name,open,attr,major,minor,uuid,segments"
 
 def parse_info(text):
     """`dmsetup info -c --noheadings --separator | -o name,open,attr,major,minor,uuid,segments`
-    -> Info. attr is e.g. `L--w`: L live table, s suspended (first letters), r read-only..."""
+    -> Info. attr is e.g. `L--w`: L live table, I inactive table, s suspended, r read-only."""
     line = text.strip().splitlines()[0] if text.strip() else ""
     parts = line.split("|")
     if len(parts) != 7:
         raise NodeError(f"cannot parse `dmsetup info` output: {line!r}")
     name, open_count, attr, major, minor, uuid, segments = parts
-    return Info(name=name, open_count=int(open_count), suspended="s" in attr[:2],
+    return Info(name=name, open_count=int(open_count), suspended=attr[2:3] == "s",
                 live_table=attr.startswith("L"), major=int(major), minor=int(minor),
                 uuid=uuid, targets=int(segments or 0))
 

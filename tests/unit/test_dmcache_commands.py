@@ -263,8 +263,8 @@ def test_dmsetup_parsing():
     info = dmsetup.parse_info("tmi-top-vm-1|1|L--w|254|6||1\n")
     assert (info.name, info.open_count, info.suspended, info.live_table, info.devno) == (
         "tmi-top-vm-1", 1, False, True, "254:6")
-    assert dmsetup.parse_info("x|0|LIsw|254|1|u|1").suspended is False
-    assert dmsetup.parse_info("x|0|Ls-w|254|1|u|1").suspended is True
+    assert dmsetup.parse_info("x|0|LI-w|254|1|u|1").suspended is False
+    assert dmsetup.parse_info("x|0|L-sw|254|1|u|1").suspended is True  # libdm: L I s r/w
     with pytest.raises(NodeError):
         dmsetup.parse_info("garbage")
     assert dmsetup.parse_ls("No devices found\n") == []

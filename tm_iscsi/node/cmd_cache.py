@@ -13,7 +13,7 @@ import re
 import time
 
 from dmcache import activate as _activate
-from dmcache import localvg, readcache, stack, state
+from dmcache import localvg, orphans as _orphans, readcache, stack, state
 
 from . import iscsi, locks, lvm, paths
 from .cli import command
@@ -107,6 +107,7 @@ def stack_assemble(args):
         base_dev=args.base_dev, map_dev=args.map_dev,
         wb_size_bytes=args.wb_size_mib * MIB if args.wb_size_mib else None, link=link,
         luns=args.luns_json or {}, vg=args.vg)
+    _orphans.resume_orphans()
     if stack.has_wb(req.mode) or stack.has_read(req.mode):
         if lvm.local_report(req.vg, missing_ok=True) is None:
             raise NodeError(f"the local cache VG {req.vg} does not exist on this host; run "
@@ -134,6 +135,7 @@ stack_assemble.configure = _assemble_options
 
 @command("stack-flush", "write stacks' dirty blocks back to their clones and keep them clean")
 def stack_flush(args):
+    _orphans.resume_orphans()
     from . import deadline
     until = time.monotonic() + args.timeout
     results = []
@@ -171,6 +173,7 @@ stack_writeback.configure = _writeback_options
 
 @command("stack-teardown", "remove a stack (flushing or dropping its write-back cache)")
 def stack_teardown(args):
+    _orphans.resume_orphans()
     return stack.teardown(args.name, args.flush, args.timeout, args.vg)
 
 

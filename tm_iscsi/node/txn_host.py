@@ -6,7 +6,7 @@ already right), so a re-run after a failure or a kill converges.
 The front-end says which initiator name the storage node exported to; a host whose name is
 another (re-installed, renamed) answers with its real name before it changes anything, so the
 front-end can export again instead of failing on a login the target refuses."""
-from dmcache import stack, state
+from dmcache import orphans, stack, state
 
 from .. import protocol
 from ..protocol import has_read
@@ -110,6 +110,7 @@ def host_attach(args):
     req = _decode(protocol.HostAttach, args.request)
     _check_attach(req)
     chap = credentials_from_stdin(req.chap_user)
+    orphans.resume_orphans()
     mine = _own_initiator()
     if req.initiator is not None and mine is not None and mine != req.initiator:
         return {"initiator": mine, "initiator_mismatch": True, "disks": []}
@@ -151,6 +152,7 @@ def host_detach(args):
             paths.checked(disk.link, leaf_may_be_link=True)
         if disk.base_prefix is not None:
             _checked(KEY, disk.base_prefix)
+    orphans.resume_orphans()
     out = []
     for disk in req.disks:
         deadline.check(f"tearing down {disk.name}")
