@@ -61,6 +61,17 @@ RETIRED_TAG = "tm_iscsi.retired=yes"
 STALE_MAP_TAG = "tm_iscsi.map=stale"
 
 
+# A clone kept as an image at terminate (TM_ISCSI_SYNC): registering, then the image's id.
+SYNC_PENDING_TAG = "tm_iscsi.sync=pending"
+SYNC_IMAGE_TAG = "tm_iscsi.image-of-sync="
+# The owner tags: what made the LV and for whom (owner_tags()).
+OWNER_KEYS = ("kind", "vm", "disk", "image", "ds")
+
+
+def owner_tag(key, value):
+    return f"{OWNER_TAG}.{key}={value}"
+
+
 def tag_value(tags, prefix):
     for tag in tags or ():
         if tag.startswith(prefix):
@@ -74,7 +85,7 @@ def owner_tags(**owner):
     tags = [OWNER_TAG]
     for key, value in sorted(owner.items()):
         if value is not None:
-            tags.append(f"tm_iscsi.{key}={value}")
+            tags.append(owner_tag(key, value))
     return tags
 
 

@@ -2,15 +2,14 @@
 it is in (so a re-run after a failure converges). Callers hold the VG's lock and pass the VG
 report they read under it; the single-LV commands (cmd_storage) and the transactions
 (txn_storage) are both made of these."""
-from .. import naming
+from .. import naming, protocol
 from . import confine, lvm
 from . import run as _run
 from .errors import NodeError
 
 MIB = 1024 * 1024
 FILESYSTEMS = ("ext4", "ext3", "ext2", "xfs", "swap", "raw")
-_OWNER_KEYS = ("tm_iscsi.kind=", "tm_iscsi.vm=", "tm_iscsi.disk=", "tm_iscsi.image=",
-               "tm_iscsi.ds=")
+_OWNER_KEYS = tuple(protocol.owner_tag(key, "") for key in protocol.OWNER_KEYS)
 
 
 def owner_tags(tags):

@@ -7,12 +7,12 @@ disk's write-back cache is flushed, the clone is kept as it is (a thin snapshot:
 registered in oned as a new image of the same datastore."""
 import re
 
-from .. import log, naming
+from .. import log, naming, protocol
 from ..errors import DriverError
 
 SYNC_ATTR = "TM_ISCSI_SYNC"
 NAME_ATTR = "TM_ISCSI_SYNC_NAME"
-PENDING_TAG = "tm_iscsi.sync=pending"
+PENDING_TAG = protocol.SYNC_PENDING_TAG
 
 
 def requested(vm, disk_id):
@@ -69,7 +69,7 @@ def keep_as_image(ctx, vm, disk_id, volume):
         raise DriverError(f"cannot keep disk {disk_id} of VM {vm.id}: {volume.vg}/{volume.lv} "
                           "does not exist")
     tags = info.get("tags") or []
-    if any(t.startswith("tm_iscsi.image-of-sync=") for t in tags):
+    if any(t.startswith(protocol.SYNC_IMAGE_TAG) for t in tags):
         log.info(f"{volume.vg}/{volume.lv} is already registered as an image")
         return
     disk = vm.disk(disk_id)
@@ -88,9 +88,10 @@ def keep_as_image(ctx, vm, disk_id, volume):
     node.call("lv-tag", "--vg", volume.vg, "--lv", volume.lv, "--add", PENDING_TAG)
     name, image_id = _allocate_with_free_name(ctx, name, template_of, volume.ds.ds_id)
     node.call("lv-tag", "--vg", volume.vg, "--lv", volume.lv,
-              "--add", f"tm_iscsi.image-of-sync={image_id}", "--add", "tm_iscsi.kind=image",
-              "--delete", PENDING_TAG, "--delete", "tm_iscsi.kind=clone",
-              "--delete", f"tm_iscsi.vm={vm.id}")
+              "--add", f"{protocol.SYNC_IMAGE_TAG}{image_id}",
+              "--add", protocol.owner_tag("kind", "image"), "--delete", PENDING_TAG,
+              "--delete", protocol.owner_tag("kind", "clone"),
+              "--delete", protocol.owner_tag("vm", vm.id))
     log.info(f"disk {disk_id} of VM {vm.id} kept as image {image_id} ({name})")
 
 
