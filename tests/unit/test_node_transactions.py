@@ -257,3 +257,79 @@ def test_a_live_migration_moves_the_guard_only_from_the_host_that_flushed(vg, ca
     stolen = clone_request(mode="writeback", host="host3", wb_host="host3", wb_from="host1")
     code, _, err = run(capsys, "storage-attach", stolen)
     assert code == 1 and "host2" in err
+
+
+# -- host transactions ---------------------------------------------------------------------------
+
+from tm_iscsi.node import iscsi, txn_host  # noqa: E402
+from dmcache import orphans, stack, state  # noqa: E402
+
+
+@pytest.fixture
+def host(mocker, tmp_path):
+    mocker.patch.object(iscsi, "initiator_name", return_value=HOST1)
+    mocker.patch.object(orphans, "resume_orphans", return_value=[])
+    calls = []
+    mocker.patch.object(txn_host, "attach_target", side_effect=lambda portal, iqn, serial, chap,
+                        timeout: calls.append(("attach", iqn)) or {"stable_path": f"/dev/{iqn}"})
+    mocker.patch.object(txn_host, "detach_target", side_effect=lambda iqn, link=None:
+                        calls.append(("detach", iqn)))
+    mocker.patch.object(txn_host, "replace_symlink", side_effect=lambda link, target:
+                        calls.append(("link", link, target)))
+    mocker.patch.object(stack, "teardown", return_value={"existed": True, "flushed": True})
+    return calls, tmp_path
+
+
+def _lun(name):
+    return protocol.Lun(f"iqn.2026-11.io.tm-iscsi:vgt.{name}", "serial-" + name)
+
+
+def test_a_host_with_another_initiator_name_says_so_and_does_nothing(host, capsys):
+    calls, tmp_path = host
+    request = protocol.HostAttach(portal="storage:3260", initiator="iqn.2026-11.lab:old", disks=[
+        protocol.HostDisk(name="vm-7-disk-0", mode="none", link=f"{tmp_path}/7/disk.0",
+                          luns={"clone": _lun("vm-7-disk-0")})])
+    code, out, err = run(capsys, "host-attach", request)
+    assert code == 0, err
+    assert out == {"initiator": HOST1, "initiator_mismatch": True, "disks": []}
+    assert calls == []
+
+
+def test_host_attach_logs_in_checks_and_links_every_disk_in_one_call(host, capsys):
+    calls, tmp_path = host
+    request = protocol.HostAttach(portal="storage:3260", initiator=HOST1, disks=[
+        protocol.HostDisk(name=f"vm-7-disk-{d}", mode="none", link=f"{tmp_path}/7/disk.{d}",
+                          luns={"clone": _lun(f"vm-7-disk-{d}")}) for d in (0, 1)])
+    code, out, err = run(capsys, "host-attach", request)
+    assert code == 0, err
+    assert [c[0] for c in calls] == ["attach", "link", "attach", "link"]
+    assert calls[1][1:] == (f"{tmp_path}/7/disk.0", "/dev/iqn.2026-11.io.tm-iscsi:vgt.vm-7-disk-0")
+
+
+def test_a_link_outside_the_datastores_is_refused_before_any_login(host, capsys):
+    calls, _ = host
+    request = protocol.HostAttach(portal="storage:3260", initiator=HOST1, disks=[
+        protocol.HostDisk(name="vm-7-disk-0", mode="none", link="/etc/cron.d/x",
+                          luns={"clone": _lun("vm-7-disk-0")})])
+    code, _, err = run(capsys, "host-attach", request)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and calls == []
+
+
+def test_host_detach_lets_the_base_go_only_when_no_stack_reads_it(host, mocker, capsys):
+    calls, tmp_path = host
+    others = [mocker.Mock(base_key="vgt.img-0-base.g1")]
+    mocker.patch.object(state, "list_stacks", return_value=others)
+    disk = protocol.HostRelease(name="vm-7-disk-0", flush=False, luns={
+        "clone": _lun("vm-7-disk-0"), "map": _lun("vm-7-disk-0-map"), "base": _lun("img-0-base")},
+        base_prefix=protocol.base_key_prefix("vgt", "img-0"))
+    request = protocol.HostDetach(portal="storage:3260", disks=[disk])
+    code, out, err = run(capsys, "host-detach", request)
+    assert code == 0, err
+    assert [c[1].rsplit(".", 1)[1] for c in calls] == ["vm-7-disk-0", "vm-7-disk-0-map"]
+    assert out["disks"][0]["base_released"] is False and out["initiator"] == HOST1
+    others.clear()
+    calls.clear()
+    code, out, _ = run(capsys, "host-detach", request)
+    assert [c[1].rsplit(".", 1)[1] for c in calls] == ["vm-7-disk-0", "vm-7-disk-0-map",
+                                                      "img-0-base"]
+    assert out["disks"][0]["base_released"] is True
