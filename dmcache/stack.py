@@ -25,7 +25,7 @@ from typing import Dict, Optional
 from tm_iscsi import protocol
 from tm_iscsi.node import iscsi, locks, lvm
 from tm_iscsi.node import run as _run
-from tm_iscsi.node.cmd_host import replace_symlink
+from tm_iscsi.node.targets import replace_symlink
 from tm_iscsi.node.errors import NodeError
 
 from . import dmsetup, localvg, readcache, state, tables, writeback

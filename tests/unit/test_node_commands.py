@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tm_iscsi import naming
-from tm_iscsi.node import cli, cmd_host, cmd_storage, iscsi, lio, locks, lvm, nodeconf
+from tm_iscsi.node import cli, cmd_host, cmd_storage, iscsi, lio, locks, lvm, nodeconf, targets
 from tm_iscsi.node.errors import NodeError
 
 from tests.unit.test_node_lvm import VGS_JSON
@@ -373,7 +373,7 @@ def host(mocker):
     m.holders = mocker.patch.object(iscsi, "holders", return_value=[])
     mocker.patch.object(iscsi, "mounted", return_value=False)
     mocker.patch.object(iscsi, "initiator_name", return_value="iqn.2026-11.lab.tm-iscsi:host1")
-    mocker.patch.object(cmd_host, "BY_PATH_WAIT", 0)
+    mocker.patch.object(targets, "BY_PATH_WAIT", 0)
     return m
 
 
@@ -426,14 +426,14 @@ def test_attach_wrong_serial(capsys, host, tmp_path):
 
 
 def test_attach_waits_for_a_late_lun_and_rescans(capsys, host, mocker):
-    mocker.patch.object(cmd_host, "POLL", 0.01)
+    mocker.patch.object(targets, "POLL", 0.01)
     host.sessions_of.side_effect = [[session(disk=None)]] * 4 + [[session()]]
     code, out, _ = main(capsys, *attach_argv())
     assert code == 0 and host.rescan_session.called
 
 
 def test_attach_times_out_when_the_lun_never_comes(capsys, host, mocker):
-    mocker.patch.object(cmd_host, "POLL", 0.05)
+    mocker.patch.object(targets, "POLL", 0.05)
     host.sessions_of.side_effect = None
     host.sessions_of.return_value = [session(disk=None)]
     code, _, err = main(capsys, *attach_argv("--timeout", "1"))

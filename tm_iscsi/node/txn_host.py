@@ -15,7 +15,7 @@ from . import run as _run
 from .chap import credentials_from_stdin
 from .cli import command as _register
 from .cmd_cache import KEY, NAME
-from .cmd_host import IQN, LINK, SERIAL, attach_target, detach_target, replace_symlink
+from .targets import IQN, LINK, SERIAL, attach_target, detach_target, replace_symlink
 from .errors import NodeError, NodeUsageError
 
 MIB = 1024 * 1024
