@@ -1,0 +1,55 @@
+"""The catch-all of every program, and the node's deadline: an unforeseen exception is one line
+with the traceback in syslog; a lock that cannot be had within the call's budget names itself and
+its holder; no program starts after the budget is spent."""
+import fcntl
+import os
+
+import pytest
+
+from tm_iscsi import entry
+from tm_iscsi.node import deadline, locks
+from tm_iscsi.node import run as _run
+from tm_iscsi.node.errors import NodeError
+
+
+@pytest.fixture(autouse=True)
+def no_deadline(monkeypatch, tmp_path):
+    monkeypatch.setattr(deadline, "_until", None)
+    monkeypatch.setattr(locks, "LOCK_DIR", str(tmp_path / "locks"))
+
+
+def test_an_unforeseen_exception_is_one_line_and_exit_70(capsys, mocker):
+    logged = mocker.patch.object(entry, "_to_syslog")
+
+    def broken():
+        raise KeyError("surprise\nsecond line")
+    assert entry.guarded("tm clone", broken) == entry.EXIT_INTERNAL
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tm clone: internal error (KeyError")
+    assert "Traceback" in logged.call_args[0][1]
+
+
+def test_a_lock_held_past_the_budget_names_itself_and_its_holder():
+    os.makedirs(locks.LOCK_DIR, exist_ok=True)
+    fd = os.open(locks._path("vg", "vg-one-100"), os.O_RDWR | os.O_CREAT, 0o600)
+    os.write(fd, b"pid 4242 since 12:00:00\n")
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        deadline.start(deadline.MARGIN + 1.2)
+        with pytest.raises(NodeError, match=r"lock vg vg-one-100 .*deadline.*pid 4242"):
+            with locks.lock("vg", "vg-one-100"):
+                pass
+    finally:
+        os.close(fd)
+
+
+def test_no_program_starts_once_the_budget_is_spent(monkeypatch):
+    monkeypatch.setattr(deadline, "_until", 0.0)
+    with pytest.raises(NodeError, match="time budget"):
+        _run.run(["true"])
+
+
+def test_a_lock_this_process_holds_is_taken_again_at_no_cost():
+    with locks.lock("lio", "config"):
+        with locks.lock("lio", "config"):
+            pass
