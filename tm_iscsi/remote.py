@@ -104,6 +104,19 @@ class _Feeder:
         self._thread.join(timeout=30)
 
 
+# What ssh itself prints when it cannot get a session to the host (OpenSSH's own messages).
+_SSH_FAILURES = ("ssh: ", "Connection closed by", "Connection reset by", "Connection timed out",
+                 "Could not resolve", "No route to host", "Connection refused",
+                 "Host key verification failed", "Permission denied", "kex_exchange_identification",
+                 "Network is unreachable", "Broken pipe", "banner exchange")
+
+
+def _unreachable(plain_lines):
+    """ssh exited 255 because it could not reach the host (not because the helper failed)."""
+    return any(line.startswith(_SSH_FAILURES) or any(f in line for f in _SSH_FAILURES[1:])
+               for line in plain_lines if "tm-iscsi-node" not in line)
+
+
 def checked_host(host):
     if not naming.valid_host(host):
         raise DriverError(f"{str(host)[:80]!r} is not a host name tm_iscsi can reach (letters, "
@@ -190,9 +203,13 @@ class Node:
                 log.info(f"{self.host}: {line.split(':', 1)[1].strip()}")
             elif line.strip():
                 plain.append(line.strip())
-        if result.returncode == 255 and not any("tm-iscsi-node" in p for p in plain):
-            raise NodeUnreachable(f"cannot reach {self.host} over ssh: "
-                                  f"{plain[-1] if plain else 'connection failed'}")
+        if result.returncode == 255 and _unreachable(plain):
+            raise NodeUnreachable(f"cannot reach {self.host} over ssh: {plain[-1]}")
+        if result.returncode == 255 and not plain:
+            # ssh says 255 for a remote command killed by a signal, too: the host answered, so
+            # it is not "unreachable" (that would revoke its ACLs as if it were gone).
+            raise DriverError(f"{self.host}: tm-iscsi-node {command} ended without an answer "
+                              "(killed?); re-running the action continues from where it stopped")
         if result.returncode != 0:
             reason = plain[-1] if plain else f"exit code {result.returncode}"
             raise DriverError(f"{self.host}: {reason}")

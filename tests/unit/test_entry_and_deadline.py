@@ -53,3 +53,16 @@ def test_a_lock_this_process_holds_is_taken_again_at_no_cost():
     with locks.lock("lio", "config"):
         with locks.lock("lio", "config"):
             pass
+
+
+@pytest.mark.parametrize("lines, unreachable", [
+    (["ssh: connect to host host1 port 22: Connection timed out"], True),
+    (["ssh: Could not resolve hostname host9: Name or service not known"], True),
+    (["Connection closed by 10.0.0.11 port 22"], True),
+    (["Control socket connect(/tmp/x): Connection refused"], True),
+    ([], False),                                    # the helper was killed by a signal
+    (["tm-iscsi-node: error: argument command: invalid choice"], False),
+])
+def test_only_ssh_s_own_failures_make_a_host_unreachable(lines, unreachable):
+    from tm_iscsi import remote
+    assert remote._unreachable(lines) is unreachable

@@ -333,3 +333,15 @@ def test_host_detach_lets_the_base_go_only_when_no_stack_reads_it(host, mocker, 
     assert [c[1].rsplit(".", 1)[1] for c in calls] == ["vm-7-disk-0", "vm-7-disk-0-map",
                                                       "img-0-base"]
     assert out["disks"][0]["base_released"] is True
+
+
+def test_a_clone_whose_map_went_gets_no_new_empty_map(vg, capsys):
+    """After a revert or a resize the map is gone: an empty one would claim nothing was written
+    and the disk would read the image's base where it holds its own data."""
+    run(capsys, "storage-attach", clone_request())
+    vg.lvs.pop("vm-7-disk-0-map")
+    again = clone_request()
+    again.disks[0].create = None
+    code, out, err = run(capsys, "storage-attach", again)
+    assert code == 0, err
+    assert out["disks"][0]["mode"] == "writeback" and "vm-7-disk-0-map" not in vg.lvs

@@ -192,8 +192,10 @@ def _ensure_map(rep, req, disk, gen, base_bytes, clone_tags):
         return
     clone_gen = tag_value(clone_tags, BASE_GEN_TAG)
     if mapped is None:
-        if clone_gen not in (None, gen):
-            # The clone predates this base: its unwritten regions may differ from it.
+        # An empty map says "nothing written yet": true only of a clone the clone action makes
+        # of this base's image (now, or in an earlier attempt that tagged it with this base).
+        # A clone that was reverted, resized or written without its map keeps no read layer.
+        if not (want.create and clone_gen == gen):
             disk.mode = without_read(disk.mode)
             return
         vm, disk_id = _vm_disk_of(want.lv)
@@ -210,9 +212,6 @@ def _ensure_map(rep, req, disk, gen, base_bytes, clone_tags):
         elif want.map == "fresh" and STALE_MAP_TAG in map_tags:
             lvm.change_tags(req.vg, map_name, [], [STALE_MAP_TAG])
             map_tags = [t for t in map_tags if t != STALE_MAP_TAG]
-    if clone_gen is None:
-        disk.add_tags.append(BASE_GEN_TAG + gen)
-        clone_gen = gen
     # A disk grown past its image has regions the base cannot serve.
     if clone_gen != gen or STALE_MAP_TAG in map_tags or disk.size_bytes > base_bytes:
         _run.info(f"{req.vg}/{want.lv}: no valid region map; assembling without the read cache")
