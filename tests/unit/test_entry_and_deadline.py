@@ -66,3 +66,13 @@ def test_a_lock_this_process_holds_is_taken_again_at_no_cost():
 def test_only_ssh_s_own_failures_make_a_host_unreachable(lines, unreachable):
     from tm_iscsi import remote
     assert remote._unreachable(lines) is unreachable
+
+
+def test_every_node_call_carries_its_budget_before_the_command():
+    from tm_iscsi import remote, settings as settings_mod
+    settings = settings_mod.load({"TM_ISCSI_CONF": "/none", "TM_ISCSI_FRONTEND": "fe"})
+    argv = remote.Node("storage", settings)._argv("storage-attach", ["--request", "{}"],
+                                                  budget=600)
+    remote_words = argv[-1].split()
+    assert remote_words[:5] == ["sudo", "-n", "tm-iscsi-node", "--budget", "600"]
+    assert remote_words[5] == "storage-attach"
