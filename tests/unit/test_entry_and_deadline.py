@@ -76,3 +76,13 @@ def test_every_node_call_carries_its_budget_before_the_command():
     remote_words = argv[-1].split()
     assert remote_words[:5] == ["sudo", "-n", "tm-iscsi-node", "--budget", "600"]
     assert remote_words[5] == "storage-attach"
+
+
+def test_a_lock_waits_as_long_as_the_budget_not_a_shorter_default(monkeypatch):
+    deadline.start(deadline.MARGIN + 1000)
+    waits = []
+    real = locks.deadline.bounded
+    monkeypatch.setattr(locks.deadline, "bounded", lambda s: waits.append(s) or real(s))
+    with locks.lock("vg", "x"):
+        pass
+    assert waits and waits[0] > locks.DEFAULT_TIMEOUT

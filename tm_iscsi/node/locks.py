@@ -40,7 +40,10 @@ def _holder(fd):
 
 
 @contextlib.contextmanager
-def lock(kind, name, timeout=DEFAULT_TIMEOUT):
+def lock(kind, name, timeout=None):
+    """Hold lock `kind name`. Without an explicit `timeout` the wait is the call's remaining
+    budget (DEFAULT_TIMEOUT for a call without one): a transaction given 600 s must not give up
+    after a shorter limit of its own."""
     path = _path(kind, name)
     if path in _HELD:
         yield
@@ -48,6 +51,9 @@ def lock(kind, name, timeout=DEFAULT_TIMEOUT):
     os.makedirs(LOCK_DIR, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
+        if timeout is None:
+            left = deadline.remaining()
+            timeout = DEFAULT_TIMEOUT if left is None else left
         wait = deadline.bounded(timeout)
         until = time.monotonic() + wait
         while True:
