@@ -7,7 +7,9 @@ import importlib
 import json
 import sys
 
+from .. import protocol
 from . import deadline
+from . import run as _run
 from .errors import NodeError, NodeUsageError
 
 _COMMANDS = {}
@@ -19,6 +21,27 @@ def command(name, help):
         _COMMANDS[name] = (func, help)
         return func
     return register
+
+
+def checked_command(name, help):
+    """command(), with the failures of the command's environment (a device that vanished, a
+    configfs write LIO refused) turned into one-line errors (run.one_line_errors)."""
+    def register(func):
+        return command(name, help)(_run.one_line_errors(name, func))
+    return register
+
+
+def request_option(p):
+    """The one option of a transaction (tm_iscsi.protocol): its request as JSON."""
+    p.add_argument("--request", required=True, help="the transaction as JSON (protocol.py)")
+
+
+def decode_request(cls, text):
+    """The request as `cls`; anything that is not the protocol is a usage error (exit 2)."""
+    try:
+        return protocol.decode(cls, text)
+    except protocol.ProtocolError as err:
+        raise NodeUsageError(str(err))
 
 
 class _Parser(argparse.ArgumentParser):

@@ -2,19 +2,13 @@
 does the work; these are its command-line faces)."""
 
 from . import iscsi, paths
-from . import run as _run
 from .chap import add_option as chap_option, credentials as chap_credentials
-from .cli import command as _register
+from .cli import checked_command as command
 from .naming_args import int_range as _int_range
 from .targets import (IQN, LINK, SERIAL, _link_verdict, _portal, attach_target,  # noqa: F401
                       detach_target, replace_symlink)
 
 
-def command(name, help):
-    """cli.command, with environment failures turned into one-line errors."""
-    def register(func):
-        return _register(name, help)(_run.one_line_errors(name, func))
-    return register
 
 @command("initiator", "this host's iSCSI initiator name")
 def initiator(args):

@@ -17,16 +17,11 @@ from .. import naming
 from . import confine, iscsi, lio, locks, lvm, lvops
 from . import run as _run
 from .chap import add_option as chap_option, credentials as chap_credentials
-from .cli import command as _register
+from .cli import checked_command as command
 from .errors import NodeError
 from .naming_args import checked as _checked, int_range as _int_range
 
 
-def command(name, help):
-    """cli.command, with environment failures turned into one-line errors."""
-    def register(func):
-        return _register(name, help)(_run.one_line_errors(name, func))
-    return register
 
 MIB = 1024 * 1024
 CHUNK = 4 * MIB

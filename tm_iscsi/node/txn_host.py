@@ -13,7 +13,8 @@ from ..protocol import has_read
 from . import deadline, iscsi, lvm, paths
 from . import run as _run
 from .chap import credentials_from_stdin
-from .cli import command as _register
+from .cli import checked_command as command, decode_request as _decode
+from .cli import request_option as _request_option
 from .cmd_cache import KEY, NAME
 from .targets import IQN, LINK, SERIAL, attach_target, detach_target, replace_symlink
 from .errors import NodeError, NodeUsageError
@@ -21,23 +22,6 @@ from .errors import NodeError, NodeUsageError
 MIB = 1024 * 1024
 ATTACH_TIMEOUT = 60
 FLUSH_TIMEOUT = 7200
-
-
-def command(name, help):
-    def register(func):
-        return _register(name, help)(_run.one_line_errors(name, func))
-    return register
-
-
-def _request_option(p):
-    p.add_argument("--request", required=True, help="the transaction as JSON (protocol.py)")
-
-
-def _decode(cls, text):
-    try:
-        return protocol.decode(cls, text)
-    except protocol.ProtocolError as err:
-        raise NodeUsageError(str(err))
 
 
 def _checked(check, value):
@@ -51,6 +35,13 @@ def _check_luns(luns):
     for lun in luns.values():
         _checked(IQN, lun.iqn)
         _checked(SERIAL, lun.serial)
+
+
+def _check_path(path):
+    """A link or VM directory: of the accepted form, and inside the datastores directory (checked
+    before any login or change)."""
+    _checked(LINK, path)
+    paths.checked(path, leaf_may_be_link=True)
 
 
 def _check_portal(portal):
@@ -77,9 +68,7 @@ def _check_attach(req):
         _checked(NAME, disk.name)
         _check_luns(disk.luns)
         if disk.link is not None:
-            _checked(LINK, disk.link)
-            # The link goes inside the datastores directory, nowhere else: before any login.
-            paths.checked(disk.link, leaf_may_be_link=True)
+            _check_path(disk.link)
         if disk.base_key is not None:
             _checked(KEY, disk.base_key)
         if disk.wb_size_mib is not None and not 1 <= disk.wb_size_mib <= 1 << 24:
@@ -142,14 +131,12 @@ def host_detach(args):
     req = _decode(protocol.HostDetach, args.request)
     _check_portal(req.portal)
     if req.remove_dir is not None:
-        _checked(LINK, req.remove_dir)
-        paths.checked(req.remove_dir, leaf_may_be_link=True)
+        _check_path(req.remove_dir)
     for disk in req.disks:
         _checked(NAME, disk.name)
         _check_luns(disk.luns)
         if disk.link is not None:
-            _checked(LINK, disk.link)
-            paths.checked(disk.link, leaf_may_be_link=True)
+            _check_path(disk.link)
         if disk.base_prefix is not None:
             _checked(KEY, disk.base_prefix)
     orphans.resume_orphans()

@@ -15,7 +15,8 @@ from ..protocol import (BASE_GEN_TAG, RETIRED_TAG, STALE_MAP_TAG, WB_HOST_TAG, h
 from . import confine, iscsi, lio, locks, lvm, lvops
 from . import run as _run
 from .chap import credentials_from_stdin
-from .cli import command as _register
+from .cli import checked_command as command, decode_request as _decode
+from .cli import request_option as _request_option
 from .errors import NodeError, NodeUsageError
 
 MIB = 1024 * 1024
@@ -23,25 +24,8 @@ MIB = 1024 * 1024
 MAP_MIB_MIN = 8
 
 
-def command(name, help):
-    def register(func):
-        return _register(name, help)(_run.one_line_errors(name, func))
-    return register
-
-
 def map_size_mib(disk_bytes):
     return MAP_MIB_MIN + int(disk_bytes or 0) // (16384 * MIB)
-
-
-def _request_option(p):
-    p.add_argument("--request", required=True, help="the transaction as JSON (protocol.py)")
-
-
-def _decode(cls, text):
-    try:
-        return protocol.decode(cls, text)
-    except protocol.ProtocolError as err:
-        raise NodeUsageError(str(err))
 
 
 def _need(ok, what, value):
@@ -258,28 +242,22 @@ def _bring_lv(rep, req, disk):
     gen, base_bytes = _ensure_base(rep, req, disk) if has_read(disk.mode) else (None, 0)
     guard = WB_HOST_TAG + (want.wb_host or req.host)
     create = want.create
-    if lv is None and create:
+    if create:
         tags = _owner(req, want, "clone")
-        tags += [BASE_GEN_TAG + gen] if gen else []
-        tags += [guard] if has_writeback(disk.mode) else []
+        if lv is None:
+            tags += [BASE_GEN_TAG + gen] if gen else []
+            tags += [guard] if has_writeback(disk.mode) else []
         if create.get("origin"):
             disk.size_bytes, disk.created = lvops.ensure_snapshot(
                 rep, create["origin"], want.lv, tags, req.max_fill, create.get("size_mib"))
         else:
             disk.size_bytes, disk.created = lvops.ensure_thin(
                 rep, req.pool, want.lv, create["size_mib"], tags, req.max_fill)
-        disk.created_names.add(want.lv)
-        clone_tags = tags
-    elif create:
-        disk.size_bytes, disk.created = lvops.ensure_snapshot(
-            rep, create["origin"], want.lv, _owner(req, want, "clone"), req.max_fill,
-            create.get("size_mib")) if create.get("origin") else lvops.ensure_thin(
-            rep, req.pool, want.lv, create["size_mib"], _owner(req, want, "clone"),
-            req.max_fill)
-        clone_tags = lv.tags
     else:
         disk.size_bytes = lv.size_bytes
-        clone_tags = lv.tags
+    if lv is None:
+        disk.created_names.add(want.lv)
+    clone_tags = tags if lv is None else lv.tags
     if want.retire_base:
         _retire_base(rep, req, want.lv)
     if has_read(disk.mode):
