@@ -51,13 +51,7 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "clone.json"))
     args = parser.parse_args()
-    up = all(r["state"] == "up" for r in api.status())
-    if not (args.reuse and up):
-        if any(r["state"] != "down" for r in api.status()):
-            api.down()
-        api.up()
-    try:
-        api.reset()
+    with api.booted(args.reuse):
         sh(f"pvcreate -q /dev/ubdb && vgcreate -q {VG} /dev/ubdb")
         node("pool-ensure", "--vg", VG)
         results = {}
@@ -101,9 +95,6 @@ def main():
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps(report, indent=2))
-    finally:
-        if not args.reuse:
-            api.down()
 
 
 if __name__ == "__main__":

@@ -269,13 +269,7 @@ def main():
     parser.add_argument("--lv-scale", type=int, default=1000)
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "deploy.json"))
     args = parser.parse_args()
-    up = all(r["state"] == "up" for r in api.status())
-    if not (args.reuse and up):
-        if any(r["state"] != "down" for r in api.status()):
-            api.down()
-        api.up()
-    try:
-        api.reset()
+    with api.booted(args.reuse):
         lab = LabSession(api)
         with tempfile.TemporaryDirectory() as workdir, OnedStandIn() as oned:
             cloud = Cloud(lab, oned, workdir)
@@ -320,9 +314,6 @@ def main():
                 result["lv_scale"] = lv_scale(counted, args.lv_scale, 2000, args.repeat)
             save()
         print(json.dumps(result, indent=2, sort_keys=True))
-    finally:
-        if not args.reuse:
-            api.down()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """The lab as a Python object: what `lab/lab` does, and what the tests' session fixture uses."""
+import contextlib
 import shutil
 import sys
 import time
@@ -121,3 +122,19 @@ def boot(node_name, timeout=180):
 def reboot(node_name):
     crash(node_name)
     boot(node_name)
+
+
+@contextlib.contextmanager
+def booted(reuse=False):
+    """The lab up and reset for a benchmark: with `reuse` a running lab is kept (and left up),
+    otherwise one is booted (after taking a half-up one down) and taken down at the end."""
+    if not (reuse and all(row["state"] == "up" for row in status())):
+        if any(row["state"] != "down" for row in status()):
+            down()
+        up()
+    try:
+        reset()
+        yield
+    finally:
+        if not reuse:
+            down()
