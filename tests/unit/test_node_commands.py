@@ -322,6 +322,54 @@ def test_save_config_is_atomic_and_only_when_changed(tmp_path, mocker):
     assert json.loads(path.read_text())["targets"] == []
 
 
+class FakeLio:
+    def __init__(self, state):
+        self.state = state
+
+    def dump(self):
+        return dict(self.state)
+
+
+def test_save_config_with_changed_refreshes_only_those_entries(tmp_path, mocker):
+    path = tmp_path / "saveconfig.json"
+    other = {"wwn": "iqn.other", "fabric": "iscsi", "tpgs": ["as saved"]}
+    gone = {"wwn": "iqn.gone", "fabric": "iscsi", "tpgs": []}
+    path.write_text(json.dumps({"fabric_modules": [], "targets": [other, gone],
+                                "storage_objects": [{"plugin": "block", "name": "gone"},
+                                                    {"plugin": "block", "name": "kept"}]}))
+    live = {"iqn.new": FakeLio({"wwn": "iqn.new", "fabric": "iscsi", "tpgs": ["live"]})}
+    mocker.patch.object(lio, "find_target", side_effect=live.get)
+    mocker.patch.object(lio, "find_backstore", side_effect={
+        "new": FakeLio({"plugin": "block", "name": "new"})}.get)
+    full = mocker.patch.object(lio, "_root")
+    changed = lio.Changed()
+    changed.add("iqn.new", "new")
+    changed.add("iqn.gone", "gone")
+    assert lio.save_config(str(path), changed=changed) is True
+    saved = json.loads(path.read_text())
+    # The rest of the file is kept as it was saved (never read from configfs); the changed
+    # entries are their live state, or gone with the object.
+    assert saved["targets"] == [other, {"wwn": "iqn.new", "fabric": "iscsi", "tpgs": ["live"]}]
+    assert saved["storage_objects"] == [{"plugin": "block", "name": "kept"},
+                                        {"plugin": "block", "name": "new"}]
+    assert not full.called
+    # Nothing different: the file is left alone.
+    mtime = os.stat(path).st_mtime_ns
+    assert lio.save_config(str(path), changed=changed) is False
+    assert os.stat(path).st_mtime_ns == mtime
+
+
+def test_save_config_with_changed_but_no_readable_file_dumps_everything(tmp_path, mocker):
+    path = tmp_path / "saveconfig.json"
+    path.write_text("{half")
+    state = {"storage_objects": [], "targets": [{"wwn": "iqn.x"}], "fabric_modules": []}
+    mocker.patch.object(lio, "_root", return_value=FakeRoot(state))
+    changed = lio.Changed()
+    changed.add("iqn.x")
+    assert lio.save_config(str(path), changed=changed) is True
+    assert json.loads(path.read_text()) == state
+
+
 # -- host --------------------------------------------------------------------------------------
 
 def test_replace_symlink(tmp_path):

@@ -50,7 +50,8 @@ class FakeVG:
         self.exports = {}
         mocker.patch.object(lio, "export", side_effect=self._export)
         mocker.patch.object(lio, "unexport", side_effect=self._unexport)
-        mocker.patch.object(lio, "save_config", side_effect=lambda: self.calls.append("save"))
+        mocker.patch.object(lio, "save_config",
+                            side_effect=lambda changed=None: self.calls.append("save"))
         mocker.patch.object(lio, "users_of_device", side_effect=lambda dev, so=None: [
             (so, sorted(self.exports))] if any(i.endswith(so.split(".", 1)[1])
                                                  for i in self.exports) else [])

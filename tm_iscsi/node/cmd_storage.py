@@ -561,7 +561,9 @@ def export(args):
                             naming.lun_serial(args.vg, args.lv), args.initiator,
                             portal_ip=args.portal_ip, port=args.port, chap=chap,
                             readonly=args.readonly)
-        lio.save_config()
+        changed = lio.Changed()
+        changed.add(iqn, naming.backstore_name(args.vg, args.lv))
+        lio.save_config(changed=changed)
     return result
 
 
@@ -589,7 +591,9 @@ def unexport(args):
     with lio.config_lock():
         removed, remaining = lio.unexport(iqn, naming.backstore_name(args.vg, args.lv),
                                           args.initiator)
-        lio.save_config()
+        changed = lio.Changed()
+        changed.add(iqn, naming.backstore_name(args.vg, args.lv))
+        lio.save_config(changed=changed)
     return {"iqn": iqn, "removed_target": removed, "initiators": remaining}
 
 

@@ -280,7 +280,7 @@ def _luns(req, disk):
     return names
 
 
-def _export(rep, req, chap, disk):
+def _export(rep, req, chap, disk, changed):
     luns = {}
     for role, name in _luns(req, disk).items():
         if name in disk.created_names:
@@ -292,6 +292,8 @@ def _export(rep, req, chap, disk):
         iqn = naming.target_iqn(req.vg, name, req.iqn_base)
         if disk.want.export:
             _run.info(f"exporting {path} as {iqn} to {req.initiator}")
+            # Also when it was exported already: a re-run after a save that was killed saves it.
+            changed.add(iqn, naming.backstore_name(req.vg, name))
             lio.export(iqn, naming.backstore_name(req.vg, name), path,
                        naming.lun_serial(req.vg, name), req.initiator,
                        portal_ip=req.portal_ip, port=req.port, chap=chap,
@@ -325,13 +327,15 @@ def storage_attach(args):
                 lvops.ensure_fs(lv, fs)
     with lio.config_lock():
         out = []
+        changed = lio.Changed()
         for disk in disks:
             out.append({"lv": disk.want.lv, "mode": disk.mode, "created": disk.created,
-                        "size_bytes": disk.size_bytes, "luns": _export(rep, req, chap, disk),
+                        "size_bytes": disk.size_bytes,
+                        "luns": _export(rep, req, chap, disk, changed),
                         "base_key": protocol.base_key(req.vg, disk.want.image_lv, disk.gen)
                         if disk.gen else None})
-        if any(d.want.export for d in disks):
-            lio.save_config()
+        if changed:
+            lio.save_config(changed=changed)
     return {"vg": req.vg, "disks": out}
 
 
@@ -345,8 +349,9 @@ def _snapshots_of(rep, lv):
     return sorted(n for n in rep.lvs if n.startswith(prefix) and n[len(prefix):].isdigit())
 
 
-def _revoke(req, name, whole_target):
+def _revoke(req, name, whole_target, changed):
     iqn = naming.target_iqn(req.vg, name, req.iqn_base)
+    changed.add(iqn, naming.backstore_name(req.vg, name))
     return lio.unexport(iqn, naming.backstore_name(req.vg, name),
                         None if whole_target else req.initiator)
 
@@ -368,20 +373,21 @@ def storage_release(args):
             if lv is not None:
                 confine.require_owned(lv, "release")
         with lio.config_lock():
+            changed = lio.Changed()
             for disk in req.disks:
                 # A host that is gone (no initiator known) loses every ACL of the VM's disks.
                 whole = req.initiator is None or disk.remove
                 if disk.unexport or disk.remove:
-                    _revoke(req, disk.lv, whole)
-                    _revoke(req, protocol.map_lv(disk.lv), whole)
+                    _revoke(req, disk.lv, whole, changed)
+                    _revoke(req, protocol.map_lv(disk.lv), whole, changed)
                 if disk.remove:
                     for snap in _snapshots_of(rep, disk.lv):
-                        _revoke(req, snap, True)
+                        _revoke(req, snap, True, changed)
                 elif disk.map == "forget":
-                    _revoke(req, protocol.map_lv(disk.lv), True)
+                    _revoke(req, protocol.map_lv(disk.lv), True, changed)
                 if disk.release_base_of and req.initiator is not None:
-                    _revoke(req, protocol.base_lv(disk.release_base_of), False)
-            lio.save_config()
+                    _revoke(req, protocol.base_lv(disk.release_base_of), False, changed)
+            lio.save_config(changed=changed)
         for disk in req.disks:
             lv = rep.get(disk.lv)
             result = {"lv": disk.lv, "removed": False}
