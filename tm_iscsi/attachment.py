@@ -62,60 +62,97 @@ def _by_datastore(items):
     return list(groups.values())
 
 
-def _storage_attach(ctx, host, initiator, group, export=True):
-    ds = group[0].volume.ds
-    request = protocol.StorageAttach(
-        vg=ds.vg, host=host, initiator=initiator, pool=ds.pool, iqn_base=ds.iqn_base,
-        chap_user=ds.chap_user, max_fill=ds.max_fill, ds_id=ds.ds_id,
-        disks=[protocol.StorageDisk(
-            lv=a.volume.lv, mode=a.mode, readonly=a.volume.readonly, create=a.create,
-            image_lv=a.image_lv if protocol.has_read(a.mode) else None,
-            retire_base=a.retire_base, wb_host=a.wb_host, wb_from=a.wb_from, map=a.map,
-            export=export)
-            for a in group])
-    result = ctx.node(ds.storage_host).call(protocol.STORAGE_ATTACH, "--request",
-                                            protocol.encode(request), stdin=ds.chap_stdin(),
-                                            timeout=ctx.settings.transaction_timeout)
-    return result.get("disks", [])
+def _call(ctx, node, command, requests, stdins, timeout):
+    """One call of `command` on `node` with one request per datastore; one answer each."""
+    argv = [word for request in requests for word in ("--request", protocol.encode(request))]
+    stdin = "".join(text for text in stdins if text) or None
+    answer = ctx.node(node).call(command, *argv, stdin=stdin, timeout=timeout)
+    if len(requests) == 1:
+        return [answer]
+    answers = answer.get("results")
+    if not isinstance(answers, list) or len(answers) != len(requests):
+        raise DriverError(f"{node}: {command} answered {len(requests)} requests with "
+                          f"{answer!r:.200}")
+    return answers
 
 
-def _host_attach(ctx, host, initiator, group, granted):
-    ds = group[0].volume.ds
-    disks = []
-    for want, got in zip(group, granted):
-        disks.append(protocol.HostDisk(
-            name=want.volume.lv, mode=got["mode"], link=want.link, base_key=got.get("base_key"),
-            wb_size_mib=ds.writeback_mib if protocol.has_writeback(got["mode"]) else None,
-            luns={role: protocol.Lun(**lun) for role, lun in got["luns"].items()}))
-    request = protocol.HostAttach(portal=ds.portal, disks=disks, initiator=initiator,
-                                  chap_user=ds.chap_user)
-    return ctx.node(host).call(protocol.HOST_ATTACH, "--request", protocol.encode(request),
-                               stdin=ds.chap_stdin(), timeout=ctx.settings.transaction_timeout)
+def _per_storage_node(groups, make):
+    """{storage node: [(group index, request)]}: the datastores of one storage node go to it in
+    one call."""
+    calls = {}
+    for index, group in enumerate(groups):
+        calls.setdefault(group[0].volume.ds.storage_host, []).append((index, make(group)))
+    return calls
+
+
+def _storage_attach(ctx, host, initiator, groups, export=True):
+    """The disks each group of `groups` was granted, in the groups' order."""
+    def request(group):
+        ds = group[0].volume.ds
+        return protocol.StorageAttach(
+            vg=ds.vg, host=host, initiator=initiator, pool=ds.pool, iqn_base=ds.iqn_base,
+            chap_user=ds.chap_user, max_fill=ds.max_fill, ds_id=ds.ds_id,
+            disks=[protocol.StorageDisk(
+                lv=a.volume.lv, mode=a.mode, readonly=a.volume.readonly, create=a.create,
+                image_lv=a.image_lv if protocol.has_read(a.mode) else None,
+                retire_base=a.retire_base, wb_host=a.wb_host, wb_from=a.wb_from, map=a.map,
+                export=export)
+                for a in group])
+
+    granted = [None] * len(groups)
+    for node, items in _per_storage_node(groups, request).items():
+        answers = _call(ctx, node, protocol.STORAGE_ATTACH, [r for _, r in items],
+                        [groups[i][0].volume.ds.chap_stdin() for i, _ in items],
+                        ctx.settings.transaction_timeout)
+        for (index, _), answer in zip(items, answers):
+            granted[index] = answer.get("disks", [])
+    return granted
+
+
+def _host_attach(ctx, host, initiator, groups, granted):
+    requests = []
+    for group, got_group in zip(groups, granted):
+        ds = group[0].volume.ds
+        disks = []
+        for want, got in zip(group, got_group):
+            disks.append(protocol.HostDisk(
+                name=want.volume.lv, mode=got["mode"], link=want.link,
+                base_key=got.get("base_key"),
+                wb_size_mib=ds.writeback_mib if protocol.has_writeback(got["mode"]) else None,
+                luns={role: protocol.Lun(**lun) for role, lun in got["luns"].items()}))
+        requests.append(protocol.HostAttach(portal=ds.portal, disks=disks, initiator=initiator,
+                                            chap_user=ds.chap_user))
+    return _call(ctx, host, protocol.HOST_ATTACH, requests,
+                 [group[0].volume.ds.chap_stdin() for group in groups],
+                 ctx.settings.transaction_timeout)
 
 
 def attach(ctx, host, disks):
-    """Give `host` every disk of `disks` (Attach); returns the mode each was assembled in (a
-    read layer is dropped when the disk's region map cannot be trusted)."""
-    modes = []
-    for group in _by_datastore(disks):
-        initiator = ctx.initiator(host)
-        granted = _storage_attach(ctx, host, initiator, group)
-        answer = _host_attach(ctx, host, initiator, group, granted)
-        if answer.get("initiator_mismatch"):
-            # oned's record of the host's name is out of date (host re-installed): export to
-            # the real one, take the old one's ACLs back, remember the real one.
-            real = ctx.learn_initiator(host, answer["initiator"])
-            log.info(f"{host}'s initiator is {real}, not {initiator} as recorded; exporting again")
-            granted = _storage_attach(ctx, host, real, group)
-            answer = _host_attach(ctx, host, real, group, granted)
-            if answer.get("initiator_mismatch"):
-                raise DriverError(f"{host} changed its initiator name during the action")
-            _storage_release(ctx, host, initiator, [Release(a.volume) for a in group])
+    """Give `host` every disk of `disks` (Attach), in one call per storage node and one to the
+    host whatever the datastores; returns the mode each was assembled in (a read layer is
+    dropped when the disk's region map cannot be trusted)."""
+    groups = _by_datastore(disks)
+    if not groups:
+        return []
+    initiator = ctx.initiator(host)
+    granted = _storage_attach(ctx, host, initiator, groups)
+    answers = _host_attach(ctx, host, initiator, groups, granted)
+    stale = next((a for a in answers if a.get("initiator_mismatch")), None)
+    if stale is not None:
+        # oned's record of the host's name is out of date (host re-installed): export to the
+        # real one, take the old one's ACLs back, remember the real one.
+        real = ctx.learn_initiator(host, stale["initiator"])
+        log.info(f"{host}'s initiator is {real}, not {initiator} as recorded; exporting again")
+        granted = _storage_attach(ctx, host, real, groups)
+        answers = _host_attach(ctx, host, real, groups, granted)
+        if any(a.get("initiator_mismatch") for a in answers):
+            raise DriverError(f"{host} changed its initiator name during the action")
+        _storage_release(ctx, host, initiator, [[Release(a.volume) for a in g] for g in groups])
+    for group, answer in zip(groups, answers):
         for want, got in zip(group, answer.get("disks", [])):
             log.info(f"{host}:{want.link or want.volume.lv} -> {got.get('top')} "
                      f"({got.get('mode')})")
-        modes += [g["mode"] for g in granted]
-    return modes
+    return [g["mode"] for got_group in granted for g in got_group]
 
 
 def attach_one(ctx, host, volume, link, mode="none", image_lv=None, **extra):
@@ -124,78 +161,87 @@ def attach_one(ctx, host, volume, link, mode="none", image_lv=None, **extra):
 
 def prepare(ctx, host, disks):
     """storage-attach without exports: the LVs and guards only (nothing for a host yet)."""
-    for group in _by_datastore(disks):
-        _storage_attach(ctx, host, None, group, export=False)
+    groups = _by_datastore(disks)
+    if groups:
+        _storage_attach(ctx, host, None, groups, export=False)
 
 
 # -- detach -------------------------------------------------------------------------------------
 
-def _host_detach(ctx, host, group, remove_dir=None):
-    ds = group[0].volume.ds
-    disks = []
-    for r in group:
-        v = r.volume
-        luns = {"clone": protocol.Lun(v.iqn, v.serial)}
-        if v.kind == "clone":
-            mapv = Volume(ds, protocol.map_lv(v.lv), "map")
-            luns["map"] = protocol.Lun(mapv.iqn, mapv.serial)
-        prefix = None
-        if r.image_lv:
-            base = Volume(ds, protocol.base_lv(r.image_lv), "base")
-            luns["base"] = protocol.Lun(base.iqn, base.serial)
-            prefix = protocol.base_key_prefix(ds.vg, r.image_lv)
-        disks.append(protocol.HostRelease(name=v.lv, flush=r.flush, luns=luns, link=r.link,
-                                          base_prefix=prefix))
-    request = protocol.HostDetach(portal=ds.portal, disks=disks, remove_dir=remove_dir)
-    return ctx.node(host).call(protocol.HOST_DETACH, "--request", protocol.encode(request),
-                               timeout=ctx.settings.copy_timeout)
+def _host_detach(ctx, host, groups, remove_dir=None):
+    requests = []
+    for index, group in enumerate(groups):
+        ds = group[0].volume.ds
+        disks = []
+        for r in group:
+            v = r.volume
+            luns = {"clone": protocol.Lun(v.iqn, v.serial)}
+            if v.kind == "clone":
+                mapv = Volume(ds, protocol.map_lv(v.lv), "map")
+                luns["map"] = protocol.Lun(mapv.iqn, mapv.serial)
+            prefix = None
+            if r.image_lv:
+                base = Volume(ds, protocol.base_lv(r.image_lv), "base")
+                luns["base"] = protocol.Lun(base.iqn, base.serial)
+                prefix = protocol.base_key_prefix(ds.vg, r.image_lv)
+            disks.append(protocol.HostRelease(name=v.lv, flush=r.flush, luns=luns, link=r.link,
+                                              base_prefix=prefix))
+        # The directory goes with the last of the disks.
+        last = index == len(groups) - 1
+        requests.append(protocol.HostDetach(portal=ds.portal, disks=disks,
+                                            remove_dir=remove_dir if last else None))
+    return _call(ctx, host, protocol.HOST_DETACH, requests, [], ctx.settings.copy_timeout)
 
 
-def _storage_release(ctx, host, initiator, group, torn=None, reachable=True):
-    ds = group[0].volume.ds
+def _storage_release(ctx, host, initiator, groups, torn=None, reachable=True):
     torn = torn or {}
-    disks = []
-    for r in group:
-        released = torn.get(r.volume.lv, {}).get("base_released")
-        disks.append(protocol.ReleaseDisk(
-            lv=r.volume.lv, unexport=r.unexport, remove=r.remove,
-            wb_clear=reachable and not r.keep_wb_guard, map=r.map, wb_host=r.wb_host,
-            release_base_of=r.image_lv if released else None))
-    request = protocol.StorageRelease(vg=ds.vg, host=host, initiator=initiator,
-                                      iqn_base=ds.iqn_base, disks=disks)
-    return ctx.node(ds.storage_host).call(protocol.STORAGE_RELEASE, "--request",
-                                          protocol.encode(request),
-                                          timeout=ctx.settings.transaction_timeout)
+
+    def request(group):
+        ds = group[0].volume.ds
+        disks = []
+        for r in group:
+            released = torn.get(r.volume.lv, {}).get("base_released")
+            disks.append(protocol.ReleaseDisk(
+                lv=r.volume.lv, unexport=r.unexport, remove=r.remove,
+                wb_clear=reachable and not r.keep_wb_guard, map=r.map, wb_host=r.wb_host,
+                release_base_of=r.image_lv if released else None))
+        return protocol.StorageRelease(vg=ds.vg, host=host, initiator=initiator,
+                                       iqn_base=ds.iqn_base, disks=disks)
+
+    for node, items in _per_storage_node(groups, request).items():
+        _call(ctx, node, protocol.STORAGE_RELEASE, [r for _, r in items], [],
+              ctx.settings.transaction_timeout)
 
 
 def detach(ctx, host, releases, remove_dir=None):
-    """Take every disk of `releases` (Release) back from `host`: its stack first (write-back
-    data flushed to the storage node, or dropped when `flush` is False), then the LUNs; and the
-    VM directory `remove_dir` with the last of them. Returns whether the directory went."""
+    """Take every disk of `releases` (Release) back from `host`, in one call to the host and one
+    per storage node: its stack first (write-back data flushed to the storage node, or dropped
+    when `flush` is False), then the LUNs; and the VM directory `remove_dir` with the last of
+    them. Returns whether the directory went."""
     groups = _by_datastore(releases)
-    dir_removed = False
-    for index, group in enumerate(groups):
-        torn, initiator, reachable = {}, None, True
-        if ctx.is_frontend(host):
-            # The front-end holds no session: nothing of a host's to revoke (a shared CD-ROM's
-            # ACLs are other hosts'); only what the VM owned goes.
-            group = [Release(**{**r.__dict__, "unexport": False}) for r in group]
-        else:
-            try:
-                last = index == len(groups) - 1
-                answer = _host_detach(ctx, host, group, remove_dir if last else None)
-                dir_removed = dir_removed or bool(answer.get("dir_removed") is not None)
-                torn = {d["name"]: d for d in answer.get("disks", [])}
-                initiator = answer.get("initiator") or ctx.initiator(host)
-            except NodeUnreachable as err:
-                reachable = False
-                log.info(f"{err}; its cache stacks stay until it boots, and every ACL of "
-                         f"{', '.join(r.volume.lv for r in group)} is revoked")
-        if ctx.is_frontend(host):
+    if not groups:
+        return False
+    torn, initiator, reachable, dir_removed = {}, None, True, False
+    if ctx.is_frontend(host):
+        # The front-end holds no session: nothing of a host's to revoke (a shared CD-ROM's ACLs
+        # are other hosts'); only what the VM owned goes.
+        reachable = False
+        groups = [[Release(**{**r.__dict__, "unexport": False}) for r in group]
+                  for group in groups]
+        groups = [g for g in groups if any(r.remove or r.map != "keep" for r in g)]
+    else:
+        try:
+            answers = _host_detach(ctx, host, groups, remove_dir)
+            dir_removed = any(a.get("dir_removed") is not None for a in answers)
+            torn = {d["name"]: d for a in answers for d in a.get("disks", [])}
+            initiator = next((a["initiator"] for a in answers if a.get("initiator")),
+                             None) or ctx.initiator(host)
+        except NodeUnreachable as err:
             reachable = False
-            if not any(r.remove or r.map != "keep" for r in group):
-                continue
-        _storage_release(ctx, host, initiator, group, torn, reachable)
+            log.info(f"{err}; its cache stacks stay until it boots, and every ACL of "
+                     f"{', '.join(r.volume.lv for g in groups for r in g)} is revoked")
+    if groups:
+        _storage_release(ctx, host, initiator, groups, torn, reachable)
     return dir_removed
 
 
@@ -205,8 +251,9 @@ def detach_one(ctx, host, volume, link=None, **extra):
 
 def release_storage(ctx, host, releases):
     """storage-release alone: a host that is not involved (the front-end), a map to forget."""
-    for group in _by_datastore(releases):
-        _storage_release(ctx, host, None, group, reachable=False)
+    groups = _by_datastore(releases)
+    if groups:
+        _storage_release(ctx, host, None, groups, reachable=False)
 
 
 # -- write-back around a snapshot or save-as ---------------------------------------------------

@@ -211,6 +211,26 @@ def test_a_bad_request_field_is_refused_before_lvm_is_read(vg, capsys, change):
     assert vg.calls == []
 
 
+def test_several_requests_run_in_order_with_one_answer_each(vg, capsys):
+    second = clone_request(mode="none", lv="vm-7-disk-1")
+    code = cli.main(["storage-attach", "--request", protocol.encode(clone_request()),
+                     "--request", protocol.encode(second)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    answers = json.loads(out)["results"]
+    assert [a["disks"][0]["lv"] for a in answers] == ["vm-7-disk-0", "vm-7-disk-1"]
+    assert vg.calls.index("snapshot vm-7-disk-0") < vg.calls.index("snapshot vm-7-disk-1")
+
+
+def test_a_bad_later_request_is_refused_before_the_first_one_runs(vg, capsys):
+    bad = clone_request(lv="vm-7-disk-1")
+    bad.iqn_base = "iqn.x:not a base"
+    code = cli.main(["storage-attach", "--request", protocol.encode(clone_request()),
+                     "--request", protocol.encode(bad)])
+    _, err = capsys.readouterr()
+    assert code == 2 and len(err.strip().splitlines()) == 1 and vg.calls == []
+
+
 @pytest.mark.parametrize("text", ["{", "[]", '{"vg": "vgt", "host": "h", "disks": [], "x": 1}',
                                   '{"vg": "vgt", "host": "h", "disks": [{"lv": 5}]}',
                                   '{"vg": "vgt", "host": "h", "disks": [{"lv": "a", "mode": "x"}]}'])

@@ -73,13 +73,22 @@ def _host_detach(host, args):
         for d in _request(args)["disks"]]}
 
 
+def _each(answer):
+    """A transaction as the node runs it: one answer per --request, several in "results"."""
+    def run(host, args):
+        pairs = [args[i:i + 2] for i in range(0, len(args), 2)]
+        answers = [answer(host, pair) for pair in pairs]
+        return answers[0] if len(answers) == 1 else {"results": answers}
+    return run
+
+
 TRANSACTIONS = {
-    "storage-attach": _storage_attach,
-    "host-attach": lambda host, args: {"initiator": HOST1_IQN, "initiator_mismatch": False,
-                                       "disks": [{"name": d["name"], "mode": d["mode"]}
-                                                 for d in _request(args)["disks"]]},
-    "host-detach": _host_detach,
-    "storage-release": lambda host, args: {"disks": []},
+    "storage-attach": _each(_storage_attach),
+    "host-attach": _each(lambda host, args: {
+        "initiator": HOST1_IQN, "initiator_mismatch": False,
+        "disks": [{"name": d["name"], "mode": d["mode"]} for d in _request(args)["disks"]]}),
+    "host-detach": _each(_host_detach),
+    "storage-release": _each(lambda host, args: {"disks": []}),
 }
 
 
@@ -599,3 +608,51 @@ def test_a_bad_write_back_cache_size_is_refused_before_any_change(world, capsys,
                             "host1:/var/lib/one//datastores/101/0/disk.0 0 100", capsys)
     assert code == 1 and "WRITEBACK_CACHE_MB" in plain[0] and "64 to 1048576" in plain[0]
     assert calls == []
+
+
+def test_disks_of_several_datastores_on_one_storage_node_cost_one_call_each_way(world):
+    from tm_iscsi import attachment
+    from tm_iscsi.volumes import Volume
+    ctx, calls, one = world
+    import xml.etree.ElementTree as ET
+    element = _ds(100, ISCSI_HOST="storage2").element
+    element.find("ID").text = "102"
+    one.datastores[102] = Datastore.from_xml(ET.tostring(element, encoding="unicode"))
+    image_ds, system_ds, other = ctx.datastore(100), ctx.datastore(101), ctx.datastore(102)
+    ctx.initiator = lambda host: HOST1_IQN
+    disks = [attachment.Attach(Volume(image_ds, "vm-5-disk-0", "clone"), "/d/5/disk.0"),
+             attachment.Attach(Volume(system_ds, "vm-5-disk-1", "volatile"), "/d/5/disk.1"),
+             attachment.Attach(Volume(image_ds, "vm-5-disk-2", "clone"), "/d/5/disk.2"),
+             attachment.Attach(Volume(other, "vm-5-disk-3", "clone"), "/d/5/disk.3")]
+    assert attachment.attach(ctx, "host1", disks) == ["none"] * 4
+    # One call per storage node (its datastores as one request each), one to the host.
+    assert [(h, c, args.count("--request")) for h, c, args in calls] == [
+        ("storage", "storage-attach", 2), ("storage2", "storage-attach", 1),
+        ("host1", "host-attach", 3)]
+    host_requests = [json.loads(a) for a in calls[2][2][1::2]]
+    assert [[d["link"] for d in r["disks"]] for r in host_requests] == [
+        ["/d/5/disk.0", "/d/5/disk.2"], ["/d/5/disk.1"], ["/d/5/disk.3"]]
+    calls.clear()
+    releases = [attachment.Release(d.volume, d.link) for d in disks]
+    attachment.detach(ctx, "host1", releases, remove_dir="/d/5")
+    assert [(h, c, args.count("--request")) for h, c, args in calls] == [
+        ("host1", "host-detach", 3), ("storage", "storage-release", 2),
+        ("storage2", "storage-release", 1)]
+    detach_requests = [json.loads(a) for a in calls[0][2][1::2]]
+    # The VM directory goes with the last request, after every disk's stack.
+    assert [r.get("remove_dir") for r in detach_requests] == [None, None, "/d/5"]
+
+
+def test_a_node_answering_fewer_results_than_requests_is_one_line(world):
+    from tm_iscsi import attachment
+    from tm_iscsi.errors import DriverError
+    from tm_iscsi.volumes import Volume
+    ctx, calls, one = world
+    ctx.initiator = lambda host: HOST1_IQN
+    base = ctx.node
+    ctx.node = lambda h: _with_answer(base(h), "storage-attach",
+                                      lambda host, args: {"results": []})
+    disks = [attachment.Attach(Volume(ctx.datastore(100), "vm-5-disk-0", "clone")),
+             attachment.Attach(Volume(ctx.datastore(101), "vm-5-disk-1", "volatile"))]
+    with pytest.raises(DriverError, match="answered 2 requests"):
+        attachment.attach(ctx, "host1", disks)

@@ -32,8 +32,10 @@ def checked_command(name, help):
 
 
 def request_option(p):
-    """The one option of a transaction (tm_iscsi.protocol): its request as JSON."""
-    p.add_argument("--request", required=True, help="the transaction as JSON (protocol.py)")
+    """The one option of a transaction (tm_iscsi.protocol): its request as JSON; an action whose
+    disks are in several datastores of the node gives one per datastore, in one call."""
+    p.add_argument("--request", required=True, action="append",
+                   help="the transaction as JSON (protocol.py); repeated: run in order")
 
 
 def decode_request(cls, text):
@@ -42,6 +44,19 @@ def decode_request(cls, text):
         return protocol.decode(cls, text)
     except protocol.ProtocolError as err:
         raise NodeUsageError(str(err))
+
+
+def each_request(cls, texts, check, run, prepare=None):
+    """Every --request decoded and checked (`check`) before anything changes (`prepare` once,
+    then `run` for each, in the order given): a malformed later request changes nothing. One
+    request answers as itself, several as {"results": [answer, ...]}."""
+    requests = [decode_request(cls, text) for text in texts]
+    for request in requests:
+        check(request)
+    if prepare is not None:
+        prepare()
+    answers = [run(request) for request in requests]
+    return answers[0] if len(answers) == 1 else {"results": answers}
 
 
 class _Parser(argparse.ArgumentParser):

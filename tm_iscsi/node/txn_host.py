@@ -13,7 +13,7 @@ from ..protocol import has_read
 from . import deadline, iscsi, lvm, paths
 from . import run as _run
 from .chap import credentials_from_stdin
-from .cli import checked_command as command, decode_request as _decode
+from .cli import checked_command as command, each_request
 from .cli import request_option as _request_option
 from .cmd_cache import KEY, NAME
 from .targets import IQN, LINK, SERIAL, attach_target, detach_target, replace_symlink
@@ -96,10 +96,12 @@ def _assemble(req, disk, devices):
 
 @command(protocol.HOST_ATTACH, "log in to an action's LUNs, check them, build the stacks, link")
 def host_attach(args):
-    req = _decode(protocol.HostAttach, args.request)
-    _check_attach(req)
+    return each_request(protocol.HostAttach, args.request, _check_attach, _attach,
+                        prepare=orphans.resume_orphans)
+
+
+def _attach(req):
     chap = credentials_from_stdin(req.chap_user)
-    orphans.resume_orphans()
     mine = _own_initiator()
     if req.initiator is not None and mine is not None and mine != req.initiator:
         return {"initiator": mine, "initiator_mismatch": True, "disks": []}
@@ -128,7 +130,11 @@ def _base_in_use(prefix):
 
 @command(protocol.HOST_DETACH, "tear an action's stacks down (flush or drop), log out, unlink")
 def host_detach(args):
-    req = _decode(protocol.HostDetach, args.request)
+    return each_request(protocol.HostDetach, args.request, _check_detach, _detach,
+                        prepare=orphans.resume_orphans)
+
+
+def _check_detach(req):
     _check_portal(req.portal)
     if req.remove_dir is not None:
         _check_path(req.remove_dir)
@@ -139,7 +145,9 @@ def host_detach(args):
             _check_path(disk.link)
         if disk.base_prefix is not None:
             _checked(KEY, disk.base_prefix)
-    orphans.resume_orphans()
+
+
+def _detach(req):
     out = []
     for disk in req.disks:
         deadline.check(f"tearing down {disk.name}")

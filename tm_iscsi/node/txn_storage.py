@@ -15,7 +15,7 @@ from ..protocol import (BASE_GEN_TAG, RETIRED_TAG, STALE_MAP_TAG, WB_HOST_TAG, h
 from . import confine, iscsi, lio, locks, lvm, lvops
 from . import run as _run
 from .chap import credentials_from_stdin
-from .cli import checked_command as command, decode_request as _decode
+from .cli import checked_command as command, each_request
 from .cli import request_option as _request_option
 from .errors import NodeError, NodeUsageError
 
@@ -304,8 +304,10 @@ def _export(rep, req, chap, disk, changed):
 
 @command(protocol.STORAGE_ATTACH, "bring an action's disks to their storage state and export them")
 def storage_attach(args):
-    req = _decode(protocol.StorageAttach, args.request)
-    _check_attach(req)
+    return each_request(protocol.StorageAttach, args.request, _check_attach, _attach)
+
+
+def _attach(req):
     chap = credentials_from_stdin(req.chap_user)
     disks = [_Disk(want) for want in req.disks]
     # LVM under the VG's lock (read once, decide, change), then LIO under its own: exports of
@@ -358,13 +360,19 @@ def _revoke(req, name, whole_target, changed):
 
 @command(protocol.STORAGE_RELEASE, "revoke a host's access to an action's disks; remove the VM's own")
 def storage_release(args):
-    req = _decode(protocol.StorageRelease, args.request)
+    return each_request(protocol.StorageRelease, args.request, _check_release, _release)
+
+
+def _check_release(req):
     _check_common(req)
     for disk in req.disks:
         if disk.release_base_of is not None:
             _need(naming.valid_name(disk.release_base_of), "LV name", disk.release_base_of)
         if disk.wb_host is not None:
             _need(naming.valid_host(disk.wb_host), "wb_host", disk.wb_host)
+
+
+def _release(req):
     out = []
     with locks.lock("vg", req.vg):
         rep = lvm.report(req.vg)
