@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 from lab import api, config  # noqa: E402
 from lab.session import LabSession  # noqa: E402
 from harness.cloud import IMAGE_VG, REMOTES, SYSDIR, Cloud  # noqa: E402
+from lab.ship import LAB_CACHE_VG  # noqa: E402
 from harness.oned import OnedStandIn  # noqa: E402
 from harness.transfer import TransferManager  # noqa: E402
 from harness.documents import host_xml, vm_xml  # noqa: E402
@@ -124,50 +125,110 @@ def deploy_seconds(counted, mode, first_vm, repeat):
     return statistics.median(times)
 
 
-FLOOR_STORAGE = r"""
-set -e
-lvcreate -q -y --snapshot --setactivationskip n -n floor-{n} {vg}/img-0 >/dev/null
+# The floor: what the kernel has to be told for one deploy, typed by hand, one ssh session per
+# node. In mode none: a thin snapshot, its LIO export, the login, the link. In read+writeback, in
+# the steady state (the image's base exported and logged in on the host, as after its first
+# deploy there): the clone and its region map (two thin LVs) exported, two logins, the write-back
+# cache's two local LVs, the dm-clone table over the base and the dm-cache table over it, the
+# link. (The shared read cache between base and dm-clone is made once per image, not per deploy.)
+FLOOR_EXPORT = r"""
 /opt/tm_iscsi-venv/bin/python - <<'EOF'
 import rtslib_fb as r
-so = r.BlockStorageObject("floor-{n}", dev="/dev/{vg}/floor-{n}")
-t = r.Target(r.FabricModule("iscsi"), "iqn.2026-11.io.floor:f{n}")
-tpg = r.TPG(t, 1)
-tpg.set_attribute("authentication", "0")
-r.NetworkPortal(tpg, "0.0.0.0", 3260)
-lun = r.LUN(tpg, 0, so)
-acl = r.NodeACL(tpg, "{initiator}")
-r.MappedLUN(acl, 0, lun)
-tpg.enable = True
+for name in NAMES:
+    so = r.BlockStorageObject(name, dev="/dev/{vg}/" + name)
+    t = r.Target(r.FabricModule("iscsi"), "iqn.2026-11.io.floor:" + name)
+    tpg = r.TPG(t, 1)
+    tpg.set_attribute("authentication", "0")
+    r.NetworkPortal(tpg, "0.0.0.0", 3260)
+    lun = r.LUN(tpg, 0, so)
+    acl = r.NodeACL(tpg, "{initiator}")
+    r.MappedLUN(acl, 0, lun)
+    tpg.enable = True
 EOF
 """
-FLOOR_HOST = r"""
-set -e
-iscsiadm -m node -o new -T iqn.2026-11.io.floor:f{n} -p {portal} >/dev/null
-iscsiadm -m node -T iqn.2026-11.io.floor:f{n} -p {portal} --login >/dev/null
-for i in $(seq 200); do
-  d=$(ls /dev/disk/by-path/ 2>/dev/null | grep "iqn.2026-11.io.floor:f{n}-lun-0$" || true)
-  [ -n "$d" ] && break; sleep 0.05
-done
-mkdir -p /tmp/floor && ln -sfn /dev/disk/by-path/$d /tmp/floor/disk.{n}
-"""
-FLOOR_UNDO_HOST = r"""
-iscsiadm -m node -T iqn.2026-11.io.floor:f{n} --logout >/dev/null 2>&1 || true
-iscsiadm -m node -T iqn.2026-11.io.floor:f{n} -o delete >/dev/null 2>&1 || true
-rm -f /tmp/floor/disk.{n}
-"""
-FLOOR_UNDO_STORAGE = r"""
+FLOOR_UNEXPORT = r"""
 /opt/tm_iscsi-venv/bin/python - <<'EOF'
 import rtslib_fb as r
 root = r.RTSRoot()
 for t in list(root.targets):
-    if t.wwn == "iqn.2026-11.io.floor:f{n}":
+    if t.wwn.startswith("iqn.2026-11.io.floor:") and t.wwn.split(":", 1)[1] in NAMES:
         t.delete()
 for so in list(root.storage_objects):
-    if so.name == "floor-{n}":
+    if so.name in NAMES:
         so.delete()
 EOF
-lvremove -q -y {vg}/floor-{n} >/dev/null
+lvremove -q -y LVS >/dev/null
 """
+FLOOR_LOGIN = r"""
+login() {{
+  iscsiadm -m node -o new -T iqn.2026-11.io.floor:$1 -p {portal} >/dev/null
+  iscsiadm -m node -T iqn.2026-11.io.floor:$1 -p {portal} --login >/dev/null
+  for i in $(seq 400); do
+    d=$(ls /dev/disk/by-path/ 2>/dev/null | grep "iqn.2026-11.io.floor:$1-lun-0$" || true)
+    [ -n "$d" ] && break; sleep 0.05
+  done
+  [ -n "$d" ] || {{ echo "no device for $1" >&2; exit 1; }}
+  echo /dev/disk/by-path/$d
+}}
+"""
+FLOOR_LOGOUT = r"""
+for t in NAMES; do
+  iscsiadm -m node -T iqn.2026-11.io.floor:$t --logout >/dev/null 2>&1 || true
+  iscsiadm -m node -T iqn.2026-11.io.floor:$t -o delete >/dev/null 2>&1 || true
+done
+"""
+
+
+def _names(script, names, lvs=""):
+    return (script.replace("NAMES", repr(names) if "python" in script else " ".join(names))
+            .replace("LVS", lvs))
+
+
+FLOOR = {
+    "none": {
+        "storage": "set -e\nlvcreate -q -y --snapshot --setactivationskip n -n floor-{n} "
+                   "{vg}/img-0 >/dev/null\n" + _names(FLOOR_EXPORT, ["floor-{n}"]),
+        "host1": "set -e\n" + FLOOR_LOGIN + r"""
+clone=$(login floor-{n})
+mkdir -p /tmp/floor && ln -sfn $clone /tmp/floor/disk.{n}
+""",
+        "undo_host1": _names(FLOOR_LOGOUT, ["floor-{n}"]) + "rm -f /tmp/floor/disk.{n}\n",
+        "undo_storage": _names(FLOOR_UNEXPORT, ["floor-{n}"], "{vg}/floor-{n}"),
+    },
+    "read+writeback": {
+        "storage": r"""
+set -e
+lvcreate -q -y --snapshot --setactivationskip n -n floor-{n} {vg}/img-0 >/dev/null
+lvcreate -q -y --type thin --thinpool tpool -V 8m -n floor-{n}-map {vg} >/dev/null
+""" + _names(FLOOR_EXPORT, ["floor-{n}", "floor-{n}-map"]),
+        "host1": "set -e\n" + FLOOR_LOGIN + r"""
+clone=$(login floor-{n}); map=$(login floor-{n}-map)
+base=$(ls /dev/disk/by-path/*iqn.2026-11.io.floor:floor-base-lun-0)
+lvcreate -q -y -W y -Z y -L 4m -n floor-{n}-wbmeta {cache_vg} >/dev/null
+lvcreate -q -y -W y -Z y -L 64m -n floor-{n}-wb {cache_vg} >/dev/null
+sectors=$(blockdev --getsz $clone)
+dmsetup create floor-{n}-clone --table "0 $sectors clone $map $clone $base 128 1 no_hydration"
+dmsetup create floor-{n}-top --table "0 $sectors cache /dev/{cache_vg}/floor-{n}-wbmeta \
+/dev/{cache_vg}/floor-{n}-wb /dev/mapper/floor-{n}-clone 128 1 writeback smq 0"
+mkdir -p /tmp/floor && ln -sfn /dev/mapper/floor-{n}-top /tmp/floor/disk.{n}
+""",
+        "undo_host1": r"""
+dmsetup remove floor-{n}-top >/dev/null 2>&1 || true
+dmsetup remove floor-{n}-clone >/dev/null 2>&1 || true
+lvremove -q -y {cache_vg}/floor-{n}-wb {cache_vg}/floor-{n}-wbmeta >/dev/null 2>&1 || true
+""" + _names(FLOOR_LOGOUT, ["floor-{n}", "floor-{n}-map"]) + "rm -f /tmp/floor/disk.{n}\n",
+        "undo_storage": _names(FLOOR_UNEXPORT, ["floor-{n}", "floor-{n}-map"],
+                               "{vg}/floor-{n} {vg}/floor-{n}-map"),
+    },
+}
+# The steady state of read+writeback: the image's base exported and logged in on host1.
+FLOOR_BASE = {
+    "storage": "set -e\nlvcreate -q -y --snapshot --setactivationskip n -n floor-base "
+               "{vg}/img-0 >/dev/null\n" + _names(FLOOR_EXPORT, ["floor-base"]),
+    "host1": "set -e\n" + FLOOR_LOGIN + "login floor-base >/dev/null\n",
+    "undo_host1": _names(FLOOR_LOGOUT, ["floor-base"]),
+    "undo_storage": _names(FLOOR_UNEXPORT, ["floor-base"], "{vg}/floor-base"),
+}
 
 
 def ssh_session(node, script):
@@ -181,17 +242,26 @@ def ssh_session(node, script):
     return time.monotonic() - started
 
 
-def floor_seconds(repeat):
+def floor_seconds(mode, repeat):
+    scripts = FLOOR[mode]
+    fields = {"vg": IMAGE_VG, "initiator": config.node("host1").initiator_iqn,
+              "portal": config.node("storage").ip, "cache_vg": LAB_CACHE_VG}
+    if mode == "read+writeback":
+        ssh_session("storage", FLOOR_BASE["storage"].format(**fields))
+        ssh_session("host1", FLOOR_BASE["host1"].format(**fields))
     times = []
-    initiator = config.node("host1").initiator_iqn
-    for n in range(repeat):
-        fields = {"n": n, "vg": IMAGE_VG, "initiator": initiator,
-                  "portal": config.node("storage").ip}
-        seconds = ssh_session("storage", FLOOR_STORAGE.format(**fields))
-        seconds += ssh_session("host1", FLOOR_HOST.format(**fields))
-        times.append(seconds)
-        ssh_session("host1", FLOOR_UNDO_HOST.format(**fields))
-        ssh_session("storage", FLOOR_UNDO_STORAGE.format(**fields))
+    try:
+        for n in range(repeat):
+            fields["n"] = n
+            seconds = ssh_session("storage", scripts["storage"].format(**fields))
+            seconds += ssh_session("host1", scripts["host1"].format(**fields))
+            times.append(seconds)
+            ssh_session("host1", scripts["undo_host1"].format(**fields))
+            ssh_session("storage", scripts["undo_storage"].format(**fields))
+    finally:
+        if mode == "read+writeback":
+            ssh_session("host1", FLOOR_BASE["undo_host1"].format(**fields))
+            ssh_session("storage", FLOOR_BASE["undo_storage"].format(**fields))
     return statistics.median(times)
 
 
@@ -301,9 +371,10 @@ def main():
                     deploy_seconds(counted, mode, vm, args.repeat), 2)
                 vm += args.repeat
                 save()
-            floor = floor_seconds(args.repeat)
-            result["floor_seconds"] = round(floor, 2)
+            result["floor_seconds"] = {}
             for mode in MODES:
+                floor = floor_seconds(mode, args.repeat)
+                result["floor_seconds"][mode] = round(floor, 2)
                 result["floor_ratio"][mode] = round(result["deploy_seconds"][mode] / floor, 2)
             save()
             if args.burst:

@@ -33,6 +33,8 @@ from . import status as dmstatus
 
 TOP_PREFIX = "tmi-top-"
 DEFAULT_WB_BYTES = 1 << 30
+# The longest a flush of one stack may take when the caller's budget does not say less.
+FLUSH_TIMEOUT = 7200
 REGION_SECTORS = tables.REGION_SECTORS
 
 

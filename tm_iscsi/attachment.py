@@ -62,11 +62,14 @@ def _by_datastore(items):
     return list(groups.values())
 
 
-def _call(ctx, node, command, requests, stdins, timeout):
-    """One call of `command` on `node` with one request per datastore; one answer each."""
+def _call(ctx, node, command, requests, stdins, timeout, extra=(), tail=None):
+    """One call of `command` on `node` with one request per datastore; one answer each. `tail`
+    (bytes) follows the requests' CHAP secrets on stdin."""
     argv = [word for request in requests for word in ("--request", protocol.encode(request))]
     stdin = "".join(text for text in stdins if text) or None
-    answer = ctx.node(node).call(command, *argv, stdin=stdin, timeout=timeout)
+    if tail is not None:
+        stdin = (stdin or "").encode() + tail
+    answer = ctx.node(node).call(command, *argv, *extra, stdin=stdin, timeout=timeout)
     if len(requests) == 1:
         return [answer]
     answers = answer.get("results")
@@ -109,7 +112,7 @@ def _storage_attach(ctx, host, initiator, groups, export=True):
     return granted
 
 
-def _host_attach(ctx, host, initiator, groups, granted):
+def _host_attach(ctx, host, initiator, groups, granted, unpack=None):
     requests = []
     for group, got_group in zip(groups, granted):
         ds = group[0].volume.ds
@@ -122,21 +125,23 @@ def _host_attach(ctx, host, initiator, groups, granted):
                 luns={role: protocol.Lun(**lun) for role, lun in got["luns"].items()}))
         requests.append(protocol.HostAttach(portal=ds.portal, disks=disks, initiator=initiator,
                                             chap_user=ds.chap_user))
+    extra, tail = (("--unpack-dir", unpack[0]), unpack[1]) if unpack else ((), None)
     return _call(ctx, host, protocol.HOST_ATTACH, requests,
                  [group[0].volume.ds.chap_stdin() for group in groups],
-                 ctx.settings.transaction_timeout)
+                 ctx.settings.transaction_timeout, extra, tail)
 
 
-def attach(ctx, host, disks):
+def attach(ctx, host, disks, unpack=None):
     """Give `host` every disk of `disks` (Attach), in one call per storage node and one to the
     host whatever the datastores; returns the mode each was assembled in (a read layer is
-    dropped when the disk's region map cannot be trusted)."""
+    dropped when the disk's region map cannot be trusted). `unpack` (path, tar bytes): the VM
+    directory the host unpacks in the same call, before the disks (a live migration)."""
     groups = _by_datastore(disks)
     if not groups:
         return []
     initiator = ctx.initiator(host)
     granted = _storage_attach(ctx, host, initiator, groups)
-    answers = _host_attach(ctx, host, initiator, groups, granted)
+    answers = _host_attach(ctx, host, initiator, groups, granted, unpack)
     stale = next((a for a in answers if a.get("initiator_mismatch")), None)
     if stale is not None:
         # oned's record of the host's name is out of date (host re-installed): export to the
@@ -144,7 +149,7 @@ def attach(ctx, host, disks):
         real = ctx.learn_initiator(host, stale["initiator"])
         log.info(f"{host}'s initiator is {real}, not {initiator} as recorded; exporting again")
         granted = _storage_attach(ctx, host, real, groups)
-        answers = _host_attach(ctx, host, real, groups, granted)
+        answers = _host_attach(ctx, host, real, groups, granted, unpack)
         if any(a.get("initiator_mismatch") for a in answers):
             raise DriverError(f"{host} changed its initiator name during the action")
         _storage_release(ctx, host, initiator, [[Release(a.volume) for a in g] for g in groups])

@@ -327,6 +327,43 @@ def test_host_attach_logs_in_checks_and_links_every_disk_in_one_call(host, capsy
     assert calls[1][1:] == (f"{tmp_path}/7/disk.0", "/dev/iqn.2026-11.io.tm-iscsi:vgt.vm-7-disk-0")
 
 
+def test_host_attach_unpacks_the_vm_dir_that_follows_the_chap_secret_before_any_disk(
+        host, mocker, capsys):
+    calls, tmp_path = host
+    seen = {}
+    mocker.patch.object(txn_host.vmdir, "unpack", side_effect=lambda path, stream: calls.append(
+        ("unpack", path, stream.read())))
+    mocker.patch.object(txn_host, "attach_target", side_effect=lambda portal, iqn, serial, chap,
+                        timeout: seen.setdefault("chap", chap) and calls.append(
+                            ("attach", iqn)) or {"stable_path": f"/dev/{iqn}"})
+    request = protocol.HostAttach(portal="storage:3260", initiator=HOST1, chap_user="one", disks=[
+        protocol.HostDisk(name="vm-7-disk-0", mode="none", link=f"{tmp_path}/7/disk.0",
+                          luns={"clone": _lun("vm-7-disk-0")})])
+    saved = sys.stdin
+    sys.stdin = io.TextIOWrapper(io.BytesIO(b"s3cret-Secret\n\x00tar bytes\xff"))
+    try:
+        code = cli.main(["host-attach", "--request", protocol.encode(request),
+                         "--unpack-dir", f"{tmp_path}/7"])
+    finally:
+        sys.stdin = saved
+    assert code == 0, capsys.readouterr().err
+    assert seen["chap"] == ("one", "s3cret-Secret")
+    assert calls[0] == ("unpack", f"{tmp_path}/7", b"\x00tar bytes\xff")
+    assert [c[0] for c in calls[1:]] == ["attach", "link"]
+
+
+def test_a_stale_initiator_unpacks_nothing(host, mocker, capsys):
+    calls, tmp_path = host
+    unpack = mocker.patch.object(txn_host.vmdir, "unpack")
+    request = protocol.HostAttach(portal="storage:3260", initiator="iqn.2026-11.lab:old", disks=[
+        protocol.HostDisk(name="vm-7-disk-0", mode="none", link=f"{tmp_path}/7/disk.0",
+                          luns={"clone": _lun("vm-7-disk-0")})])
+    code = cli.main(["host-attach", "--request", protocol.encode(request),
+                     "--unpack-dir", f"{tmp_path}/7"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["initiator_mismatch"] and not unpack.called and calls == []
+
+
 def test_a_link_outside_the_datastores_is_refused_before_any_login(host, capsys):
     calls, _ = host
     request = protocol.HostAttach(portal="storage:3260", initiator=HOST1, disks=[

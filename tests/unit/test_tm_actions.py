@@ -68,15 +68,17 @@ def _storage_attach(host, args):
 
 
 def _host_detach(host, args):
+    request = _request(args)
     return {"initiator": HOST1_IQN, "disks": [
         {"name": d["name"], "existed": True, "base_released": True}
-        for d in _request(args)["disks"]]}
+        for d in request["disks"]],
+        "dir_removed": True if request.get("remove_dir") else None}
 
 
 def _each(answer):
     """A transaction as the node runs it: one answer per --request, several in "results"."""
     def run(host, args):
-        pairs = [args[i:i + 2] for i in range(0, len(args), 2)]
+        pairs = [args[i:i + 2] for i in range(0, len(args), 2) if args[i] == "--request"]
         answers = [answer(host, pair) for pair in pairs]
         return answers[0] if len(answers) == 1 else {"results": answers}
     return run
@@ -656,3 +658,28 @@ def test_a_node_answering_fewer_results_than_requests_is_one_line(world):
              attachment.Attach(Volume(ctx.datastore(101), "vm-5-disk-1", "volatile"))]
     with pytest.raises(DriverError, match="answered 2 requests"):
         attachment.attach(ctx, "host1", disks)
+
+
+def test_a_live_migration_is_three_calls_before_and_two_after_the_switch(
+        cached_world, capsys, monkeypatch):
+    import io
+    ctx, calls, _ = cached_world
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    ctx.initiator = lambda host: HOST1_IQN
+    vm_dir = "/var/lib/one/datastores/101/0"
+    code, plain = _run(ctx, f"PREMIGRATE iscsi_lvm host1 host2 {vm_dir} 0 101", capsys)
+    assert code == 0, plain
+    # The source flushes its write-back disk and packs the directory in one call, the storage
+    # node exports, the destination unpacks the directory and assembles, in one call.
+    assert [(h, c) for h, c, _ in calls] == [
+        ("host1", "dir-pack"), ("storage", "storage-attach"), ("host2", "host-attach")]
+    assert calls[0][2][:4] == ("--path", vm_dir, "--flush", "vm-0-disk-0")
+    assert calls[2][2][-2:] == ("--unpack-dir", vm_dir)
+    disk = _request(calls[1][2])["disks"][0]
+    assert disk["lv"] == "vm-0-disk-0"
+    assert disk["wb_host"] == "host2" and disk["wb_from"] == "host1"
+    calls.clear()
+    code, plain = _run(ctx, f"POSTMIGRATE iscsi_lvm host1 host2 {vm_dir} 0 101", capsys)
+    assert code == 0, plain
+    assert [(h, c) for h, c, _ in calls] == [("host1", "host-detach"),
+                                             ("storage", "storage-release")]

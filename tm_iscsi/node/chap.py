@@ -27,7 +27,11 @@ def credentials_from_stdin(user):
     """(user, secret) with the secret read from stdin, when there is a user; else None."""
     if not user:
         return None
-    line = sys.stdin.readline(_LINE_LIMIT)
+    # From the binary buffer when there is one: what follows the secrets on stdin (a VM
+    # directory for host-attach) is read from that same buffer, nothing of it lost to a decoder.
+    raw = getattr(sys.stdin, "buffer", None)
+    line = raw.readline(_LINE_LIMIT).decode(errors="replace") if raw is not None else \
+        sys.stdin.readline(_LINE_LIMIT)
     secret = line.rstrip("\r\n")
     if not secret:
         raise NodeError("--chap-user needs the CHAP secret as the first line of stdin; "

@@ -46,17 +46,26 @@ def decode_request(cls, text):
         raise NodeUsageError(str(err))
 
 
-def each_request(cls, texts, check, run, prepare=None):
-    """Every --request decoded and checked (`check`) before anything changes (`prepare` once,
-    then `run` for each, in the order given): a malformed later request changes nothing. One
-    request answers as itself, several as {"results": [answer, ...]}."""
+def checked_requests(cls, texts, check):
+    """Every --request decoded and checked (`check`) before anything changes: a malformed later
+    request changes nothing."""
     requests = [decode_request(cls, text) for text in texts]
     for request in requests:
         check(request)
+    return requests
+
+
+def answer(answers):
+    """One request answers as itself, several as {"results": [answer, ...]}."""
+    return answers[0] if len(answers) == 1 else {"results": answers}
+
+
+def each_request(cls, texts, check, run, prepare=None):
+    """checked_requests, then `prepare` once and `run` for each request in the order given."""
+    requests = checked_requests(cls, texts, check)
     if prepare is not None:
         prepare()
-    answers = [run(request) for request in requests]
-    return answers[0] if len(answers) == 1 else {"results": answers}
+    return answer([run(request) for request in requests])
 
 
 class _Parser(argparse.ArgumentParser):

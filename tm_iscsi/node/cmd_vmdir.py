@@ -2,11 +2,11 @@
 checkpoint), and its removal."""
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
-from . import paths
+from . import paths, vmdir
+from .cmd_cache import NAME
 from .cli import command
 from .errors import NodeError
 from .locks import lock
@@ -19,44 +19,31 @@ def _path_option(parser):
 @command("dir-pack", "write the VM directory (without disk links) as a tar stream on stdout")
 def dir_pack(args):
     path = paths.checked(args.path)
+    if args.flush:
+        # A live migration's source: its write-back stacks flushed and kept clean before the
+        # directory leaves, in the same call.
+        from dmcache import orphans, stack
+        from . import deadline
+        orphans.resume_orphans()
+        for name in args.flush:
+            stack.flush(name, max(1, int(deadline.bounded(stack.FLUSH_TIMEOUT))))
     sys.stdout.flush()
-    if not os.path.isdir(path):
-        argv = ["tar", "-cf", "-", "-T", "/dev/null"]
-    else:
-        argv = ["tar", "-C", path, "--exclude=./disk.[0-9]*", "-cf", "-", "."]
-    # tar reads as oneadmin: it can pack nothing oneadmin could not read itself.
-    result = subprocess.run(argv, stdout=sys.stdout.buffer, stderr=subprocess.PIPE, timeout=3600,
-                            **paths.oneadmin_subprocess())
-    if result.returncode != 0:
-        raise NodeError(f"tar of {path} failed: {result.stderr.decode(errors='replace').strip()}")
+    vmdir.pack(path, sys.stdout.buffer)
     return None
 
 
-dir_pack.configure = _path_option
+def _pack_options(parser):
+    _path_option(parser)
+    parser.add_argument("--flush", action="append", type=NAME, default=[], metavar="STACK",
+                        help="flush this write-back stack first and keep it clean (repeatable)")
+
+
+dir_pack.configure = _pack_options
 
 
 @command("dir-unpack", "create the VM directory and unpack a tar stream from stdin into it")
 def dir_unpack(args):
-    path = paths.checked(args.path)
-    with lock("vmdir", path):
-        paths.makedirs_owned(path)
-        paths.checked(path)   # made now: still no link on the way
-        uid, gid = paths.owner_of_tree(os.path.join(path, "x"))
-        # tar writes as oneadmin: a link in the stream or the directory leads nowhere oneadmin
-        # could not write itself.
-        result = subprocess.run(["tar", "-C", path, "--no-same-owner", "--no-same-permissions",
-                                 "-xf", "-"], stdin=sys.stdin.buffer, stderr=subprocess.PIPE,
-                                timeout=3600, **paths.oneadmin_subprocess())
-        if result.returncode != 0:
-            raise NodeError(f"unpacking into {path} failed: "
-                            f"{result.stderr.decode(errors='replace').strip()}")
-        with paths.as_oneadmin():
-            for root, dirs, files in os.walk(path):
-                for name in dirs + files:
-                    full = os.path.join(root, name)
-                    if not os.path.islink(full):
-                        os.chown(full, uid, gid)
-    return {"path": path}
+    return {"path": vmdir.unpack(args.path, sys.stdin.buffer)}
 
 
 dir_unpack.configure = _path_option

@@ -6,14 +6,16 @@ already right), so a re-run after a failure or a kill converges.
 The front-end says which initiator name the storage node exported to; a host whose name is
 another (re-installed, renamed) answers with its real name before it changes anything, so the
 front-end can export again instead of failing on a login the target refuses."""
+import sys
+
 from dmcache import orphans, stack, state
 
 from .. import protocol
 from ..protocol import has_read
-from . import deadline, iscsi, lvm, paths
+from . import deadline, iscsi, lvm, paths, vmdir
 from . import run as _run
 from .chap import credentials_from_stdin
-from .cli import checked_command as command, each_request
+from .cli import answer, checked_command as command, checked_requests, each_request
 from .cli import request_option as _request_option
 from .cmd_cache import KEY, NAME
 from .targets import IQN, LINK, SERIAL, attach_target, detach_target, replace_symlink
@@ -21,7 +23,6 @@ from .errors import NodeError, NodeUsageError
 
 MIB = 1024 * 1024
 ATTACH_TIMEOUT = 60
-FLUSH_TIMEOUT = 7200
 
 
 def _checked(check, value):
@@ -96,15 +97,24 @@ def _assemble(req, disk, devices):
 
 @command(protocol.HOST_ATTACH, "log in to an action's LUNs, check them, build the stacks, link")
 def host_attach(args):
-    return each_request(protocol.HostAttach, args.request, _check_attach, _attach,
-                        prepare=orphans.resume_orphans)
-
-
-def _attach(req):
-    chap = credentials_from_stdin(req.chap_user)
+    requests = checked_requests(protocol.HostAttach, args.request, _check_attach)
+    if args.unpack_dir is not None:
+        _check_path(args.unpack_dir)
+    chaps = [credentials_from_stdin(req.chap_user) for req in requests]
     mine = _own_initiator()
-    if req.initiator is not None and mine is not None and mine != req.initiator:
-        return {"initiator": mine, "initiator_mismatch": True, "disks": []}
+    if any(req.initiator is not None and mine is not None and mine != req.initiator
+           for req in requests):
+        # oned's record of this host's name is stale: say so before anything changes here.
+        return answer([{"initiator": mine, "initiator_mismatch": True, "disks": []}
+                       for _ in requests])
+    orphans.resume_orphans()
+    if args.unpack_dir is not None:
+        # A live migration's destination: the VM directory first, the disks' links go into it.
+        vmdir.unpack(args.unpack_dir, getattr(sys.stdin, "buffer", sys.stdin))
+    return answer([_attach(req, chap, mine) for req, chap in zip(requests, chaps)])
+
+
+def _attach(req, chap, mine):
     out = []
     for disk in req.disks:
         devices = {}
@@ -119,7 +129,14 @@ def _attach(req):
     return {"initiator": mine, "initiator_mismatch": False, "disks": out}
 
 
-host_attach.configure = _request_option
+def _host_attach_options(p):
+    _request_option(p)
+    p.add_argument("--unpack-dir", metavar="PATH",
+                   help="first unpack the VM directory streamed on stdin (after any CHAP "
+                        "secrets) into PATH")
+
+
+host_attach.configure = _host_attach_options
 
 
 # -- host-detach --------------------------------------------------------------------------------
@@ -151,7 +168,7 @@ def _detach(req):
     out = []
     for disk in req.disks:
         deadline.check(f"tearing down {disk.name}")
-        torn = stack.teardown(disk.name, disk.flush, deadline.bounded(FLUSH_TIMEOUT))
+        torn = stack.teardown(disk.name, disk.flush, deadline.bounded(stack.FLUSH_TIMEOUT))
         if torn.get("existed"):
             _run.info(f"stack {disk.name} removed ({'flushed' if disk.flush else 'dropped'})")
         detach_target(disk.luns["clone"].iqn, disk.link)

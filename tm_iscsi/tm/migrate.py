@@ -8,7 +8,6 @@ import subprocess
 from .. import attachment, cachemode, log, protocol, volumes
 from ..errors import DriverError
 from ..one.objects import VirtualMachine
-from ..one.tm_args import HostPath
 from . import moves
 
 OUR_TM = "iscsi_lvm"
@@ -41,18 +40,18 @@ def premigrate(ctx, args, stdin_xml=None):
     flushed and stay clean (writes go through to the storage node), so both hosts see the same
     bytes during the move; the destination assembles without the read layer, because the
     region map is still written by the source and cannot be trusted by a second host.
-    Node calls: one flush per write-back disk on the source, one storage-attach and one
-    host-attach for all the disks, plus the VM directory's copy."""
+    Node calls, whatever the number of disks and datastores: the source packs the VM directory
+    after flushing its write-back disks, each storage node exports every disk, the destination
+    unpacks the directory and assembles every disk."""
     vm = _vm(ctx, args, stdin_xml)
     if args.src_host == args.dst_host:
         _migrate_other(args, "premigrate", vm, stdin_xml)
         return
-    moves.copy_dir(ctx, HostPath(args.src_host, args.vm_dir),
-                   HostPath(args.dst_host, args.vm_dir))
     wants = []
     plans = list(_disk_plans(ctx, vm))
-    attachment.flush(ctx, args.src_host, *[volume for _, volume, mode, _ in plans
-                                           if cachemode.has_writeback(mode)])
+    packed = moves.pack_dir(ctx, args.src_host, args.vm_dir,
+                            flush=[volume.lv for _, volume, mode, _ in plans
+                                   if cachemode.has_writeback(mode)])
     for disk, volume, mode, image_lv in plans:
         wants.append(attachment.Attach(
             volume, f"{args.vm_dir}/disk.{disk.disk_id}", protocol.without_read(mode),
@@ -60,7 +59,9 @@ def premigrate(ctx, args, stdin_xml=None):
             wb_from=args.src_host,
             map="stale" if cachemode.has_read(mode) else "keep"))
     if wants:
-        attachment.attach(ctx, args.dst_host, wants)
+        attachment.attach(ctx, args.dst_host, wants, unpack=(args.vm_dir, packed))
+    else:
+        moves.unpack_dir(ctx, args.dst_host, args.vm_dir, packed)
     _migrate_other(args, "premigrate", vm, stdin_xml)
 
 

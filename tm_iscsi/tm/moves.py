@@ -6,6 +6,7 @@ parked) holds no disk, only the VM directory's files (e.g. a checkpoint)."""
 import os
 import shutil
 import subprocess
+import tempfile
 
 from .. import attachment, log, volumes
 from ..errors import DriverError
@@ -87,6 +88,22 @@ def copy_dir(ctx, src, dst):
 def _empty_tar():
     return subprocess.run(["tar", "-cf", "-", "-T", "/dev/null"], capture_output=True,
                           check=True).stdout
+
+
+def pack_dir(ctx, host, path, flush=()):
+    """The VM directory on `host` as tar bytes (what dir-unpack or host-attach --unpack-dir
+    take), its write-back stacks `flush` flushed and kept clean first, in one call."""
+    words = [w for name in flush for w in ("--flush", name)]
+    with tempfile.TemporaryFile() as sink:
+        ctx.node(host).stream_out("dir-pack", "--path", path, *words, sink=sink,
+                                  timeout=ctx.settings.copy_timeout)
+        sink.seek(0)
+        return sink.read()
+
+
+def unpack_dir(ctx, host, path, packed):
+    ctx.node(host).call("dir-unpack", "--path", path, stdin=packed,
+                        timeout=ctx.settings.copy_timeout)
 
 
 def remove_dir(ctx, host, path):
