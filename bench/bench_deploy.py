@@ -55,13 +55,29 @@ class Counted:
         (bindir / "ssh").chmod(0o755)
         self.log = Path(workdir) / "ssh.log"
         self.log.write_text("")
+        # The driver's own record of each node call's seconds: where a burst's time goes.
+        self.trace = Path(workdir) / "trace.jsonl"
+        self.trace.write_text("")
         env = dict(cloud.env, PATH=f"{bindir}:{os.environ['PATH']}",
-                   TM_BENCH_SSH_LOG=str(self.log))
+                   TM_BENCH_SSH_LOG=str(self.log), TM_ISCSI_TRACE=str(self.trace))
         cloud.env = env
         cloud.tm = TransferManager(REMOTES, drivers=["iscsi_lvm"], env=env, timeout=900)
 
     def lines(self):
         return self.log.read_text().splitlines()
+
+    def traced(self):
+        return [json.loads(line) for line in self.trace.read_text().splitlines() if line]
+
+
+def _percentiles(records):
+    """command -> {calls, p50, p95} seconds of the node calls in `records`."""
+    out = {}
+    for command in sorted({r["command"] for r in records}):
+        seconds = sorted(r["seconds"] for r in records if r["command"] == command)
+        out[command] = {"calls": len(seconds), "p50": round(statistics.median(seconds), 2),
+                        "p95": round(seconds[max(0, int(round(0.95 * len(seconds))) - 1)], 2)}
+    return out
 
     def run(self, line, stdin=None):
         before = len(self.lines())
@@ -282,8 +298,10 @@ def burst(counted, count, first_vm, single_seconds):
                                  f"{_disk(host(vm), vm, 0)} {vm} 100")
         return result, time.monotonic() - started
 
+    traced_before = len(counted.traced())
     with ThreadPoolExecutor(PARALLEL) as pool:
         done = list(pool.map(clone, vms))
+    node_calls = _percentiles(counted.traced()[traced_before:])
     failures = [r.info.strip() for r, _ in done if not r.success]
     latencies = sorted(s for _, s in done)
     p95 = latencies[max(0, int(round(0.95 * len(latencies))) - 1)]
@@ -305,7 +323,8 @@ def burst(counted, count, first_vm, single_seconds):
             "failure_lines": failures[:5], "p95_seconds": round(p95, 2),
             "single_seconds": round(single_seconds, 2),
             "p95_over_single": round(p95 / single_seconds, 2),
-            "read_layer_missing": missing, "leftovers": leftovers}
+            "read_layer_missing": missing, "leftovers": leftovers,
+            "clone_node_call_seconds": node_calls}
 
 
 def leftover_count(cloud):
