@@ -319,14 +319,16 @@ def _attach(req):
             _refuse_before_changes(rep, req, disk)
         for disk in disks:
             _bring_lv(rep, req, disk)
-        for disk in disks:
-            fs = (disk.want.create or {}).get("fs")
-            if fs and (disk.created or fs != "raw"):
-                made = disk.want.lv in disk.created_names
-                lv = rep.get(disk.want.lv) if not made else lvm.LV(
-                    vg=req.vg, name=disk.want.lv, size_bytes=disk.size_bytes, attr="Vwi-a-tz--",
-                    segtype="thin")
-                lvops.ensure_fs(lv, fs)
+    # A filesystem is made outside the VG's lock (it takes seconds and changes no LVM metadata):
+    # the LV is this VM's own, and no other action of the VM runs meanwhile.
+    for disk in disks:
+        fs = (disk.want.create or {}).get("fs")
+        if fs and (disk.created or fs != "raw"):
+            made = disk.want.lv in disk.created_names
+            lv = rep.get(disk.want.lv) if not made else lvm.LV(
+                vg=req.vg, name=disk.want.lv, size_bytes=disk.size_bytes, attr="Vwi-a-tz--",
+                segtype="thin")
+            lvops.ensure_fs(lv, fs)
     with lio.config_lock():
         out = []
         changed = lio.Changed()
