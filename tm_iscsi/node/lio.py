@@ -53,7 +53,7 @@ def _iscsi_targets(root):
     return [t for t in root.targets if t.fabric_module.name == "iscsi"]
 
 
-def find_target(iqn, root=None):
+def find_target(iqn):
     # A lookup by name, not a walk: one stat of its configfs directory whatever the node exports.
     rtslib = _rtslib()
     try:
@@ -62,7 +62,7 @@ def find_target(iqn, root=None):
         return None
 
 
-def find_backstore(name, root=None):
+def find_backstore(name):
     rtslib = _rtslib()
     try:
         return rtslib.BlockStorageObject(name)
@@ -85,9 +85,9 @@ def _attached_targets(so):
     return iqns
 
 
-def _ensure_backstore(root, name, dev, serial):
+def _ensure_backstore(name, dev, serial):
     rtslib = _rtslib()
-    so = find_backstore(name, root)
+    so = find_backstore(name)
     if so is not None:
         try:
             current_dev, current_serial = so.udev_path, so.wwn
@@ -200,9 +200,9 @@ def export(iqn, backstore, dev, serial, initiator, portal_ip="0.0.0.0", port=326
     """Make `dev` LUN 0 of target `iqn` for `initiator` (and keep the target's other initiators).
     Converges from any partial state an interrupted export leaves behind."""
     rtslib = _rtslib()
-    root = _root()
+    _root()   # LIO is loaded, or one line saying how to load it
     try:
-        so = _ensure_backstore(root, backstore, dev, serial)
+        so = _ensure_backstore(backstore, dev, serial)
         target = rtslib.Target(rtslib.FabricModule("iscsi"), iqn, mode="any")
         tpg = rtslib.TPG(target, TPG_TAG, mode="any")
         others_chap = [acl.node_wwn for acl in tpg.node_acls
@@ -229,11 +229,11 @@ def unexport(iqn, backstore, initiator=None):
     """Remove `initiator`'s ACL; the target and its backstore go too when no ACL is left (or when
     no initiator is given). Returns (removed_target, remaining_initiators)."""
     rtslib = _rtslib()
-    root = _root()
+    _root()
     removed_target = False
     remaining = []
     try:
-        target = find_target(iqn, root)
+        target = find_target(iqn)
         if target is not None:
             if initiator is not None:
                 for tpg in target.tpgs:
@@ -245,9 +245,9 @@ def unexport(iqn, backstore, initiator=None):
                 target.delete()
                 removed_target = True
                 remaining = []
-        if find_target(iqn, root) is None:
+        if find_target(iqn) is None:
             # Also after a crash between the target's and the backstore's removal.
-            so = find_backstore(backstore, root)
+            so = find_backstore(backstore)
             if so is not None and not list(so.attached_luns):
                 so.delete()
         return removed_target, remaining
