@@ -42,11 +42,17 @@ def unpack(path, stream):
                                **paths.oneadmin_subprocess())
         try:
             shutil.copyfileobj(stream, tar.stdin)
-            tar.stdin.close()
         except BrokenPipeError:
             pass   # tar stopped reading: its exit code and message say why
+        finally:
+            try:
+                tar.stdin.close()
+            except BrokenPipeError:
+                pass
+        # Its input is closed: tar ends on its own (stderr is a few lines at most).
+        stderr = tar.stderr.read()
         try:
-            stderr = tar.communicate(timeout=TAR_TIMEOUT)[1]
+            tar.wait(timeout=TAR_TIMEOUT)
         except subprocess.TimeoutExpired:
             tar.kill()
             raise NodeError(f"unpacking into {path} did not finish within {TAR_TIMEOUT}s")
