@@ -70,15 +70,6 @@ class Counted:
         return [json.loads(line) for line in self.trace.read_text().splitlines() if line]
 
 
-def _percentiles(records):
-    """command -> {calls, p50, p95} seconds of the node calls in `records`."""
-    out = {}
-    for command in sorted({r["command"] for r in records}):
-        seconds = sorted(r["seconds"] for r in records if r["command"] == command)
-        out[command] = {"calls": len(seconds), "p50": round(statistics.median(seconds), 2),
-                        "p95": round(seconds[max(0, int(round(0.95 * len(seconds))) - 1)], 2)}
-    return out
-
     def run(self, line, stdin=None):
         before = len(self.lines())
         started = time.monotonic()
@@ -87,6 +78,16 @@ def _percentiles(records):
         if not result.success:
             raise SystemExit(f"{line}: {result.info}")
         return len(self.lines()) - before, seconds
+
+
+def _percentiles(records):
+    """command -> {calls, p50, p95} seconds of the node calls in `records`."""
+    out = {}
+    for command in sorted({r["command"] for r in records}):
+        seconds = sorted(r["seconds"] for r in records if r["command"] == command)
+        out[command] = {"calls": len(seconds), "p50": round(statistics.median(seconds), 2),
+                        "p95": round(seconds[max(0, int(round(0.95 * len(seconds))) - 1)], 2)}
+    return out
 
 
 def _disk(host, vm, disk):
