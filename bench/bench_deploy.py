@@ -396,7 +396,12 @@ def main():
                 save()
             result["floor_seconds"] = {}
             for mode in MODES:
-                floor = floor_seconds(mode, args.repeat)
+                try:
+                    floor = floor_seconds(mode, args.repeat)
+                except SystemExit as err:
+                    # A floor script that fails costs its figure, not the stages after it.
+                    result["floor_seconds"][mode] = f"failed: {err}"[:300]
+                    continue
                 result["floor_seconds"][mode] = round(floor, 2)
                 result["floor_ratio"][mode] = round(result["deploy_seconds"][mode] / floor, 2)
             save()
