@@ -364,6 +364,19 @@ def test_a_stale_initiator_unpacks_nothing(host, mocker, capsys):
     assert code == 0 and out["initiator_mismatch"] and not unpack.called and calls == []
 
 
+def test_an_unpack_dir_outside_the_datastores_is_refused_before_anything(host, mocker, capsys):
+    calls, tmp_path = host
+    unpack = mocker.patch.object(txn_host.vmdir, "unpack")
+    request = protocol.HostAttach(portal="storage:3260", initiator=HOST1, disks=[
+        protocol.HostDisk(name="vm-7-disk-0", mode="none", link=f"{tmp_path}/7/disk.0",
+                          luns={"clone": _lun("vm-7-disk-0")})])
+    code = cli.main(["host-attach", "--request", protocol.encode(request),
+                     "--unpack-dir", "/etc"])
+    err = capsys.readouterr().err
+    assert code != 0 and len(err.strip().splitlines()) == 1
+    assert not unpack.called and calls == []
+
+
 def test_a_link_outside_the_datastores_is_refused_before_any_login(host, capsys):
     calls, _ = host
     request = protocol.HostAttach(portal="storage:3260", initiator=HOST1, disks=[
