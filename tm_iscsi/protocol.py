@@ -15,8 +15,14 @@
     storage-release  storage node: revoke the host's ACLs (or every ACL of a host that is gone),
                      clear guards, remove what the VM owned.
 
-Secrets never travel in a request: a CHAP secret is the first line of the call's stdin.
-Standard library only (the node helper imports this module too)."""
+An action whose disks are in several datastores of one node sends one request per datastore in
+the same call (`--request` repeated; all are checked before the first runs; the answer is
+{"results": [...]}, one per request). host-attach --unpack-dir PATH also unpacks the VM directory
+(a tar after the secrets on stdin) before the disks: a live migration's destination.
+
+Secrets never travel in a request: a CHAP secret is a line of the call's stdin, one per request
+that names a CHAP user, in the requests' order. Standard library only (the node helper imports
+this module too)."""
 import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Dict, List, Optional
