@@ -4,7 +4,7 @@ and terminate transactions, `--trials` times per cache mode (200 in all by defau
 required to converge with the right bytes and nothing left (tests/lab/test_driver_convergence.py,
 `test_a_helper_killed_inside_a_transaction_converges_on_the_re_run`). CI runs 3 per mode.
 
-    bench/soak_kill.py [--trials 100]      -> bench/results/kill-soak.json"""
+    bench/soak_kill.py [--trials 100] [--seed S] [--out FILE]   -> bench/results/kill-soak.json"""
 import argparse
 import json
 import os
@@ -19,15 +19,17 @@ REPO = Path(__file__).resolve().parent.parent
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=100, help="per cache mode (two modes)")
+    parser.add_argument("--seed", default="kill",
+                        help="seed of the kill moments; a soak in several runs gives each its own")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "kill-soak.json"))
     args = parser.parse_args()
     started = time.monotonic()
-    env = dict(os.environ, TM_ISCSI_KILL_TRIALS=str(args.trials))
+    env = dict(os.environ, TM_ISCSI_KILL_TRIALS=str(args.trials), TM_ISCSI_KILL_SEED=args.seed)
     result = subprocess.run([str(REPO / "tests" / "run"), "tests/lab/test_driver_convergence.py",
                              "-q", "-k", "killed"], cwd=REPO, env=env, capture_output=True,
                             text=True)
     tail = [line for line in result.stdout.splitlines() if line.strip()][-3:]
-    doc = {"trials_per_mode": args.trials, "modes": ["none", "read+writeback"],
+    doc = {"trials_per_mode": args.trials, "seed": args.seed, "modes": ["none", "read+writeback"],
            "kills": 2 * 2 * args.trials, "passed": result.returncode == 0,
            "seconds": round(time.monotonic() - started), "summary": tail}
     Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")

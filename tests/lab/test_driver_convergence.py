@@ -112,8 +112,10 @@ def test_snapshot_saveas_resize_migrate_and_mvds_converge(cloud):
     assert all(not t["iqn"].endswith("img-1") for t in cloud.exports())
 
 
-# Trials of the kill test in CI (bench/soak_kill.py runs 200).
+# Trials of the kill test in CI (bench/soak_kill.py runs 200), and the seed of their kill moments
+# (a soak run in several parts gives each its own).
 KILL_TRIALS = int(os.environ.get("TM_ISCSI_KILL_TRIALS", "3"))
+KILL_SEED = os.environ.get("TM_ISCSI_KILL_SEED", "kill")
 
 
 @pytest.mark.parametrize("mode", ["none", "read+writeback"])
@@ -121,7 +123,7 @@ def test_a_helper_killed_inside_a_transaction_converges_on_the_re_run(cloud, mod
     """kill -9 of the node helper at seeded random moments of a deploy and of a terminate: the
     re-run converges, the disk holds the image's bytes, and the terminate leaves nothing."""
     cloud.set_cache_mode(mode)
-    rng = random.Random(f"kill-{mode}")
+    rng = random.Random(f"{KILL_SEED}-{mode}")
     started = time.monotonic()
     assert cloud.tm_action(CLONE).success
     clean = time.monotonic() - started
