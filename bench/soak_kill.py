@@ -4,7 +4,8 @@ and terminate transactions, `--trials` times per cache mode (200 in all by defau
 required to converge with the right bytes and nothing left (tests/lab/test_driver_convergence.py,
 `test_a_helper_killed_inside_a_transaction_converges_on_the_re_run`). CI runs 3 per mode.
 
-    bench/soak_kill.py [--trials 100] [--seed S] [--out FILE]   -> bench/results/kill-soak.json"""
+    bench/soak_kill.py [--trials 100] [--seed S] [--out FILE]   -> bench/results/kill-soak.json
+(each run is added to the file's "runs", with the totals over all of them)"""
 import argparse
 import json
 import os
@@ -32,7 +33,17 @@ def main():
     doc = {"trials_per_mode": args.trials, "seed": args.seed, "modes": ["none", "read+writeback"],
            "kills": 2 * 2 * args.trials, "passed": result.returncode == 0,
            "seconds": round(time.monotonic() - started), "summary": tail}
-    Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+    # A soak may be run in parts (each with its own --seed): every run is kept, with the totals.
+    out = Path(args.out)
+    try:
+        runs = json.loads(out.read_text()).get("runs", []) if out.exists() else []
+    except ValueError:
+        runs = []
+    runs.append(doc)
+    total = {"trials_per_mode": sum(r["trials_per_mode"] for r in runs),
+             "kills": sum(r["kills"] for r in runs),
+             "passed": all(r["passed"] for r in runs), "runs": runs}
+    out.write_text(json.dumps(total, indent=2) + "\n")
     print(json.dumps(doc, indent=2))
     return 0 if result.returncode == 0 else 1
 
