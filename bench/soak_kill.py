@@ -29,10 +29,14 @@ def main():
     result = subprocess.run([str(REPO / "tests" / "run"), "tests/lab/test_driver_convergence.py",
                              "-q", "-k", "killed"], cwd=REPO, env=env, capture_output=True,
                             text=True)
-    tail = [line for line in result.stdout.splitlines() if line.strip()][-3:]
+    lines = result.stdout.splitlines()
+    tail = [line for line in lines if line.strip()][-3:]
     doc = {"trials_per_mode": args.trials, "seed": args.seed, "modes": ["none", "read+writeback"],
            "kills": 2 * 2 * args.trials, "passed": result.returncode == 0,
            "seconds": round(time.monotonic() - started), "summary": tail}
+    if result.returncode != 0:
+        # What failed, as pytest said it: the run's output is not kept anywhere else.
+        doc["failure"] = [line for line in lines if line.startswith(("E ", "FAILED"))][:40]
     # A soak may be run in parts (each with its own --seed): every run is kept, with the totals.
     out = Path(args.out)
     try:
