@@ -301,6 +301,19 @@ def release(vg, cid, warm_seconds=None):
     return 0
 
 
+def release_idle(key_prefix):
+    """Every read cache of a base key starting with `key_prefix` that no stack uses, released
+    without a warm-up: a teardown killed between removing its stack and releasing the cache left
+    the cache's device holding the base LUN, and no stack is left to release it. Returns the ids
+    released."""
+    released = []
+    for rec in state.list_records():
+        if rec.key.startswith(key_prefix) and dmsetup.exists(dm_name(rec.id)):
+            if release(rec.vg, rec.id, warm_seconds=0) == 0:
+                released.append(rec.id)
+    return released
+
+
 # -- warm-up ---------------------------------------------------------------------------------
 
 def _stats_region(name):

@@ -38,3 +38,17 @@ def test_a_device_whose_owner_is_gone_is_resumed_and_a_live_one_kept(mocker):
     finally:
         os.close(fd)
     resume.assert_called_once_with("tmi-wb-vm-1-disk-0")
+
+
+def test_an_idle_read_cache_left_by_a_killed_teardown_is_released_for_its_base(mocker):
+    from dmcache import readcache, state as st
+    records = [mocker.Mock(id="a1", key="vg-one-100.img-0-base.g1", vg="tmi-cache"),
+               mocker.Mock(id="b2", key="vg-one-100.img-1-base.g1", vg="tmi-cache"),
+               mocker.Mock(id="c3", key="vg-one-100.img-0-base.g0", vg="tmi-cache")]
+    mocker.patch.object(st, "list_records", return_value=records)
+    # c3's device is gone already (only its LVs are kept): nothing to release.
+    mocker.patch.object(readcache.dmsetup, "exists",
+                        side_effect=lambda name: name != readcache.dm_name("c3"))
+    release = mocker.patch.object(readcache, "release", return_value=0)
+    assert readcache.release_idle("vg-one-100.img-0-base.") == ["a1"]
+    release.assert_called_once_with("tmi-cache", "a1", warm_seconds=0)

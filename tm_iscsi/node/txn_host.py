@@ -8,7 +8,7 @@ another (re-installed, renamed) answers with its real name before it changes any
 front-end can export again instead of failing on a login the target refuses."""
 import sys
 
-from dmcache import orphans, stack, state
+from dmcache import orphans, readcache, stack, state
 
 from .. import protocol
 from ..protocol import has_read
@@ -177,6 +177,7 @@ def _detach(req):
         released = False
         if disk.base_prefix and "base" in disk.luns and not _base_in_use(disk.base_prefix):
             try:
+                readcache.release_idle(disk.base_prefix)
                 detach_target(disk.luns["base"].iqn)
                 released = True
             except NodeError as err:
