@@ -133,15 +133,22 @@ stack_assemble.configure = _assemble_options
 
 # -- stack-flush -------------------------------------------------------------------------------
 
-@command("stack-flush", "write stacks' dirty blocks back to their clones and keep them clean")
-def stack_flush(args):
+def flush_stacks(names, seconds):
+    """Flush every stack of `names` and keep it clean, within `seconds` in all (and the call's
+    budget): what stack-flush and dir-pack --flush (a live migration's source) do."""
     _orphans.resume_orphans()
     from . import deadline
-    until = time.monotonic() + args.timeout
+    until = time.monotonic() + seconds
     results = []
-    for name in args.name:
+    for name in names:
         left = max(1, int(deadline.bounded(until - time.monotonic())))
         results.append(stack.flush(name, left))
+    return results
+
+
+@command("stack-flush", "write stacks' dirty blocks back to their clones and keep them clean")
+def stack_flush(args):
+    results = flush_stacks(args.name, args.timeout)
     # One stack (the usual call): its result as it is; several (a VM's disks): one list.
     return results[0] if len(results) == 1 else {"stacks": results}
 

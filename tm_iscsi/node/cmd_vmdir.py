@@ -6,7 +6,7 @@ import sys
 import tempfile
 
 from . import paths, vmdir
-from .cmd_cache import NAME
+from .cmd_cache import NAME, flush_stacks
 from .cli import command
 from .errors import NodeError
 from .locks import lock
@@ -22,11 +22,8 @@ def dir_pack(args):
     if args.flush:
         # A live migration's source: its write-back stacks flushed and kept clean before the
         # directory leaves, in the same call.
-        from dmcache import orphans, stack
-        from . import deadline
-        orphans.resume_orphans()
-        for name in args.flush:
-            stack.flush(name, max(1, int(deadline.bounded(stack.FLUSH_TIMEOUT))))
+        from dmcache import stack
+        flush_stacks(args.flush, stack.FLUSH_TIMEOUT)
     sys.stdout.flush()
     vmdir.pack(path, sys.stdout.buffer)
     return None
