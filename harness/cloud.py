@@ -4,6 +4,7 @@ remotes/ scripts on this machine (the front-end), and the nodes reached over the
 import base64
 import contextlib
 import hashlib
+import os
 import re
 import sys
 import time
@@ -167,6 +168,14 @@ class Cloud:
         root = ET.fromstring(xml)
         for name, value in image_fields.items():
             root.find(f"IMAGE/{name}").text = str(value)
+        path = str(image_fields.get("PATH", ""))
+        if path.startswith("/"):
+            # What an administrator does to import from a directory: oned's default
+            # RESTRICTED_DIRS="/" refuses any path outside SAFE_DIRS (/var/tmp).
+            safe = root.find("DATASTORE/TEMPLATE/SAFE_DIRS")
+            if safe is None:
+                safe = ET.SubElement(root.find("DATASTORE/TEMPLATE"), "SAFE_DIRS")
+            safe.text = f"{safe.text or ''} {os.path.dirname(os.path.realpath(path))}".strip()
         return ET.tostring(root, encoding="unicode")
 
     # -- checking ------------------------------------------------------------------------------

@@ -14,7 +14,7 @@
 from dataclasses import dataclass
 from typing import Optional
 
-from . import naming
+from . import naming, protocol
 from .errors import DriverError
 
 
@@ -62,31 +62,48 @@ def from_datastore(ds, settings):
     pool = attr("THIN_POOL", naming.THIN_POOL)
     for what, value in (("ISCSI_HOST", host), ("VG_NAME", vg), ("THIN_POOL", pool)):
         if not naming.valid_name(value):
-            raise DriverError(f"datastore {ds_id}: {what}={value!r} is not a valid name")
+            raise DriverError(f"datastore {ds_id}: {what}={str(value)[:80]!r} is not a valid name "
+                              "(letters, digits, '+_.-', not starting with '-', at most 120)")
     chap_user, chap_password = attr("ISCSI_CHAP_USER"), attr("ISCSI_CHAP_PASSWORD")
     if bool(chap_user) != bool(chap_password):
         raise DriverError(f"datastore {ds_id}: set both ISCSI_CHAP_USER and ISCSI_CHAP_PASSWORD, "
                           "or neither")
     if chap_user and not naming.valid_chap_user(chap_user):
-        raise DriverError(f"datastore {ds_id}: ISCSI_CHAP_USER={chap_user!r} is not a valid CHAP "
+        raise DriverError(f"datastore {ds_id}: ISCSI_CHAP_USER={chap_user[:80]!r} is not a valid CHAP "
                           "user name (letters, digits, ._@:+/=-)")
     if chap_password and not naming.valid_chap_secret(chap_password):
         raise DriverError(f"datastore {ds_id}: ISCSI_CHAP_PASSWORD must be 1-255 printable "
                           "characters without blanks")
+    portal = attr("ISCSI_PORTAL", host)
     try:
-        max_fill = int(attr("MAX_POOL_FILL", settings.max_pool_fill))
-    except ValueError:
-        raise DriverError(f"datastore {ds_id}: MAX_POOL_FILL must be a percentage")
-    writeback_mib = attr("WRITEBACK_CACHE_MB", str(WRITEBACK_MIB_DEFAULT))
-    if not (writeback_mib.isdigit() and len(writeback_mib) <= 8 and
+        protocol.parse_portal(portal)
+    except ValueError as err:
+        raise DriverError(f"datastore {ds_id}: ISCSI_PORTAL: {err} (a host name or address, "
+                          "optionally :PORT)")
+    iqn_base = attr("ISCSI_IQN_BASE", naming.DEFAULT_IQN_BASE)
+    if not protocol.valid_iqn_base(iqn_base):
+        raise DriverError(f"datastore {ds_id}: ISCSI_IQN_BASE={str(iqn_base)[:80]!r} is not an "
+                          "IQN prefix (iqn.YYYY-MM.reversed.domain, lower case, no ':', at most "
+                          f"{protocol.IQN_BASE_MAX} characters)")
+    cache_mode = (attr("CACHE_MODE", "none") or "none").strip().lower()
+    if cache_mode not in protocol.MODES:
+        raise DriverError(f"datastore {ds_id}: CACHE_MODE={str(cache_mode)[:40]!r} is not one of "
+                          f"{', '.join(protocol.MODES)}")
+    max_fill = str(attr("MAX_POOL_FILL", settings.max_pool_fill)).strip()
+    if not (max_fill.isascii() and max_fill.isdigit() and len(max_fill) <= 3 and
+            1 <= int(max_fill) <= 100):
+        raise DriverError(f"datastore {ds_id}: MAX_POOL_FILL={max_fill[:40]!r} must be a "
+                          "percentage from 1 to 100")
+    max_fill = int(max_fill)
+    writeback_mib = attr("WRITEBACK_CACHE_MB", str(WRITEBACK_MIB_DEFAULT)).strip()
+    if not (writeback_mib.isascii() and writeback_mib.isdigit() and len(writeback_mib) <= 8 and
             WRITEBACK_MIB_RANGE[0] <= int(writeback_mib) <= WRITEBACK_MIB_RANGE[1]):
-        raise DriverError(f"datastore {ds_id}: WRITEBACK_CACHE_MB={writeback_mib!r} must be a "
+        raise DriverError(f"datastore {ds_id}: WRITEBACK_CACHE_MB={writeback_mib[:40]!r} must be a "
                           f"whole number of MiB from {WRITEBACK_MIB_RANGE[0]} to "
                           f"{WRITEBACK_MIB_RANGE[1]}")
     return DatastoreConfig(
-        ds_id=ds_id, storage_host=host, portal=attr("ISCSI_PORTAL", host), vg=vg, pool=pool,
-        iqn_base=attr("ISCSI_IQN_BASE", naming.DEFAULT_IQN_BASE),
+        ds_id=ds_id, storage_host=host, portal=portal, vg=vg, pool=pool, iqn_base=iqn_base,
         chap_user=chap_user, chap_password=chap_password, max_fill=max_fill,
-        cache_mode=(attr("CACHE_MODE", "none") or "none").lower(),
+        cache_mode=cache_mode,
         writeback_mib=int(writeback_mib),
     )

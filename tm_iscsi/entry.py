@@ -32,3 +32,16 @@ def guarded(program, func, *args, **kwargs):
         print(f"{program}: internal error ({type(err).__name__}: {reason}); the traceback is in "
               "syslog (journalctl -t tm_iscsi)", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def stdin_bytes():
+    """What oned wrote on stdin, as bytes: its documents are base64 (ASCII), and whatever else
+    arrives must be refused in one line by the decoder, never by the locale's text codec."""
+    stream = sys.stdin
+    if stream is None:
+        return b""
+    buffer = getattr(stream, "buffer", None)
+    if buffer is not None:
+        return buffer.read()
+    text = stream.read()
+    return text.encode("utf-8", "replace") if isinstance(text, str) else text

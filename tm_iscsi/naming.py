@@ -31,6 +31,13 @@ def is_scheme_lv(name):
     return bool(_LV_SCHEME_RE.fullmatch(str(name)))
 
 
+def is_source_lv(name):
+    """An LV an image's SOURCE may name: an image, or a VM disk kept as one (TM_ISCSI_SYNC);
+    never a snapshot, a base or a map, which tm_iscsi manages itself."""
+    match = _LV_SCHEME_RE.fullmatch(str(name))
+    return bool(match) and not match.group(2) and not match.group(3)
+
+
 def is_default_vg(name):
     return bool(_DEFAULT_VG_RE.fullmatch(str(name)))
 

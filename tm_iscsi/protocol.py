@@ -23,7 +23,9 @@ the same call (`--request` repeated; all are checked before the first runs; the 
 Secrets never travel in a request: a CHAP secret is a line of the call's stdin, one per request
 that names a CHAP user, in the requests' order. Standard library only (the node helper imports
 this module too)."""
+import ipaddress
 import json
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Dict, List, Optional
 
@@ -54,6 +56,63 @@ def effective(mode, volume_kind):
     return "none"
 
 
+# -- filesystems a new volume can be made with (raw: left blank) ---------------------------------
+
+FILESYSTEMS = ("ext4", "ext3", "ext2", "xfs", "swap", "raw")
+
+
+def checked_fs(value, what):
+    """FS as the VM disk or image gives it -> the filesystem; ValueError names what to set."""
+    fs = (value or "raw").strip().lower()
+    if fs not in FILESYSTEMS:
+        raise ValueError(f"{what} FS={str(value)[:40]!r} is not one of {', '.join(FILESYSTEMS)}")
+    return fs
+
+
+# -- iSCSI names and portals --------------------------------------------------------------------
+
+DEFAULT_PORT = 3260
+# RFC 3720 names: iqn.YYYY-MM.reversed.domain[:anything], eui.<16 hex>, naa.<16|32 hex>.
+# Only characters that can never mean anything to a shell.
+_IQN_RE = re.compile(r"^(iqn\.\d{4}-\d{2}\.[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[a-z0-9.:-]+)?"
+                     r"|eui\.[0-9a-f]{16}|naa\.(?:[0-9a-f]{16}|[0-9a-f]{32}))$")
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})$")
+# A target IQN is <base>:<vg>.<lv>: the base leaves room for both within RFC 3720's 223 bytes.
+IQN_BASE_MAX = 96
+
+
+def valid_iqn(name):
+    return len(str(name)) <= 223 and bool(_IQN_RE.match(str(name)))
+
+
+def valid_iqn_base(name):
+    """A prefix of target IQNs: an iqn. name without its ':' part."""
+    name = str(name)
+    return name.startswith("iqn.") and ":" not in name and len(name) <= IQN_BASE_MAX and \
+        valid_iqn(name)
+
+
+def parse_portal(text):
+    """'host', 'host:port', '1.2.3.4:3260' or '[v6]:port' -> (host, port). ValueError if bad."""
+    text = str(text).strip()
+    host, port = text, DEFAULT_PORT
+    m = re.match(r"^\[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?$", text)
+    if m:
+        host, port = m.group(1), int(m.group(2) or DEFAULT_PORT)
+        ipaddress.IPv6Address(host)
+    else:
+        if text.count(":") == 1:
+            host, port_text = text.split(":")
+            if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
+                raise ValueError(f"portal {text[:80]!r}: port must be a number")
+            port = int(port_text)
+        if not _HOSTNAME_RE.match(host):
+            raise ValueError(f"portal {text[:80]!r} is not HOST[:PORT]")
+    if not 0 < port < 65536:
+        raise ValueError(f"portal {text[:80]!r}: port {port} is out of range")
+    return host, port
+
+
 # -- tags on the storage node's LVs -------------------------------------------------------------
 
 OWNER_TAG = "tm_iscsi"
@@ -72,6 +131,8 @@ SYNC_PENDING_TAG = "tm_iscsi.sync=pending"
 SYNC_IMAGE_TAG = "tm_iscsi.image-of-sync="
 # The owner tags: what made the LV and for whom (owner_tags()).
 OWNER_KEYS = ("kind", "vm", "disk", "image", "ds")
+# What a VM disk's volume is (the kind a request may ask the node to make).
+VOLUME_KINDS = ("clone", "volatile", "image")
 
 
 def owner_tag(key, value):
@@ -220,6 +281,8 @@ def decode(cls, text):
         doc = json.loads(text)
     except ValueError as err:
         raise ProtocolError(f"{cls.__name__}: the request is not JSON: {err}")
+    except RecursionError:
+        raise ProtocolError(f"{cls.__name__}: the request nests deeper than any request does")
     return cls.from_dict(doc)
 
 

@@ -30,6 +30,21 @@ class Volume:
         return naming.lun_serial(self.ds.vg, self.lv)
 
 
+def source_lv(value, vg, what):
+    """The LV of an image SOURCE (`<vg>/<lv>` as DS cp / mkfs / clone wrote it) in VG `vg`; any
+    other form, another VG or an LV tm_iscsi does not give images is refused (DriverError)."""
+    try:
+        source_vg, lv = naming.parse_source(value)
+    except ValueError as err:
+        raise DriverError(f"{what}: {err}")
+    if source_vg != vg:
+        raise DriverError(f"{what}: SOURCE {value} is not in VG {vg}")
+    if not naming.is_source_lv(lv):
+        raise DriverError(f"{what}: SOURCE {value} names {lv}, not an image LV of tm_iscsi "
+                          "(img-N, or vm-N-disk-N kept as an image)")
+    return lv
+
+
 def of_disk(ctx, vm, disk_id, dsid_hint=None):
     """The Volume of disk `disk_id` of `vm` (a VirtualMachine view)."""
     disk = vm.disk(disk_id)
@@ -41,14 +56,8 @@ def of_disk(ctx, vm, disk_id, dsid_hint=None):
         raise DriverError(f"VM {vm.id} disk {disk_id} is in datastore {disk.datastore_id}, "
                           f"not {dsid_hint} as the action says")
     ds = ctx.datastore(disk.datastore_id if disk.datastore_id is not None else dsid_hint)
-    source = disk.require_source()
-    try:
-        vg, image_lv = naming.parse_source(source)
-    except ValueError as err:
-        raise DriverError(f"VM {vm.id} disk {disk_id}: {err}")
-    if vg != ds.vg:
-        raise DriverError(f"VM {vm.id} disk {disk_id}: SOURCE {source} is not in VG {ds.vg} of "
-                          f"datastore {ds.ds_id}")
+    image_lv = source_lv(disk.require_source(), ds.vg,
+                         f"VM {vm.id} disk {disk_id} (datastore {ds.ds_id})")
     if disk.clone:
         return Volume(ds, naming.disk_lv(vm.id, disk_id), "clone")
     return Volume(ds, image_lv, "image", readonly=bool(disk.readonly or disk.is_cdrom))

@@ -247,7 +247,7 @@ def test_export_unexport_and_saved_config(lab):
     make_vg(lab)
     helper(lab, "pool-ensure", "--vg", VG)
     helper(lab, "lv-create", "--vg", VG, "--lv", "img-1", "--size-mib", "16")
-    assert "does not exist" in refused(lab, "export", "--vg", VG, "--lv", "nope",
+    assert "does not exist" in refused(lab, "export", "--vg", VG, "--lv", "img-77",
                                        "--initiator", HOST1)
     assert "not a valid" in refused(lab, "export", "--vg", VG, "--lv", "img-1",
                                     "--initiator", "iqn.2026-11.x:$(reboot)")

@@ -37,28 +37,28 @@ def main(capsys, *argv):
 
 @pytest.mark.parametrize("argv", [
     ["stack-assemble", "--name", "a;b", "--mode", "none", "--clone-dev", CLONE],
-    ["stack-assemble", "--name", "x", "--mode", "readonly", "--clone-dev", CLONE],
-    ["stack-assemble", "--name", "x", "--mode", "none", "--clone-dev", "/etc/passwd"],
-    ["stack-assemble", "--name", "x", "--mode", "none", "--clone-dev", "/dev/../etc/shadow"],
-    ["stack-assemble", "--name", "x", "--mode", "read", "--clone-dev", CLONE,
+    ["stack-assemble", "--name", "vm-1-disk-0", "--mode", "readonly", "--clone-dev", CLONE],
+    ["stack-assemble", "--name", "vm-1-disk-0", "--mode", "none", "--clone-dev", "/etc/passwd"],
+    ["stack-assemble", "--name", "vm-1-disk-0", "--mode", "none", "--clone-dev", "/dev/../etc/shadow"],
+    ["stack-assemble", "--name", "vm-1-disk-0", "--mode", "read", "--clone-dev", CLONE,
      "--base-key", "has space"],
-    ["stack-assemble", "--name", "x", "--mode", "none", "--clone-dev", CLONE,
+    ["stack-assemble", "--name", "vm-1-disk-0", "--mode", "none", "--clone-dev", CLONE,
      "--wb-size-mib", "0"],
-    ["stack-assemble", "--name", "x", "--mode", "none", "--clone-dev", CLONE,
+    ["stack-assemble", "--name", "vm-1-disk-0", "--mode", "none", "--clone-dev", CLONE,
      "--luns-json", "{not json"],
-    ["stack-assemble", "--name", "x", "--mode", "none", "--clone-dev", CLONE,
+    ["stack-assemble", "--name", "vm-1-disk-0", "--mode", "none", "--clone-dev", CLONE,
      "--luns-json", json.dumps({"clone": dict(LUNS["clone"], password="s3cret")})],
-    ["stack-assemble", "--name", "x", "--mode", "none", "--clone-dev", CLONE,
+    ["stack-assemble", "--name", "vm-1-disk-0", "--mode", "none", "--clone-dev", CLONE,
      "--luns-json", json.dumps({"other": LUNS["clone"]})],
-    ["stack-assemble", "--name", "x", "--mode", "none", "--clone-dev", CLONE,
+    ["stack-assemble", "--name", "vm-1-disk-0", "--mode", "none", "--clone-dev", CLONE,
      "--luns-json", json.dumps({"clone": dict(LUNS["clone"], iqn="not an iqn")})],
-    ["stack-assemble", "--name", "x", "--mode", "none", "--clone-dev", CLONE,
+    ["stack-assemble", "--name", "vm-1-disk-0", "--mode", "none", "--clone-dev", CLONE,
      "--luns-json", json.dumps({"clone": dict(LUNS["clone"], portal="st;orage")})],
-    ["stack-assemble", "--name", "x", "--mode", "none", "--clone-dev", CLONE,
+    ["stack-assemble", "--name", "vm-1-disk-0", "--mode", "none", "--clone-dev", CLONE,
      "--link", "/var/lib/one/../../etc/passwd"],
-    ["stack-teardown", "--name", "x"],
-    ["stack-teardown", "--name", "x", "--flush", "--drop"],
-    ["stack-flush", "--name", "x", "--timeout", "0"],
+    ["stack-teardown", "--name", "vm-1-disk-0"],
+    ["stack-teardown", "--name", "vm-1-disk-0", "--flush", "--drop"],
+    ["stack-flush", "--name", "vm-1-disk-0", "--timeout", "0"],
     ["cache-init", "--device", "ubdb"],
     ["cache-init", "--device", "/dev/ubdb", "--vg", "-rf"],
 ])
@@ -69,30 +69,30 @@ def test_bad_input_is_a_usage_error_and_runs_nothing(capsys, no_system, argv):
 
 
 def test_link_outside_the_datastores_is_refused(capsys, no_system):
-    code, _, err = main(capsys, "stack-assemble", "--name", "x", "--mode", "none",
+    code, _, err = main(capsys, "stack-assemble", "--name", "vm-1-disk-0", "--mode", "none",
                         "--clone-dev", CLONE, "--link", "/etc/cron.d/x")
     assert code == 1 and "only works under" in err[0]
 
 
 def test_read_modes_need_base_and_map(capsys, mocker, tmp_path):
     mocker.patch.object(lvm, "local_report", return_value=lvm.VGReport("tmi-cache", 1, 1, 1, {}))
-    code, _, err = main(capsys, "stack-assemble", "--name", "x", "--mode", "read+writeback",
+    code, _, err = main(capsys, "stack-assemble", "--name", "vm-1-disk-0", "--mode", "read+writeback",
                         "--clone-dev", "/dev/null", "--base-key", "k@1")
     assert code == 1 and err == ["mode read+writeback needs --base-dev, --map-dev"]
 
 
 def test_missing_cache_vg_says_how_to_make_it(capsys, mocker):
     mocker.patch.object(lvm, "local_report", return_value=None)
-    code, _, err = main(capsys, "stack-assemble", "--name", "x", "--mode", "writeback",
+    code, _, err = main(capsys, "stack-assemble", "--name", "vm-1-disk-0", "--mode", "writeback",
                         "--clone-dev", "/dev/null")
     assert code == 1 and "cache-init --device DISK --vg tmi-cache" in err[0]
 
 
 def test_devices_must_be_block_devices(capsys, mocker):
-    code, _, err = main(capsys, "stack-assemble", "--name", "x", "--mode", "none",
+    code, _, err = main(capsys, "stack-assemble", "--name", "vm-1-disk-0", "--mode", "none",
                         "--clone-dev", "/dev/null")
     assert code == 1 and err == ["--clone-dev /dev/null is not a block device"]
-    code, _, err = main(capsys, "stack-assemble", "--name", "x", "--mode", "none",
+    code, _, err = main(capsys, "stack-assemble", "--name", "vm-1-disk-0", "--mode", "none",
                         "--clone-dev", "/dev/disk/by-path/nothing-here")
     assert code == 1 and "attach the LUN first" in err[0]
 

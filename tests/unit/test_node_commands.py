@@ -12,24 +12,30 @@ from tm_iscsi import naming
 from tm_iscsi.node import cli, cmd_host, cmd_storage, iscsi, lio, locks, lvm, nodeconf, targets
 from tm_iscsi.node.errors import NodeError
 
-from tests.unit.test_node_lvm import VGS_JSON
+from tests.unit.test_node_lvm import VGS_JSON as _SAMPLE_JSON
+
+# The sample report with its LVs under tm_iscsi's names (the helper refuses any other name):
+# a -> img-1, its snapshot b -> img-2.
+VGS_JSON = (_SAMPLE_JSON.replace('"lv_name":"a"', '"lv_name":"img-1"')
+            .replace('"lv_name":"b"', '"lv_name":"img-2"').replace('"origin":"a"', '"origin":"img-1"')
+            .replace('"lv_tags":"x"', '"lv_tags":"tm_iscsi.x=1"'))
 
 MIB = 1024 * 1024
 
 
 # The sample report, with b made tm_iscsi's too (the helper acts only on LVs with its tag).
-OWNED_JSON = VGS_JSON.replace('"lv_tags":"x"', '"lv_tags":"tm_iscsi,x"')
+OWNED_JSON = VGS_JSON.replace('"lv_tags":"tm_iscsi.x=1"', '"lv_tags":"tm_iscsi,tm_iscsi.x=1"')
 # ...and one LV of somebody else's in the same VG.
 _FOREIGN = ('{"vg_name":"vgt", "vg_size":"25765609472", "vg_free":"12859736064", '
-            '"vg_extent_size":"4194304", "lv_name":"precious", "lv_size":"67108864", '
+            '"vg_extent_size":"4194304", "lv_name":"img-50", "lv_size":"67108864", '
             '"origin":"", "lv_tags":"", "lv_attr":"Vwi-a-tz--", "pool_lv":"tpool", '
             '"data_percent":"3.00", "metadata_percent":"", "lv_metadata_size":"", '
             '"segtype":"thin"},\n')
 OWNED_JSON = OWNED_JSON.replace('{"vg_name":"vgt", "vg_size":"25765609472", '
                                 '"vg_free":"12859736064", "vg_extent_size":"4194304", '
-                                '"lv_name":"a"', _FOREIGN + '{"vg_name":"vgt", '
+                                '"lv_name":"img-1"', _FOREIGN + '{"vg_name":"vgt", '
                                 '"vg_size":"25765609472", "vg_free":"12859736064", '
-                                '"vg_extent_size":"4194304", "lv_name":"a"', 1)
+                                '"vg_extent_size":"4194304", "lv_name":"img-1"', 1)
 
 
 @pytest.fixture(autouse=True)
@@ -77,23 +83,23 @@ def changes(lvm_mock):
 
 
 @pytest.mark.parametrize("argv", [
-    ["lv-create", "--vg", "a;b", "--lv", "x", "--size-mib", "1"],
+    ["lv-create", "--vg", "a;b", "--lv", "img-9", "--size-mib", "1"],
     ["lv-create", "--vg", "vgt", "--lv", "$(reboot)", "--size-mib", "1"],
-    ["lv-create", "--vg", "vgt", "--lv", "x", "--size-mib", "0"],
-    ["lv-create", "--vg", "vgt", "--lv", "x", "--size-mib", "1", "--tag", "a b"],
-    ["lv-create", "--vg", "vgt", "--lv", "x", "--size-mib", "1", "--max-fill", "101"],
+    ["lv-create", "--vg", "vgt", "--lv", "img-9", "--size-mib", "0"],
+    ["lv-create", "--vg", "vgt", "--lv", "img-9", "--size-mib", "1", "--tag", "a b"],
+    ["lv-create", "--vg", "vgt", "--lv", "img-9", "--size-mib", "1", "--max-fill", "101"],
     ["lv-remove", "--vg", "vgt", "--lv", "-rf"],
     ["pool-ensure", "--vg", "vgt", "--data-percent", "0"],
-    ["export", "--vg", "vgt", "--lv", "a", "--initiator", "iqn.2026-11.x:h1`id`"],
-    ["export", "--vg", "vgt", "--lv", "a", "--initiator", "iqn.2026-11.x:h1",
+    ["export", "--vg", "vgt", "--lv", "img-1", "--initiator", "iqn.2026-11.x:h1`id`"],
+    ["export", "--vg", "vgt", "--lv", "img-1", "--initiator", "iqn.2026-11.x:h1",
      "--portal-ip", "storage"],
-    ["export", "--vg", "vgt", "--lv", "a", "--initiator", "iqn.2026-11.x:h1",
+    ["export", "--vg", "vgt", "--lv", "img-1", "--initiator", "iqn.2026-11.x:h1",
      "--chap-user", "has space"],
-    ["export", "--vg", "vgt", "--lv", "a", "--initiator", "iqn.2026-11.x:h1",
+    ["export", "--vg", "vgt", "--lv", "img-1", "--initiator", "iqn.2026-11.x:h1",
      "--chap-password", "a-secret-in-argv"],
-    ["lv-mkfs", "--vg", "vgt", "--lv", "a", "--fs", "ntfs"],
-    ["lv-write", "--vg", "vgt", "--lv", "a", "--format", "vmdk"],
-    ["lv-create", "--vg", "vgt", "--lv", "x"],
+    ["lv-mkfs", "--vg", "vgt", "--lv", "img-1", "--fs", "ntfs"],
+    ["lv-write", "--vg", "vgt", "--lv", "img-1", "--format", "vmdk"],
+    ["lv-create", "--vg", "vgt", "--lv", "img-9"],
 ])
 def test_bad_input_is_a_usage_error_and_touches_nothing(capsys, lvm_mock, argv):
     code, out, err = main(capsys, *argv)
@@ -109,34 +115,34 @@ def test_pool_ensure(capsys, lvm_mock):
                         "--data-percent", "50")
     assert out["created"] is True
     lvm_mock.create_thin_pool.assert_called_once_with("vgt", "pool2", 50)
-    code, _, err = main(capsys, "pool-ensure", "--vg", "vgt", "--pool", "a")
+    code, _, err = main(capsys, "pool-ensure", "--vg", "vgt", "--pool", "img-1")
     assert code == 1 and "not a thin pool" in err
 
 
 def test_lv_create_new_existing_and_refusals(capsys, lvm_mock):
     code, out, _ = main(capsys, "lv-create", "--vg", "vgt", "--lv", "img-10", "--size-mib", "10",
-                        "--tag", "t1")
+                        "--tag", "tm_iscsi.t=1")
     assert code == 0 and out == {"vg": "vgt", "lv": "img-10", "path": "/dev/vgt/img-10",
                                  "size_bytes": 12 * MIB, "created": True}
     # Stamped with the ownership tag, whatever was asked.
     lvm_mock.create_thin.assert_called_once_with("vgt", "tpool", "img-10", 12 * MIB,
-                                                 ["t1", "tm_iscsi"])
+                                                 ["tm_iscsi", "tm_iscsi.t=1"])
 
     # Existing with the same tags (any order): nothing to do; larger request: grow.
     lvm_mock.create_thin.reset_mock()
-    argv = ["lv-create", "--vg", "vgt", "--lv", "a", "--tag", "tm_iscsi.kind=image",
+    argv = ["lv-create", "--vg", "vgt", "--lv", "img-1", "--tag", "tm_iscsi.kind=image",
             "--tag", "tm_iscsi"]
     assert main(capsys, *argv, "--size-mib", "64")[1]["created"] is False
     assert changes(lvm_mock) == []
     assert main(capsys, *argv, "--size-mib", "100")[1]["size_bytes"] == 100 * MIB
-    lvm_mock.extend.assert_called_once_with("vgt", "a", 100 * MIB)
+    lvm_mock.extend.assert_called_once_with("vgt", "img-1", 100 * MIB)
 
     lvm_mock.extend.reset_mock()
-    code, _, err = main(capsys, "lv-create", "--vg", "vgt", "--lv", "a", "--size-mib", "64")
+    code, _, err = main(capsys, "lv-create", "--vg", "vgt", "--lv", "img-1", "--size-mib", "64")
     assert code == 1 and "tags" in err
-    code, _, err = main(capsys, "lv-create", "--vg", "vgt", "--lv", "b", "--size-mib", "64",
-                        "--tag", "x", "--tag", "tm_iscsi")
-    assert code == 1 and "snapshot of a" in err
+    code, _, err = main(capsys, "lv-create", "--vg", "vgt", "--lv", "img-2", "--size-mib", "64",
+                        "--tag", "tm_iscsi.x=1", "--tag", "tm_iscsi")
+    assert code == 1 and "snapshot of img-1" in err
     # The sample pool is 12.5% full: a 10% limit refuses, and nothing is created.
     code, _, err = main(capsys, "lv-create", "--vg", "vgt", "--lv", "img-10", "--size-mib", "1",
                         "--max-fill", "10")
@@ -148,106 +154,107 @@ def test_lv_create_new_existing_and_refusals(capsys, lvm_mock):
 
 
 def test_lv_snapshot(capsys, lvm_mock):
-    code, out, _ = main(capsys, "lv-snapshot", "--vg", "vgt", "--origin", "a", "--lv",
-                        "vm-3-disk-0", "--tag", "k=v", "--size-mib", "100")
-    assert out == {"vg": "vgt", "lv": "vm-3-disk-0", "origin": "a",
+    code, out, _ = main(capsys, "lv-snapshot", "--vg", "vgt", "--origin", "img-1", "--lv",
+                        "vm-3-disk-0", "--tag", "tm_iscsi.k=v", "--size-mib", "100")
+    assert out == {"vg": "vgt", "lv": "vm-3-disk-0", "origin": "img-1",
                    "path": "/dev/vgt/vm-3-disk-0", "size_bytes": 100 * MIB, "created": True}
-    lvm_mock.create_snapshot.assert_called_once_with("vgt", "a", "vm-3-disk-0",
-                                                     ["k=v", "tm_iscsi"])
+    lvm_mock.create_snapshot.assert_called_once_with("vgt", "img-1", "vm-3-disk-0",
+                                                     ["tm_iscsi", "tm_iscsi.k=v"])
     lvm_mock.extend.assert_called_once_with("vgt", "vm-3-disk-0", 100 * MIB)
 
     lvm_mock.create_snapshot.reset_mock()
     lvm_mock.extend.reset_mock()
     # b exists as a snapshot of a (and is inactive): ok, and activated for its export.
-    code, out, _ = main(capsys, "lv-snapshot", "--vg", "vgt", "--origin", "a", "--lv", "b")
+    code, out, _ = main(capsys, "lv-snapshot", "--vg", "vgt", "--origin", "img-1", "--lv", "img-2")
     assert code == 0 and out["created"] is False and out["size_bytes"] == 64 * MIB
     assert changes(lvm_mock) == ["activate"]
     lvm_mock.activate.reset_mock()
-    code, _, err = main(capsys, "lv-snapshot", "--vg", "vgt", "--origin", "b", "--lv", "a")
+    code, _, err = main(capsys, "lv-snapshot", "--vg", "vgt", "--origin", "img-2", "--lv", "img-1")
     assert code == 1 and "an LV of its own" in err
-    code, _, err = main(capsys, "lv-snapshot", "--vg", "vgt", "--origin", "nope", "--lv",
+    code, _, err = main(capsys, "lv-snapshot", "--vg", "vgt", "--origin", "img-98", "--lv",
                         "img-12")
-    assert code == 1 and "vgt/nope does not exist" in err
-    code, _, err = main(capsys, "lv-snapshot", "--vg", "vgt", "--origin", "a", "--lv", "img-12",
+    assert code == 1 and "vgt/img-98 does not exist" in err
+    code, _, err = main(capsys, "lv-snapshot", "--vg", "vgt", "--origin", "img-1", "--lv", "img-12",
                         "--max-fill", "5")
     assert code == 1 and "too full" in err
     assert changes(lvm_mock) == []
 
 
 def test_lv_resize(capsys, lvm_mock):
-    assert main(capsys, "lv-resize", "--vg", "vgt", "--lv", "a", "--size-mib", "64")[1][
+    assert main(capsys, "lv-resize", "--vg", "vgt", "--lv", "img-1", "--size-mib", "64")[1][
         "resized"] is False
-    assert main(capsys, "lv-resize", "--vg", "vgt", "--lv", "a", "--size-mib", "62")[1][
+    assert main(capsys, "lv-resize", "--vg", "vgt", "--lv", "img-1", "--size-mib", "62")[1][
         "resized"] is False  # rounds up to the same 64 MiB
-    code, _, err = main(capsys, "lv-resize", "--vg", "vgt", "--lv", "a", "--size-mib", "32")
+    code, _, err = main(capsys, "lv-resize", "--vg", "vgt", "--lv", "img-1", "--size-mib", "32")
     assert code == 1 and "shrinking" in err
     assert changes(lvm_mock) == []
-    assert main(capsys, "lv-resize", "--vg", "vgt", "--lv", "a", "--size-mib", "65")[1] == {
-        "vg": "vgt", "lv": "a", "path": "/dev/vgt/a", "size_bytes": 68 * MIB, "resized": True}
+    assert main(capsys, "lv-resize", "--vg", "vgt", "--lv", "img-1", "--size-mib", "65")[1] == {
+        "vg": "vgt", "lv": "img-1", "path": "/dev/vgt/img-1", "size_bytes": 68 * MIB, "resized": True}
 
 
 def test_lv_remove(capsys, lvm_mock, mocker):
     users = mocker.patch.object(lio, "users_of_device", return_value=[])
-    assert main(capsys, "lv-remove", "--vg", "vgt", "--lv", "zz")[1] == {
-        "vg": "vgt", "lv": "zz", "removed": False}
-    code, _, err = main(capsys, "lv-remove", "--vg", "vgt", "--lv", "a", "--require-tag", "x")
-    assert code == 1 and "does not carry tag x" in err
+    assert main(capsys, "lv-remove", "--vg", "vgt", "--lv", "img-99")[1] == {
+        "vg": "vgt", "lv": "img-99", "removed": False}
+    code, _, err = main(capsys, "lv-remove", "--vg", "vgt", "--lv", "img-1", "--require-tag", "tm_iscsi.x=1")
+    assert code == 1 and "does not carry tag tm_iscsi.x=1" in err
     code, _, err = main(capsys, "lv-remove", "--vg", "vgt", "--lv", "tpool")
-    assert code == 1 and "thin pool" in err
-    users.return_value = [("vgt.a", ["iqn.2026-11.io.tm-iscsi:vgt.a"])]
-    code, _, err = main(capsys, "lv-remove", "--vg", "vgt", "--lv", "a")
-    assert code == 1 and "iqn.2026-11.io.tm-iscsi:vgt.a" in err and "unexport" in err
-    users.assert_called_with("/dev/vgt/a", "vgt.a")
+    assert code == 2 and "LV 'tpool' is not tm_iscsi's" in err
+    users.return_value = [("vgt.img-1", ["iqn.2026-11.io.tm-iscsi:vgt.img-1"])]
+    code, _, err = main(capsys, "lv-remove", "--vg", "vgt", "--lv", "img-1")
+    assert code == 1 and "iqn.2026-11.io.tm-iscsi:vgt.img-1" in err and "unexport" in err
+    users.assert_called_with("/dev/vgt/img-1", "vgt.img-1")
     assert changes(lvm_mock) == []
     users.return_value = []
-    assert main(capsys, "lv-remove", "--vg", "vgt", "--lv", "a", "--require-tag",
+    assert main(capsys, "lv-remove", "--vg", "vgt", "--lv", "img-1", "--require-tag",
                 "tm_iscsi")[1]["removed"] is True
-    lvm_mock.remove.assert_called_once_with("vgt", "a")
+    lvm_mock.remove.assert_called_once_with("vgt", "img-1")
 
 
 def test_lv_info_and_list(capsys, lvm_mock):
-    assert main(capsys, "lv-info", "--vg", "vgt", "--lv", "b")[1] == {
-        "vg": "vgt", "lv": "b", "exists": True, "size_bytes": 64 * MIB, "origin": "a",
-        "tags": ["tm_iscsi", "x"], "active": False, "path": "/dev/vgt/b", "data_percent": 0.01}
-    assert main(capsys, "lv-info", "--vg", "vgt", "--lv", "n")[1]["exists"] is False
-    assert main(capsys, "lv-list", "--vg", "vgt", "--tag", "x")[1] == {
-        "vg": "vgt", "lvs": [{"lv": "b", "size_bytes": 64 * MIB, "origin": "a",
-                              "tags": ["tm_iscsi", "x"]}]}
+    assert main(capsys, "lv-info", "--vg", "vgt", "--lv", "img-2")[1] == {
+        "vg": "vgt", "lv": "img-2", "exists": True, "size_bytes": 64 * MIB, "origin": "img-1",
+        "tags": ["tm_iscsi", "tm_iscsi.x=1"], "active": False, "path": "/dev/vgt/img-2", "data_percent": 0.01}
+    assert main(capsys, "lv-info", "--vg", "vgt", "--lv", "img-97")[1]["exists"] is False
+    assert main(capsys, "lv-list", "--vg", "vgt", "--tag", "tm_iscsi.x=1")[1] == {
+        "vg": "vgt", "lvs": [{"lv": "img-2", "size_bytes": 64 * MIB, "origin": "img-1",
+                              "tags": ["tm_iscsi", "tm_iscsi.x=1"]}]}
     assert [r["lv"] for r in main(capsys, "lv-list", "--vg", "vgt")[1]["lvs"]] == [
-        "a", "b", "precious"]
+        "img-1", "img-2", "img-50"]
 
 
 def test_export_unexport_fence(capsys, lvm_mock, mocker):
     export = mocker.patch.object(lio, "export", return_value={"iqn": "x"})
     save = mocker.patch.object(lio, "save_config", return_value=True)
-    # /dev/vgt/b does not exist here: the LV is looked up and activated first.
-    code, out, _ = main(capsys, "export", "--vg", "vgt", "--lv", "b", "--initiator",
+    # /dev/vgt/img-2 does not exist here: the LV is looked up and activated first.
+    code, out, _ = main(capsys, "export", "--vg", "vgt", "--lv", "img-2", "--initiator",
                         "iqn.2026-11.lab.tm-iscsi:host1", "--readonly", "--chap-user", "u",
                         stdin="p4ssw0rd-long\n")
     assert code == 0 and out == {"iqn": "x"}
-    lvm_mock.activate.assert_called_once_with("vgt", "b")
+    lvm_mock.activate.assert_called_once_with("vgt", "img-2")
     export.assert_called_once_with(
-        naming.target_iqn("vgt", "b"), "vgt.b", "/dev/vgt/b", naming.lun_serial("vgt", "b"),
+        naming.target_iqn("vgt", "img-2"), "vgt.img-2", "/dev/vgt/img-2",
+        naming.lun_serial("vgt", "img-2"),
         "iqn.2026-11.lab.tm-iscsi:host1", portal_ip="0.0.0.0", port=3260,
         chap=("u", "p4ssw0rd-long"), readonly=True)
     save.assert_called_once()
-    code, _, err = main(capsys, "export", "--vg", "vgt", "--lv", "b", "--initiator",
+    code, _, err = main(capsys, "export", "--vg", "vgt", "--lv", "img-2", "--initiator",
                         "iqn.2026-11.lab.tm-iscsi:host1", "--chap-user", "u", stdin="")
     assert code == 1 and "first line of stdin" in err
-    code, _, err = main(capsys, "export", "--vg", "vgt", "--lv", "b", "--initiator",
+    code, _, err = main(capsys, "export", "--vg", "vgt", "--lv", "img-2", "--initiator",
                         "iqn.2026-11.lab.tm-iscsi:host1", "--chap-user", "u",
                         stdin="has blank\n")
     assert code == 1 and "printable" in err and "has blank" not in err
-    code, _, err = main(capsys, "export", "--vg", "vgt", "--lv", "nope", "--initiator",
+    code, _, err = main(capsys, "export", "--vg", "vgt", "--lv", "img-98", "--initiator",
                         "iqn.2026-11.lab.tm-iscsi:host1")
     assert code == 1 and "does not exist" in err
     assert export.call_count == 1
 
     unexport = mocker.patch.object(lio, "unexport", return_value=(True, []))
-    assert main(capsys, "unexport", "--vg", "vgt", "--lv", "b", "--iqn-base",
+    assert main(capsys, "unexport", "--vg", "vgt", "--lv", "img-2", "--iqn-base",
                 "iqn.2026-12.org.example")[1] == {
-        "iqn": "iqn.2026-12.org.example:vgt.b", "removed_target": True, "initiators": []}
-    unexport.assert_called_once_with("iqn.2026-12.org.example:vgt.b", "vgt.b", None)
+        "iqn": "iqn.2026-12.org.example:vgt.img-2", "removed_target": True, "initiators": []}
+    unexport.assert_called_once_with("iqn.2026-12.org.example:vgt.img-2", "vgt.img-2", None)
 
     mocker.patch.object(lio, "targets_with_initiator", return_value=["t1", "t2"])
     remove_acl = mocker.patch.object(lio, "remove_acl", side_effect=[True, False])
@@ -548,8 +555,8 @@ def test_a_command_imports_only_its_own_module():
 # -- confinement: the helper does the driver's job and refuses everything else ----------------
 
 @pytest.mark.parametrize("argv", [
-    ["lv-remove", "--vg", "othervg", "--lv", "precious"],
-    ["lv-read", "--vg", "othervg", "--lv", "precious"],
+    ["lv-remove", "--vg", "othervg", "--lv", "img-50"],
+    ["lv-read", "--vg", "othervg", "--lv", "img-50"],
     ["export", "--vg", "fd", "--lv", "0", "--initiator", "iqn.2026-11.lab.tm-iscsi:host2"],
     ["export", "--vg", "mapper", "--lv", "vgt-tpool_tdata", "--initiator",
      "iqn.2026-11.lab.tm-iscsi:host2"],
@@ -565,18 +572,16 @@ def test_a_vg_that_is_not_the_node_s_is_refused_before_lvm_is_asked(capsys, lvm_
 
 
 @pytest.mark.parametrize("argv, verb", [
-    (["lv-remove", "--vg", "vgt", "--lv", "precious"], "remove"),
-    (["lv-read", "--vg", "vgt", "--lv", "precious"], "read"),
-    (["lv-write", "--vg", "vgt", "--lv", "precious"], "write"),
-    (["lv-resize", "--vg", "vgt", "--lv", "precious", "--size-mib", "128"], "resize"),
-    (["lv-mkfs", "--vg", "vgt", "--lv", "precious", "--fs", "ext4"], "format"),
-    (["lv-tag", "--vg", "vgt", "--lv", "precious", "--add", "tm_iscsi"], "tag"),
-    (["lv-snapshot", "--vg", "vgt", "--origin", "precious", "--lv", "img-5"], "snapshot"),
-    (["lv-copy", "--vg", "vgt", "--src", "precious", "--dst", "a"], "copy"),
-    (["lv-copy", "--vg", "vgt", "--src", "a", "--dst", "precious"], "overwrite"),
-    (["export", "--vg", "vgt", "--lv", "precious", "--initiator",
-      "iqn.2026-11.lab.tm-iscsi:host2"], "export"),
-    (["export", "--vg", "vgt", "--lv", "tpool", "--initiator",
+    (["lv-remove", "--vg", "vgt", "--lv", "img-50"], "remove"),
+    (["lv-read", "--vg", "vgt", "--lv", "img-50"], "read"),
+    (["lv-write", "--vg", "vgt", "--lv", "img-50"], "write"),
+    (["lv-resize", "--vg", "vgt", "--lv", "img-50", "--size-mib", "128"], "resize"),
+    (["lv-mkfs", "--vg", "vgt", "--lv", "img-50", "--fs", "ext4"], "format"),
+    (["lv-tag", "--vg", "vgt", "--lv", "img-50", "--add", "tm_iscsi"], "tag"),
+    (["lv-snapshot", "--vg", "vgt", "--origin", "img-50", "--lv", "img-5"], "snapshot"),
+    (["lv-copy", "--vg", "vgt", "--src", "img-50", "--dst", "img-1"], "copy"),
+    (["lv-copy", "--vg", "vgt", "--src", "img-1", "--dst", "img-50"], "overwrite"),
+    (["export", "--vg", "vgt", "--lv", "img-50", "--initiator",
       "iqn.2026-11.lab.tm-iscsi:host2"], "export"),
 ])
 def test_an_lv_that_is_not_tm_iscsi_s_is_refused(capsys, lvm_mock, mocker, argv, verb):
@@ -589,19 +594,19 @@ def test_an_lv_that_is_not_tm_iscsi_s_is_refused(capsys, lvm_mock, mocker, argv,
 
 def test_new_lvs_only_under_tm_iscsi_s_names_and_the_owner_tag_stays(capsys, lvm_mock):
     code, _, err = main(capsys, "lv-create", "--vg", "vgt", "--lv", "evil", "--size-mib", "1")
-    assert code == 1 and "tm_iscsi names its LVs img-N, vm-N-disk-N" in err
-    code, _, err = main(capsys, "lv-snapshot", "--vg", "vgt", "--origin", "a", "--lv", "root")
-    assert code == 1 and "refusing to create vgt/root" in err
-    code, _, err = main(capsys, "lv-tag", "--vg", "vgt", "--lv", "a", "--delete", "tm_iscsi")
+    assert code == 2 and "its LVs are named img-N or vm-N-disk-N" in err
+    code, _, err = main(capsys, "lv-snapshot", "--vg", "vgt", "--origin", "img-1", "--lv", "root")
+    assert code == 2 and "LV 'root' is not tm_iscsi's" in err
+    code, _, err = main(capsys, "lv-tag", "--vg", "vgt", "--lv", "img-1", "--delete", "tm_iscsi")
     assert code == 1 and "never removed" in err
     assert changes(lvm_mock) == []
 
 
 def test_without_node_conf_only_tm_iscsi_s_default_vg_names(capsys, lvm_mock, node_conf):
     node_conf.write_text("ROLES=storage\n")
-    code, _, err = main(capsys, "lv-info", "--vg", "vgt", "--lv", "a")
+    code, _, err = main(capsys, "lv-info", "--vg", "vgt", "--lv", "img-1")
     assert code == 2 and "only vg-one-<datastore id>" in err
-    code, out, _ = main(capsys, "lv-info", "--vg", "vg-one-100", "--lv", "a")
+    code, out, _ = main(capsys, "lv-info", "--vg", "vg-one-100", "--lv", "img-1")
     assert code == 0
 
 

@@ -3,7 +3,7 @@ import hashlib
 import os
 import tempfile
 
-from .. import dsconf, log, naming
+from .. import dsconf, log, naming, protocol, volumes
 from ..errors import DriverError
 from ..tm import storage
 from . import sources
@@ -20,37 +20,44 @@ def _image_lv(action):
 
 
 def _source_lv(ds, image):
-    vg, lv = naming.parse_source(image.require_source())
-    if vg != ds.vg:
-        raise DriverError(f"image SOURCE {image.source} is not in VG {ds.vg} of datastore "
-                          f"{ds.ds_id}")
-    return lv
+    return volumes.source_lv(image.require_source(), ds.vg,
+                             f"image in datastore {ds.ds_id}")
+
+
+def _remove_quietly(ctx, ds, lv):
+    """Undo what a failed action made; its own error is the one the administrator reads."""
+    try:
+        storage.remove(ctx, ds, lv)
+    except DriverError as err:
+        log.info(f"could not remove {ds.vg}/{lv} after the failure: {err}")
 
 
 def stat(ctx, action):
-    _fmt, size = sources.probe(action.require_image().require_path())
+    path = sources.check_path(action.require_image().require_path(), action.datastore)
+    _fmt, size = sources.probe(path)
     return str(sources.size_mib(size))
 
 
 def cp(ctx, action):
     ds = _config(ctx, action)
     image = action.require_image()
-    path = image.require_path()
+    path = sources.check_path(image.require_path(), action.datastore)
     fmt, virtual_size = sources.probe(path)
     lv = _image_lv(action)
     size = max(sources.size_mib(virtual_size), image.size_mb or 0)
-    storage.create(ctx, ds, lv, size, kind="image", image=action.object_id)
     stream, length = sources.open_stream(path)
-    log.info(f"copying {path} ({fmt}, {length or '?'} bytes) into {ds.vg}/{lv}")
-    # A known length lets the node refuse an image that does not fit before writing a byte.
-    length_args = ["--size-bytes", length] if length else []
     try:
+        storage.create(ctx, ds, lv, size, kind="image", image=action.object_id)
+        log.info(f"copying {path} ({fmt}, {length or '?'} bytes) into {ds.vg}/{lv}")
+        # A known length lets the node refuse an image that does not fit before writing a byte.
+        length_args = ["--size-bytes", length] if length else []
         ctx.node(ds.storage_host).call("lv-write", "--vg", ds.vg, "--lv", lv,
                                        "--format", fmt, *length_args, stdin=stream,
                                        timeout=ctx.settings.copy_timeout)
     except DriverError:
-        # A half-written image must not be left for oned to retry into: it would look complete.
-        storage.remove(ctx, ds, lv)
+        # A half-written image must not be left for oned to retry into: it would look complete,
+        # and oned calls no rm after a failed cp (fixture 24).
+        _remove_quietly(ctx, ds, lv)
         raise
     finally:
         stream.close()
@@ -64,10 +71,21 @@ def mkfs(ctx, action):
     if image.is_save_as:
         # disk-saveas: cpds makes the LV as a thin snapshot of the disk; only the name is due now.
         return naming.source(ds.vg, lv)
-    storage.create(ctx, ds, lv, image.require_size_mb(), kind="image", image=action.object_id)
-    fs = image.fs
-    if fs and fs != "raw":
-        storage.mkfs(ctx, ds, lv, fs)
+    try:
+        fs = protocol.checked_fs(image.fs, f"image {action.object_id}")
+    except ValueError as err:
+        raise DriverError(str(err))
+    size_mib = image.require_size_mb()
+    if size_mib < 1:
+        raise DriverError(f"image {action.object_id}: SIZE={size_mib} MB is not a size to make")
+    storage.create(ctx, ds, lv, size_mib, kind="image", image=action.object_id)
+    if fs != "raw":
+        try:
+            storage.mkfs(ctx, ds, lv, fs)
+        except DriverError:
+            # oned calls no rm after a failed mkfs: a blank LV left here would be nobody's.
+            _remove_quietly(ctx, ds, lv)
+            raise
     return naming.source(ds.vg, lv)
 
 
@@ -75,10 +93,9 @@ def clone(ctx, action):
     """oneimage clone: a thin snapshot of the origin image, O(1)."""
     ds = _config(ctx, action)
     image = action.require_image()
-    vg, origin = naming.parse_source(image.require_path())
-    if vg != ds.vg:
-        raise DriverError(f"cannot clone {image.path} into VG {ds.vg}: a thin snapshot stays in "
-                          "its pool")
+    # PATH is the origin's SOURCE; a thin snapshot stays in its pool, so the VG must be ours.
+    origin = volumes.source_lv(image.require_path(), ds.vg,
+                               f"clone of {image.path!r} into datastore {ds.ds_id}")
     lv = _image_lv(action)
     storage.snapshot(ctx, ds, origin, lv, size_mib=image.size_mb, kind="image",
                      image=action.object_id)
@@ -133,16 +150,27 @@ def export(ctx, action):
     ds = _config(ctx, action)
     image = action.require_image()
     lv = _source_lv(ds, image)
-    os.makedirs(EXPORT_DIR, exist_ok=True)
-    fd, path = tempfile.mkstemp(prefix=f"img-{action.object_id}-", suffix=".raw", dir=EXPORT_DIR)
+    try:
+        os.makedirs(EXPORT_DIR, mode=0o700, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix=f"img-{action.object_id}-", suffix=".raw",
+                                    dir=EXPORT_DIR)
+    except OSError as err:
+        raise DriverError(f"cannot write into the export spool {EXPORT_DIR}: {err.strerror}")
     md5 = hashlib.md5()
-    with os.fdopen(fd, "wb") as out:
-        ctx.node(ds.storage_host).stream_out("lv-read", "--vg", ds.vg, "--lv", lv, sink=out,
-                                             timeout=ctx.settings.copy_timeout)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            md5.update(block)
-    size_mb = sources.size_mib(os.path.getsize(path))
+    try:
+        with os.fdopen(fd, "wb") as out:
+            ctx.node(ds.storage_host).stream_out("lv-read", "--vg", ds.vg, "--lv", lv,
+                                                 sink=out, timeout=ctx.settings.copy_timeout)
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                md5.update(block)
+        size_mb = sources.size_mib(os.path.getsize(path))
+    except BaseException as err:
+        # The market driver disposes of the file only after a successful export.
+        os.unlink(path)
+        if isinstance(err, OSError):
+            raise DriverError(f"exporting {ds.vg}/{lv} into {EXPORT_DIR} failed: {err.strerror}")
+        raise
     return ("<IMPORT_INFO><IMPORT_SOURCE><![CDATA[{}]]></IMPORT_SOURCE><MD5><![CDATA[{}]]></MD5>"
             "<SIZE><![CDATA[{}]]></SIZE><FORMAT><![CDATA[raw]]></FORMAT>"
             "<DISPOSE>YES</DISPOSE><DISPOSE_CMD><![CDATA[rm -f {}]]></DISPOSE_CMD></IMPORT_INFO>"

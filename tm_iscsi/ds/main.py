@@ -28,7 +28,8 @@ def _run(action, argv, stdin, ctx):
         if action not in ACTIONS:
             raise DriverError(f"{action} is not supported by the iscsi_lvm datastore")
         if stdin is None and len(argv) < 2:
-            stdin = sys.stdin.read()
+            from ..entry import stdin_bytes
+            stdin = stdin_bytes()
         driver_action = read_ds_action(action, argv, stdin)
         if ctx is None:
             from ..context import ActionContext

@@ -15,6 +15,7 @@ import time
 from dmcache import activate as _activate
 from dmcache import localvg, orphans as _orphans, readcache, stack, state
 
+from .. import naming
 from . import iscsi, locks, lvm, paths
 from .cli import command
 from .targets import LINK, SERIAL
@@ -29,7 +30,9 @@ MIB = 1024 * 1024
 
 
 
-NAME = _checked(lambda v: bool(_NAME_RE.match(v)), "stack name (letters, digits, _.+-)")
+# A stack is named after the disk's LV (vm-42-disk-0, img-7 for a persistent image).
+NAME = _checked(lambda v: bool(_NAME_RE.match(v)) and naming.is_scheme_lv(v),
+                "stack name (the disk's LV: img-N or vm-N-disk-N)")
 VG = _checked(lambda v: bool(_NAME_RE.match(v)) and v == localvg.DEFAULT_VG,
               f"cache VG: this host's is {localvg.DEFAULT_VG} (CACHE_VG in node.conf)")
 DEV = _checked(lambda v: bool(_DEV_RE.match(v)) and ".." not in v.split("/"),

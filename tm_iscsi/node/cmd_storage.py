@@ -19,7 +19,7 @@ from . import run as _run
 from .chap import add_option as chap_option, credentials as chap_credentials
 from .cli import checked_command as command
 from .errors import NodeError
-from .naming_args import checked as _checked, int_range as _int_range
+from .naming_args import LV, TAG, checked as _checked, int_range as _int_range
 
 
 
@@ -37,7 +37,6 @@ mkfs_argv = lvops.mkfs_argv
 
 
 NAME = _checked(naming.valid_name, "name (letters, digits and +_.- only)")
-TAG = _checked(lvm.valid_tag, "LV tag (letters, digits and _+.:/=- only)")
 IQN = _checked(iscsi.valid_iqn, "iSCSI name (iqn.YYYY-MM.domain[:name])")
 IQN_BASE = _checked(lambda v: iscsi.valid_iqn(v) and ":" not in v,
                     "IQN base (iqn.YYYY-MM.domain, without ':')")
@@ -47,7 +46,7 @@ IQN_BASE = _checked(lambda v: iscsi.valid_iqn(v) and ":" not in v,
 
 SIZE_MIB = _int_range(1, 1024 * 1024 * 1024, "size in MiB")
 PERCENT = _int_range(1, 100, "percentage")
-FILL = _int_range(0, 100, "fill percentage")
+FILL = _int_range(1, 100, "fill percentage")
 PORT = _int_range(1, 65535, "TCP port")
 
 
@@ -144,7 +143,7 @@ def lv_create(args):
 def _lv_create_options(p):
     _vg_option(p)
     _pool_option(p)
-    p.add_argument("--lv", required=True, type=NAME)
+    p.add_argument("--lv", required=True, type=LV)
     p.add_argument("--size-mib", required=True, type=SIZE_MIB)
     p.add_argument("--tag", action="append", type=TAG, help="LV tag (repeatable)")
     p.add_argument("--max-fill", type=FILL, default=90,
@@ -166,8 +165,8 @@ def lv_snapshot(args):
 
 def _lv_snapshot_options(p):
     _vg_option(p)
-    p.add_argument("--origin", required=True, type=NAME)
-    p.add_argument("--lv", required=True, type=NAME)
+    p.add_argument("--origin", required=True, type=LV)
+    p.add_argument("--lv", required=True, type=LV)
     p.add_argument("--size-mib", type=SIZE_MIB, help="grow the snapshot to this size")
     p.add_argument("--tag", action="append", type=TAG)
     p.add_argument("--max-fill", type=FILL, default=90)
@@ -196,7 +195,7 @@ def lv_remove(args):
 
 def _lv_remove_options(p):
     _vg_option(p)
-    p.add_argument("--lv", required=True, type=NAME)
+    p.add_argument("--lv", required=True, type=LV)
     p.add_argument("--require-tag", type=TAG, help="remove only if the LV carries this tag")
 
 
@@ -223,7 +222,7 @@ def lv_resize(args):
 
 def _lv_resize_options(p):
     _vg_option(p)
-    p.add_argument("--lv", required=True, type=NAME)
+    p.add_argument("--lv", required=True, type=LV)
     p.add_argument("--size-mib", required=True, type=SIZE_MIB)
 
 
@@ -243,7 +242,7 @@ def lv_info(args):
 
 def _lv_options(p):
     _vg_option(p)
-    p.add_argument("--lv", required=True, type=NAME)
+    p.add_argument("--lv", required=True, type=LV)
 
 
 lv_info.configure = _lv_options
@@ -518,8 +517,8 @@ def lv_copy(args):
 
 def _lv_copy_options(p):
     _vg_option(p)
-    p.add_argument("--src", required=True, type=NAME)
-    p.add_argument("--dst", required=True, type=NAME)
+    p.add_argument("--src", required=True, type=LV)
+    p.add_argument("--dst", required=True, type=LV)
 
 
 lv_copy.configure = _lv_copy_options
@@ -569,7 +568,7 @@ def export(args):
 
 def _lio_lv_options(p):
     _vg_option(p)
-    p.add_argument("--lv", required=True, type=NAME)
+    p.add_argument("--lv", required=True, type=LV)
     p.add_argument("--iqn-base", default=naming.DEFAULT_IQN_BASE, type=IQN_BASE)
 
 

@@ -4,16 +4,13 @@ The front-end records facts on the LV itself, where every host and every later a
 which host holds unflushed write-back data of a clone (no other host may use the clone until it
 is flushed), which base a clone's region map was made against, a retired base."""
 from .cli import command
-from .errors import NodeError, NodeUsageError
+from .errors import NodeError
 from .. import naming
 from . import confine, locks, lvm, naming_args
 
 
 @command("lv-tag", "add and remove tags of an LV (idempotent); prints the tags it ends with")
 def lv_tag(args):
-    for tag in list(args.add) + list(args.delete):
-        if not lvm.valid_tag(tag):
-            raise NodeUsageError(f"invalid LV tag {tag!r}")
     with locks.lock("vg", args.vg):
         rep = lvm.report(args.vg)
         lv = rep.lvs.get(args.lv)
@@ -39,9 +36,9 @@ def lv_tag(args):
 
 def _options(p):
     p.add_argument("--vg", required=True, type=confine.storage_vg)
-    p.add_argument("--lv", required=True, type=naming_args.name("LV"))
-    p.add_argument("--add", action="append", default=[])
-    p.add_argument("--delete", action="append", default=[])
+    p.add_argument("--lv", required=True, type=naming_args.LV)
+    p.add_argument("--add", action="append", default=[], type=naming_args.TAG)
+    p.add_argument("--delete", action="append", default=[], type=naming_args.TAG)
 
 
 lv_tag.configure = _options

@@ -13,13 +13,13 @@ import socket
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from ..protocol import DEFAULT_PORT, parse_portal, valid_iqn  # noqa: F401 - one vocabulary
 from . import locks
 from . import run as _run
 from .errors import NodeError
 
 INITIATOR_FILE = os.environ.get("TM_ISCSI_INITIATOR_FILE", "/etc/iscsi/initiatorname.iscsi")
 SYSFS = os.environ.get("TM_ISCSI_SYSFS", "/sys")
-DEFAULT_PORT = 3260
 BY_PATH_DIR = "/dev/disk/by-path"
 
 # iscsiadm exit codes (open-iscsi's include/iscsi_err.h) the helper treats specially.
@@ -28,37 +28,7 @@ ERR_NO_OBJS_FOUND = 21
 ERR_LOGIN_AUTH_FAILED = 24
 ERR_TRANS_TIMEOUT = 8
 
-# RFC 3720 names: iqn.YYYY-MM.reversed.domain[:anything], eui.<16 hex>, naa.<16|32 hex>.
-# Only characters that can never mean anything to a shell.
-_IQN_RE = re.compile(r"^(iqn\.\d{4}-\d{2}\.[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[a-z0-9.:-]+)?"
-                     r"|eui\.[0-9a-f]{16}|naa\.(?:[0-9a-f]{16}|[0-9a-f]{32}))$")
-_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})$")
 _HCTL_RE = re.compile(r"^(\d+):(\d+):(\d+):(\d+)$")
-
-
-def valid_iqn(name):
-    return len(str(name)) <= 223 and bool(_IQN_RE.match(str(name)))
-
-
-def parse_portal(text):
-    """'host', 'host:port', '1.2.3.4:3260' or '[v6]:port' -> (host, port). ValueError if bad."""
-    text = str(text).strip()
-    host, port = text, DEFAULT_PORT
-    m = re.match(r"^\[([0-9A-Fa-f:.]+)\](?::(\d+))?$", text)
-    if m:
-        host, port = m.group(1), int(m.group(2) or DEFAULT_PORT)
-        ipaddress.IPv6Address(host)
-    else:
-        if text.count(":") == 1:
-            host, port_text = text.split(":")
-            if not port_text.isdigit():
-                raise ValueError(f"portal {text!r}: port must be a number")
-            port = int(port_text)
-        if not _HOSTNAME_RE.match(host):
-            raise ValueError(f"portal {text!r} is not HOST[:PORT]")
-    if not 0 < port < 65536:
-        raise ValueError(f"portal {text!r}: port {port} is out of range")
-    return host, port
 
 
 def resolve(host):

@@ -8,7 +8,7 @@ from . import run as _run
 from .errors import NodeError
 
 MIB = 1024 * 1024
-FILESYSTEMS = ("ext4", "ext3", "ext2", "xfs", "swap", "raw")
+from ..protocol import FILESYSTEMS  # noqa: F401 - one vocabulary
 _OWNER_KEYS = tuple(protocol.owner_tag(key, "") for key in protocol.OWNER_KEYS)
 
 

@@ -19,7 +19,7 @@ from .errors import NodeError
 from .naming_args import checked as _checked
 
 
-_SERIAL_RE = re.compile(r"^[A-Za-z0-9._:-]{1,80}$")
+_SERIAL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,79}$")
 # Absolute paths of plain names only: the link goes under a system datastore directory.
 _PATH_RE = re.compile(r"^/[A-Za-z0-9_.+@=:/-]{1,4000}$")
 # How long udev gets to create the by-path name before the link uses /dev/sdX directly.

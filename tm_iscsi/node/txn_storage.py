@@ -39,11 +39,13 @@ def _check_common(req):
     except argparse.ArgumentTypeError as err:
         raise NodeUsageError(str(err))
     _need(naming.valid_host(req.host), "host", req.host)
+    if getattr(req, "ds_id", None) is not None:
+        _need(0 <= req.ds_id < 1 << 31, "ds_id", req.ds_id)
     if req.initiator is not None:
         _need(iscsi.valid_iqn(req.initiator), "initiator", req.initiator)
     _need(iscsi.valid_iqn(req.iqn_base) and ":" not in req.iqn_base, "iqn_base", req.iqn_base)
     for disk in req.disks:
-        _need(naming.valid_name(disk.lv), "LV name", disk.lv)
+        _need(naming.is_scheme_lv(disk.lv), "LV name", disk.lv)
 
 
 def _check_attach(req):
@@ -58,7 +60,7 @@ def _check_attach(req):
     for disk in req.disks:
         for name in (disk.image_lv, (disk.create or {}).get("origin")):
             if name is not None:
-                _need(naming.valid_name(name), "LV name", name)
+                _need(naming.is_scheme_lv(name), "LV name", name)
         for host in (disk.wb_host, disk.wb_from):
             if host is not None:
                 _need(naming.valid_host(host), "host", host)
@@ -68,6 +70,15 @@ def _check_attach(req):
                                  f"{', '.join(lvops.FILESYSTEMS)}")
         if create.get("size_mib") is not None and not 1 <= create["size_mib"] <= 1 << 30:
             raise NodeUsageError(f"size_mib {create['size_mib']} is out of range")
+        owner = (disk.create or {}).get("owner") or {}
+        _need(isinstance(owner, dict) and set(owner) <= set(protocol.OWNER_KEYS), "owner",
+              owner)
+        for key, value in owner.items():
+            if key == "kind":
+                _need(value in protocol.VOLUME_KINDS, "owner kind", value)
+            else:
+                _need(isinstance(value, int) and not isinstance(value, bool) and
+                      0 <= value < 1 << 31, f"owner {key}", value)
         for tag in _owner(req, disk, "clone"):
             _need(lvm.valid_tag(tag), "owner tag", tag)
 
@@ -369,7 +380,7 @@ def _check_release(req):
     _check_common(req)
     for disk in req.disks:
         if disk.release_base_of is not None:
-            _need(naming.valid_name(disk.release_base_of), "LV name", disk.release_base_of)
+            _need(naming.is_scheme_lv(disk.release_base_of), "LV name", disk.release_base_of)
         if disk.wb_host is not None:
             _need(naming.valid_host(disk.wb_host), "wb_host", disk.wb_host)
 

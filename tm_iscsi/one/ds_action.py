@@ -39,7 +39,8 @@ DS_ACTIONS = (
 _IMAGE_ACTIONS = ("cp", "mkfs", "rm", "clone", "snap_delete", "snap_revert", "snap_flatten", "export")
 
 _ROOT = "DS_DRIVER_ACTION_DATA"
-_ID_RE = re.compile(r"[0-9]+\Z")
+_ID_RE = re.compile(r"[0-9]{1,10}\Z")
+_ID_MAX = 2 ** 31 - 1
 _WHITESPACE = re.compile(rb"\s+")
 
 
@@ -108,7 +109,7 @@ class DsDriverAction:
 
 
 def _parse_id(action, word):
-    if not _ID_RE.match(word):
+    if not _ID_RE.match(word) or int(word) > _ID_MAX:
         raise UsageError("%s: the object id must be a non-negative integer, got %s" % (action, show_value(word)))
     return int(word)
 

@@ -9,6 +9,7 @@ the ``require*`` accessors, which raise `MissingAttribute` naming object, id and
 that is present but unusable raises `BadAttribute`. Both are one-line messages for oned.
 """
 
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -30,8 +31,19 @@ _TRUE_WORDS = ("yes", "true", "1")
 _FALSE_WORDS = ("no", "false", "0")
 
 
+_INTEGER_RE = re.compile(r"\s*-?[0-9]{1,19}\s*")
+# Where the root element starts: a document type declaration can only come before it.
+_ELEMENT_START_RE = re.compile(r"<[A-Za-z_]")
+
+
 def parse_xml(xml, expected_root, what):
-    """Parse ``xml`` (str or bytes) and check its root tag."""
+    """Parse ``xml`` (str or bytes) and check its root tag. oned never writes a document type
+    declaration; one is refused before parsing, so no entity is ever expanded or fetched."""
+    text = xml.decode("utf-8", "replace") if isinstance(xml, bytes) else str(xml)
+    first_element = _ELEMENT_START_RE.search(text)
+    if "<!DOCTYPE" in text[:first_element.start() if first_element else len(text)]:
+        raise BadXml("%s has a document type declaration (<!DOCTYPE>), which oned never sends"
+                     % what)
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as err:
@@ -90,10 +102,11 @@ class _XmlView:
         value = self.text(path)
         if value is None:
             return None
-        try:
-            return int(value)
-        except ValueError:
+        # ASCII digits only (int() takes other scripts' digits too), and no more than a 64-bit
+        # number has: oned writes nothing longer.
+        if not _INTEGER_RE.fullmatch(value):
             raise self._bad(path, value, "an integer")
+        return int(value)
 
     def require_integer(self, path, hint=""):
         value = self.integer(path)

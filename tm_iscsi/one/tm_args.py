@@ -158,7 +158,12 @@ _PATH_CHARS = frozenset(_ALNUM + "_.+,=@%/-")
 _URL_CHARS = _PATH_CHARS | frozenset(":")
 _FILE_NAME_CHARS = _PATH_CHARS - frozenset("/")
 
-_INT_RE = re.compile(r"-?[0-9]+\Z")
+# oned's ids are C ints and its sizes fit far below 10 digits of MiB; a longer word is no number
+# oned wrote (and int() of thousands of digits is slow, then refused by Python itself).
+_INT_RE = re.compile(r"-?[0-9]{1,10}\Z")
+INT_MAX = 2 ** 31 - 1
+# Longest argv word accepted: paths under the datastore location, names, LV sources.
+_WORD_MAX = 1024
 _DISK_RE = re.compile(r"/disk\.([0-9]+)\Z")
 _SLASHES_RE = re.compile(r"/{2,}")
 
@@ -553,20 +558,35 @@ class _Argv:
         value = self.args[index]
         if not isinstance(value, str):
             self.fail("argument %d (%s) is not a string" % (index + 1, what))
+        if len(value) > _WORD_MAX:
+            self.fail("argument %d (%s) is %d characters long, more than %d"
+                      % (index + 1, what, len(value), _WORD_MAX))
         return value
 
     def integer(self, index, what, minimum=0):
         value = self.word(index, what)
-        if not _INT_RE.match(value) or int(value) < minimum:
+        if not _INT_RE.match(value) or not minimum <= int(value) <= INT_MAX:
             kind = "a non-negative integer" if minimum == 0 else "an integer >= %d" % minimum
             self.fail("argument %d (%s) must be %s, got %s" % (index + 1, what, kind, show_value(value)))
         return int(value)
 
-    def name(self, index, what):
-        value = self.word(index, what)
+    def name(self, index, what, value=None):
+        value = self.word(index, what) if value is None else value
+        if len(value) > 120:
+            self.fail("argument %d (%s) is longer than 120 characters" % (index + 1, what))
         self.check(index, what, value, _NAME_CHARS)
         if value.startswith("-"):
             self.fail("argument %d (%s) %s must not start with '-'" % (index + 1, what, show_value(value)))
+        return value
+
+    def source(self, index, what):
+        """An image SOURCE as tm_iscsi writes it: ``<vg>/<lv>``, the LV of its naming scheme."""
+        value = self.word(index, what)
+        vg, slash, lv = value.partition("/")
+        if not slash or "/" in lv:
+            self.fail("argument %d (%s) must be <vg>/<lv>, got %s" % (index + 1, what, show_value(value)))
+        self.name(index, what + " VG", vg)
+        self.name(index, what + " LV", lv)
         return value
 
     def host(self, index, what, value=None):
@@ -716,7 +736,7 @@ def _mvds(argv, system_tm):
     args = MvdsArgs(
         action=argv.action,
         disk=argv.host_path(0, "disk", "disk"),
-        source=argv.path(1, "image SOURCE", absolute=False),
+        source=argv.source(1, "image SOURCE"),
         vmid=argv.integer(2, "vmid"),
         dsid=argv.integer(3, "dsid"),
         system_tm=system_tm,
@@ -730,7 +750,7 @@ def _cpds(argv, system_tm):
     args = CpdsArgs(
         action=argv.action,
         disk=argv.host_path(0, "disk", "disk"),
-        source=argv.path(1, "new image SOURCE", absolute=False),
+        source=argv.source(1, "new image SOURCE"),
         snap_id=argv.integer(2, "snap_id", minimum=-1),
         vmid=argv.integer(3, "vmid"),
         dsid=argv.integer(4, "dsid"),
@@ -809,7 +829,7 @@ def _backup(argv, system_tm):
     disk_words = argv.word(1, "disk ids")
     disk_ids = []
     for word in disk_words.split(":"):
-        if not _INT_RE.match(word) or int(word) < 0:
+        if not _INT_RE.match(word) or not 0 <= int(word) <= INT_MAX:
             argv.fail("argument 2 (disk ids) must be N[:N...], got %s" % show_value(disk_words))
         disk_ids.append(int(word))
     job = argv.word(3, "backup job id")

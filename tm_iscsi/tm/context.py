@@ -20,16 +20,23 @@ def _iso_argv(out, label, tree):
     raise DriverError("no ISO tool on the front-end: install genisoimage (or mkisofs/xorriso)")
 
 
+def _copy(path, dest, what):
+    try:
+        shutil.copyfile(path, dest)
+    except FileNotFoundError:
+        raise DriverError(f"{what} {path} does not exist on the front-end")
+    except OSError as err:
+        raise DriverError(f"cannot read {what} {path} on the front-end: {err.strerror}")
+
+
 def context(ctx, args):
     with tempfile.TemporaryDirectory(prefix="tm_iscsi-ctx-") as work:
         tree = os.path.join(work, "iso")
         os.mkdir(tree)
-        shutil.copy(args.context_script, os.path.join(tree, "context.sh"))
+        _copy(args.context_script, os.path.join(tree, "context.sh"), "context script")
         for item in args.files:
             name = item.target or os.path.basename(item.path)
-            if not os.path.exists(item.path):
-                raise DriverError(f"context file {item.path} does not exist on the front-end")
-            shutil.copy(item.path, os.path.join(tree, name))
+            _copy(item.path, os.path.join(tree, name), "context file")
         iso = os.path.join(work, "context.iso")
         result = subprocess.run(_iso_argv(iso, "CONTEXT", tree), capture_output=True, timeout=120)
         if result.returncode != 0:

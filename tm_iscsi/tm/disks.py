@@ -1,6 +1,6 @@
 """clone, ln, mkimage, mkswap, delete, mvds, cpds, resize: one VM disk on one host, each in
 the two node transactions of tm_iscsi.attachment (and a front-end disk in one)."""
-from .. import attachment, log, naming, volumes
+from .. import attachment, log, naming, protocol, volumes
 from ..attachment import Release
 from ..errors import DriverError
 from . import storage, sync
@@ -44,7 +44,11 @@ def _volatile(ctx, args, fs):
 
 def mkimage(ctx, args):
     vm = ctx.vm(args.vmid)
-    fs = vm.disk(args.disk.disk_id).fs or "raw"
+    try:
+        fs = protocol.checked_fs(vm.disk(args.disk.disk_id).fs, f"VM {vm.id} disk "
+                                 f"{args.disk.disk_id}")
+    except ValueError as err:
+        raise DriverError(str(err))
     _volatile(ctx, args, fs)
 
 
@@ -89,10 +93,12 @@ def cpds(ctx, args):
     one of its snapshots."""
     vm = ctx.vm(args.vmid)
     volume = volumes.of_disk(ctx, vm, args.disk.disk_id, args.dsid)
-    vg, new_lv = naming.parse_source(args.source)
+    vg, _ = naming.parse_source(args.source)
     if vg != volume.vg:
         raise DriverError(f"cannot save disk {args.disk.disk_id} of VM {vm.id} from VG "
                           f"{volume.vg} into VG {vg}: a thin snapshot stays in its pool")
+    new_lv = volumes.source_lv(args.source, vg, f"the new image of VM {vm.id} disk "
+                               f"{args.disk.disk_id}")
     if args.snap_id < 0:
         attachment.flush_if_cached(ctx, vm, args.disk.disk_id, volume, args.disk.host)
         origin = volume.lv

@@ -37,7 +37,8 @@ def _handlers():
 def _monitor(ctx, args):
     from ..one.ds_action import read_ds_action
     from .monitor import monitor_lines
-    stdin = None if args.legacy_payload else sys.stdin.read()
+    from ..entry import stdin_bytes
+    stdin = None if args.legacy_payload else stdin_bytes()
     action = read_ds_action("monitor", [a for a in (args.legacy_payload, str(args.dsid)) if a],
                             stdin)
     from .. import dsconf
@@ -87,7 +88,9 @@ def _run(action, argv, stdin, ctx):
 def _stdin_text():
     if sys.stdin is None or sys.stdin.isatty():
         return None
-    return sys.stdin.read()
+    from ..entry import stdin_bytes
+    # base64 is ASCII: any other byte makes the document unusable, not the action a traceback.
+    return stdin_bytes().decode("ascii", "replace")
 
 
 def main(argv=None):

@@ -7,6 +7,7 @@ import subprocess
 
 from .. import attachment, cachemode, log, protocol, volumes
 from ..errors import DriverError
+from ..one.errors import OneError
 from ..one.objects import VirtualMachine
 from . import moves
 
@@ -22,9 +23,14 @@ def _our_disks(ctx, vm):
 def _vm(ctx, args, stdin_xml):
     if stdin_xml:
         try:
-            return VirtualMachine.from_xml(base64.b64decode(stdin_xml).decode())
-        except (ValueError, UnicodeDecodeError):
-            pass
+            vm = VirtualMachine.from_xml(base64.b64decode(stdin_xml).decode())
+        except (ValueError, UnicodeDecodeError, OneError):
+            vm = None   # unreadable: oned's own record serves
+        if vm is not None:
+            if vm.integer("ID") != args.vmid:
+                raise DriverError(f"the VM document on stdin is VM {vm.text('ID')}, not VM "
+                                  f"{args.vmid} of the arguments")
+            return vm
     return ctx.vm(args.vmid)
 
 
