@@ -21,8 +21,10 @@ _CHAP_SECRET_RE = re.compile(r"[\x21-\x7e]{1,255}")
 
 # Every LV tm_iscsi makes carries this tag (lv_tags), which is how the node helper tells its own
 # LVs from anybody else's; and has a name of this scheme: an image, a VM's own disk, a snapshot
-# of either, an image's read-cache base, a clone's region map.
-_LV_SCHEME_RE = re.compile(r"^(img-\d{1,12}|vm-\d{1,12}-disk-\d{1,6})(-snap-\d{1,12})?(-base|-map)?$")
+# of either, an image's read-cache base, a clone's region map, and the two names an LV's content
+# has while it is replaced (the replacement being made, the content being replaced).
+_LV_SCHEME_RE = re.compile(r"^(img-\d{1,12}|vm-\d{1,12}-disk-\d{1,6})(-snap-\d{1,12})?"
+                           r"(-base|-map|-next|-prev)?$")
 _DEFAULT_VG_RE = re.compile(r"^vg-one-\d{1,12}$")
 
 
@@ -57,6 +59,16 @@ def disk_lv(vm_id, disk_id):
 
 def snapshot_lv(lv, snap_id):
     return f"{lv}-snap-{int(snap_id)}"
+
+
+def replacement_lv(lv):
+    """Where an LV's new content is made before it takes the LV's name (lv-revert)."""
+    return f"{lv}-next"
+
+
+def replaced_lv(lv):
+    """The name an LV's old content has between the swap and its removal (lv-revert)."""
+    return f"{lv}-prev"
 
 
 def source(vg, lv):

@@ -364,3 +364,61 @@ PY""")
         helper(lab, "unexport", "--vg", VG, "--lv", "img-1", "--initiator", HOST2)
     assert helper(lab, "exports") == live_before
     assert saved_config(lab)["targets"][0]["tpgs"][0]["node_acls"][0]["node_wwn"] == HOST1
+
+
+def test_revert_makes_the_new_content_before_the_old_goes_and_converges(lab):
+    make_vg(lab)
+    helper(lab, "pool-ensure", "--vg", VG)
+    old, new = pattern(8, seed=1), pattern(8, seed=2)
+    helper(lab, "lv-create", "--vg", VG, "--lv", "img-5", "--size-mib", "8")
+    helper(lab, "lv-write", "--vg", VG, "--lv", "img-5", input=old)
+    helper(lab, "lv-snapshot", "--vg", VG, "--origin", "img-5", "--lv", "img-5-snap-0")
+
+    def written_over():
+        helper(lab, "lv-write", "--vg", VG, "--lv", "img-5", input=new)
+        assert lv_sha(lab, "img-5") == sha(new)
+
+    def reverted():
+        assert lv_sha(lab, "img-5") == sha(old)
+        names = [lv["lv"] for lv in helper(lab, "lv-list", "--vg", VG)["lvs"]]
+        assert sorted(names) == ["img-5", "img-5-snap-0"], names
+
+    written_over()
+    out = helper(lab, "lv-revert", "--vg", VG, "--lv", "img-5", "--to", "img-5-snap-0",
+                 "--tag", "tm_iscsi.kind=image")
+    assert out["size_bytes"] == 8 * MIB
+    reverted()
+    assert "tm_iscsi.kind=image" in helper(lab, "lv-info", "--vg", VG, "--lv", "img-5")["tags"]
+
+    # A refusal (a fill limit below the pool's fill) changes nothing: the content stays.
+    written_over()
+    assert "too full" in refused(lab, "lv-revert", "--vg", VG, "--lv", "img-5", "--to",
+                                 "img-5-snap-0", "--max-fill", "1")
+    assert lv_sha(lab, "img-5") == sha(new)
+    assert "does not exist" in refused(lab, "lv-revert", "--vg", VG, "--lv", "img-5", "--to",
+                                       "img-5-snap-9")
+    assert lv_sha(lab, "img-5") == sha(new)
+
+    # Stopped between the renames (the replacement made, the old content moved aside, the name
+    # free): the next run restores, then reverts.
+    lab.sh("storage", f"lvcreate -q -y --snapshot --setactivationskip n --addtag tm_iscsi "
+                      f"-n img-5-next {VG}/img-5-snap-0 && lvrename -q {VG} img-5 img-5-prev")
+    helper(lab, "lv-revert", "--vg", VG, "--lv", "img-5", "--to", "img-5-snap-0")
+    reverted()
+
+    # Killed at seeded points inside the command: the content is always one of the two, and
+    # the next run converges.
+    import random
+    rng = random.Random(5)
+    for _ in range(4):
+        written_over()
+        delay = rng.uniform(0.2, 3.0)
+        lab.sh("storage", f"""
+            env PYTHONPATH=/opt/tm_iscsi /opt/tm_iscsi-venv/bin/python -m tm_iscsi.node \
+                lv-revert --vg {VG} --lv img-5 --to img-5-snap-0 >/dev/null 2>&1 &
+            sleep {delay:.2f}; kill -9 $! 2>/dev/null; wait""", check=False)
+        present = {lv["lv"] for lv in helper(lab, "lv-list", "--vg", VG)["lvs"]}
+        holder = "img-5" if "img-5" in present else "img-5-prev"
+        assert lv_sha(lab, holder) in (sha(old), sha(new)), (delay, present)
+        helper(lab, "lv-revert", "--vg", VG, "--lv", "img-5", "--to", "img-5-snap-0")
+        reverted()

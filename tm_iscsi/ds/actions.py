@@ -129,10 +129,8 @@ def snap_revert(ctx, action):
     image = action.require_image()
     lv = _source_lv(ds, image)
     snap = naming.snapshot_lv(lv, image.require_target_snapshot())
-    if not storage.lv_info(ctx, ds, snap).get("exists"):
-        raise DriverError(f"snapshot {snap} of image {action.object_id} does not exist")
-    storage.remove(ctx, ds, lv, with_snapshots=False)
-    storage.snapshot(ctx, ds, snap, lv, kind="image", image=action.object_id)
+    # The new content is made before the old goes: a refusal (pool too full) keeps the image.
+    storage.revert(ctx, ds, lv, snap, kind="image", image=action.object_id)
 
 
 def snap_flatten(ctx, action):

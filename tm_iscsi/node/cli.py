@@ -82,7 +82,7 @@ MODULE_OF = {
                      "cache-status", "cache-warm", "activate"), "cmd_cache"),
     **dict.fromkeys(("initiator", "sessions", "attach", "detach"), "cmd_host"),
     **dict.fromkeys(("pool-ensure", "pool-status", "lv-create", "lv-snapshot", "lv-remove",
-                     "lv-resize", "lv-info", "lv-list", "lv-write", "lv-read", "lv-copy",
+                     "lv-resize", "lv-revert", "lv-info", "lv-list", "lv-write", "lv-read", "lv-copy",
                      "lv-mkfs", "export", "unexport", "exports", "fence"), "cmd_storage"),
     "lv-tag": "cmd_tags",
     **dict.fromkeys(("storage-attach", "storage-release"), "txn_storage"),

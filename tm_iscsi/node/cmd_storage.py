@@ -175,6 +175,27 @@ def _lv_snapshot_options(p):
 lv_snapshot.configure = _lv_snapshot_options
 
 
+@command("lv-revert", "replace an LV's content by a new thin snapshot of one of its snapshots, "
+                     "the new one made before the old one goes")
+def lv_revert(args):
+    with locks.lock("vg", args.vg), _lv_lock(args.vg, args.lv):
+        rep = lvm.report(args.vg)
+        size = lvops.replace_with_snapshot(rep, args.lv, args.to, args.tag, args.max_fill)
+        return {"vg": args.vg, "lv": args.lv, "to": args.to, "size_bytes": size,
+                "path": lvm.lv_path(args.vg, args.lv)}
+
+
+def _lv_revert_options(p):
+    _vg_option(p)
+    p.add_argument("--lv", required=True, type=LV)
+    p.add_argument("--to", required=True, type=LV, help="the snapshot whose content it takes")
+    p.add_argument("--tag", action="append", type=TAG, help="the new LV's tags (repeatable)")
+    p.add_argument("--max-fill", type=FILL, default=90)
+
+
+lv_revert.configure = _lv_revert_options
+
+
 @command("lv-remove", "remove an LV that is not exported")
 def lv_remove(args):
     with locks.lock("vg", args.vg), _lv_lock(args.vg, args.lv):

@@ -238,6 +238,15 @@ def activate(vg, lv):
     _run.run(activate_argv(vg, lv), timeout=_CHANGE_TIMEOUT, what=f"activating {vg}/{lv}")
 
 
+def rename_argv(vg, lv, new_name):
+    return ["lvrename", "-q", vg, lv, new_name]
+
+
+def rename(vg, lv, new_name):
+    _run.run(rename_argv(vg, lv, new_name), timeout=_CHANGE_TIMEOUT,
+             what=f"renaming {vg}/{lv} to {new_name}")
+
+
 def remove_argv(vg, lv):
     return ["lvremove", "-q", "-y", f"{vg}/{lv}"]
 

@@ -162,19 +162,59 @@ def ensure_fs(lv, fs):
 
 def remove(rep, name, verb="remove"):
     """Remove an LV that nothing exports (the caller unexported it). False if it was gone."""
-    from . import lio
     lv = rep.get(name)
     if lv is None:
         return False
     if lv.is_thin_pool:
         raise NodeError(f"{rep.name}/{name} is the thin pool; tm_iscsi removes volumes, not pools")
     confine.require_owned(lv, verb)
-    with lio.config_lock():
-        users = lio.users_of_device(lv.path, naming.backstore_name(rep.name, name))
-    if users:
-        names = [", ".join(iqns) or f"backstore {so}" for so, iqns in users]
-        raise NodeError(f"{rep.name}/{name} is still exported through LIO ({'; '.join(names)}); "
-                        "unexport it first")
+    _require_unexported(rep, lv)
     _run.info(f"removing {rep.name}/{name}")
     lvm.remove(rep.name, name)
     return True
+
+
+def replace_with_snapshot(rep, name, snap_name, tags, max_fill):
+    """`name` becomes a new thin snapshot of `snap_name` (a disk or image reverted to one of its
+    snapshots), made before the old content goes: the new LV is complete under a scratch name
+    (naming.replacement_lv) before the swap (two renames), and a refusal (a pool over its fill
+    limit) or a crash at any point leaves the old content intact under the LV's name or under
+    naming.replaced_lv, from where the next run restores it first. Returns the new size."""
+    vg = rep.name
+    scratch, previous = naming.replacement_lv(name), naming.replaced_lv(name)
+    snap = rep.get(snap_name)
+    if snap is None:
+        raise NodeError(f"snapshot {vg}/{snap_name} does not exist; {vg}/{name} is unchanged")
+    confine.require_owned(snap, "revert to")
+    current = rep.get(name)
+    if current is not None:
+        confine.require_owned(current, "revert")
+        _require_unexported(rep, current)
+    elif rep.get(previous) is None:
+        raise NodeError(f"{vg}/{name} does not exist; nothing to revert")
+    # A run that stopped half-way: its old content back under the LV's name, its scratch gone.
+    if current is None:
+        _run.info(f"restoring {vg}/{name} from {previous} (an earlier revert stopped)")
+        lvm.rename(vg, previous, name)
+    elif rep.get(previous) is not None:
+        remove(rep, previous, "remove")
+    if rep.get(scratch) is not None:
+        remove(rep, scratch, "remove")
+    check_fill(rep, snap.pool, max_fill)
+    _run.info(f"creating {vg}/{scratch}, a thin snapshot of {snap_name}")
+    lvm.create_snapshot(vg, snap_name, scratch, stamped(tags))
+    lvm.rename(vg, name, previous)
+    lvm.rename(vg, scratch, name)
+    _run.info(f"removing the replaced content of {vg}/{name}")
+    lvm.remove(vg, previous)
+    return snap.size_bytes
+
+
+def _require_unexported(rep, lv):
+    from . import lio
+    with lio.config_lock():
+        users = lio.users_of_device(lv.path, naming.backstore_name(rep.name, lv.name))
+    if users:
+        names = [", ".join(iqns) or f"backstore {so}" for so, iqns in users]
+        raise NodeError(f"{rep.name}/{lv.name} is still exported through LIO "
+                        f"({'; '.join(names)}); unexport it first")

@@ -57,9 +57,10 @@ def snap_revert(ctx, args):
                                               image_lv=image_lv, unexport=False, map=forget)])
     elif forget == "forget":
         attachment.release_storage(ctx, host, [Release(volume, unexport=False, map=forget)])
-    storage.remove(ctx, volume.ds, volume.lv, with_snapshots=False)
     owner = {"kind": volume.kind, "vm": vm.id if volume.owned_by_vm else None,
-             "disk": args.disk.disk_id if volume.owned_by_vm else None}
-    storage.snapshot(ctx, volume.ds, snap_lv, volume.lv, **owner)
+             "disk": args.disk.disk_id if volume.owned_by_vm else None,
+             "image": vm.disk(args.disk.disk_id).image_id}
+    # The new content is made before the old goes: a refusal (pool too full) keeps the disk.
+    storage.revert(ctx, volume.ds, volume.lv, snap_lv, **owner)
     if on_host:
         attachment.attach(ctx, host, [attachment.Attach(volume, args.disk.path, mode, image_lv)])

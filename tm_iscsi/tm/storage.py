@@ -41,6 +41,17 @@ def remove(ctx, ds, lv, with_snapshots=True):
     return node.call("lv-remove", "--vg", ds.vg, "--lv", lv)
 
 
+def revert(ctx, ds, lv, snap, **owner):
+    """`lv` takes the content of its snapshot `snap`: unexported first (its LUN would show the
+    old blocks), then replaced by a new thin snapshot made before the old content goes."""
+    node = ctx.node(ds.storage_host)
+    node.call("unexport", "--vg", ds.vg, "--lv", lv, "--iqn-base", ds.iqn_base)
+    args = ["--vg", ds.vg, "--lv", lv, "--to", snap, "--max-fill", ds.max_fill]
+    for tag in naming.lv_tags(ds=ds.ds_id, **owner):
+        args += ["--tag", tag]
+    return node.call("lv-revert", *args)
+
+
 def mkfs(ctx, ds, lv, fs):
     return ctx.node(ds.storage_host).call("lv-mkfs", "--vg", ds.vg, "--lv", lv, "--fs", fs)
 
