@@ -51,7 +51,7 @@ HOSTILE_DS_ATTRS = {
     "ISCSI_IQN_BASE": ("not-an-iqn", "iqn.2026-11.x;id", "iqn with space", "iqn." + "x" * 300,
                        "IQN.2026-11.UPPER", "iqn.2026-11.x:", "-iqn.2026-11.x"),
     "CACHE_MODE": ("bogus", "read+bogus", "read;id", "writeback " * 3, "\u00fc"),
-    "MAX_POOL_FILL": ("x", "150", "-5", "0", "9" * 5000, "50%"),
+    "MAX_POOL_FILL": ("x", "150", "-5", "9" * 5000, "50%", "1e2"),
     "WRITEBACK_CACHE_MB": ("x", "1", "9" * 50, "-64"),
     "ISCSI_CHAP_USER": ("a b", "x" * 300, "user;id"),
 }

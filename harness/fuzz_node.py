@@ -86,7 +86,7 @@ HOSTILE_BY_OPTION = {
     "--src": ("tpool",), "--dst": ("tpool", "root"),
     "--vg": ("vg0", "ubuntu-vg", "vg-one-x"),
     "--size-mib": ("0", "-1", "x", "1e3", "99999999999999"),
-    "--max-fill": ("0", "101", "-5", "x"),
+    "--max-fill": ("101", "-5", "x", "1e2"),
     "--tag": ("a b", "x" * 300, "tag;id"),
     "--add": ("a b", "tag;id"), "--initiator": ("not-an-iqn", "iqn.x;id"),
     "--iqn": ("not-an-iqn",), "--serial": ("x;id", "a b"), "--portal": ("storage;id", "x:99999"),

@@ -91,9 +91,10 @@ def from_datastore(ds, settings):
                           f"{', '.join(protocol.MODES)}")
     max_fill = str(attr("MAX_POOL_FILL", settings.max_pool_fill)).strip()
     if not (max_fill.isascii() and max_fill.isdigit() and len(max_fill) <= 3 and
-            1 <= int(max_fill) <= 100):
+            0 <= int(max_fill) <= 100):
+        # 0 is a freeze: no new LV while the pool holds anything.
         raise DriverError(f"datastore {ds_id}: MAX_POOL_FILL={max_fill[:40]!r} must be a "
-                          "percentage from 1 to 100")
+                          "percentage from 0 to 100")
     max_fill = int(max_fill)
     writeback_mib = attr("WRITEBACK_CACHE_MB", str(WRITEBACK_MIB_DEFAULT)).strip()
     if not (writeback_mib.isascii() and writeback_mib.isdigit() and len(writeback_mib) <= 8 and

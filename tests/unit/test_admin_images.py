@@ -220,3 +220,12 @@ def test_an_image_oned_does_not_have_is_said_in_plain_words(cloud, oned, capsys,
     assert cli.main(["image", "export", "77", str(tmp_path / "x.raw")], cloud=cloud) == 1
     err = capsys.readouterr().err
     assert err == "tm-iscsi: oned has no image 77 (oneimage list shows what there is)\n"
+
+
+def test_import_refuses_a_file_under_the_datastore_s_restricted_dirs(cloud, oned, capsys):
+    """oned's own fs datastore refuses it; tm_iscsi's cp does too, and the import says so
+    before oned makes an image (one_auth is oneadmin's credential)."""
+    assert cli.main(["image", "import", "/etc/passwd", "--datastore", "100"], cloud=cloud) == 1
+    err = capsys.readouterr().err
+    assert "RESTRICTED_DIRS" in err and "SAFE_DIRS" in err
+    assert oned.allocated_images == []

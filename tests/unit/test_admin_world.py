@@ -3,6 +3,7 @@ datastores, the VM of 04-vm-deploy and hand-made hosts; nodes replaced by a reco
 answers per host and command; plain SSH commands (find, the doctor's probe) by a fake runner.
 (Also checks the world itself, so a broken fixture fails here first.)"""
 import subprocess
+import tempfile
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -111,6 +112,11 @@ def oned():
         def sys_vg(element):
             ET.SubElement(element.find("TEMPLATE"), "VG_NAME").text = VG
         standin.edit_with("datastore", 101, sys_vg)
+
+        def safe_tmp(element):
+            # Where the tests keep the files they import (oned's default allows /var/tmp only).
+            element.find("TEMPLATE/SAFE_DIRS").text = f"/var/tmp {tempfile.gettempdir()}"
+        standin.edit_with("datastore", 100, safe_tmp)
         standin.put_document(host_xml(0, "host1", vm_ids=(0,)))
         standin.put_document(host_xml(1, "host2"))
         yield standin

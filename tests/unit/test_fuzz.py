@@ -177,3 +177,90 @@ def test_node_helper_refuses_hostile_input_before_it_runs_or_locks_anything(tmp_
     assert figures["calls"] >= 1000
     assert not failures, f"{len(failures)} of {figures['calls']} calls:\n" + "\n".join(
         failures[:60])
+
+
+# -- the programs themselves: remotes scripts, console scripts, the node helper ----------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT_SAMPLE = int(os.environ.get("TM_ISCSI_FUZZ_SCRIPTS", "160"))
+CONSOLE_ACTIONS = ("clone", "ln", "mkimage", "mkswap", "mv", "delete")
+
+
+def _ssh_recorder(directory):
+    """An `ssh` first on PATH that notes its words and answers as an unreachable host does."""
+    log = directory / "ssh.log"
+    script = directory / "ssh"
+    script.write_text(f"#!/bin/sh\necho \"$*\" >> {log}\n"
+                      "echo 'ssh: connect to host: Connection refused' >&2\nexit 255\n")
+    script.chmod(0o755)
+    return log
+
+
+def _program(case):
+    """The argv of one case as oned (or an administrator) starts it."""
+    import sys
+    python = sys.executable
+    if case.program == "tm" and case.action in CONSOLE_ACTIONS and hash(case.what) % 2:
+        return [os.path.join(os.path.dirname(python), f"tm_{case.action}"), *case.argv]
+    kind = "tm" if case.program == "tm" else "datastore"
+    return [os.path.join(REPO, "remotes", kind, "iscsi_lvm", case.action), *case.argv]
+
+
+def test_the_programs_refuse_hostile_input_in_one_line_without_a_network(standin, tmp_path):
+    import random
+    import subprocess
+    import sys
+    log = _ssh_recorder(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TM_ISCSI_")}
+    env.update(standin.env(str(tmp_path)))
+    env.update({"PATH": f"{tmp_path}:{os.path.dirname(sys.executable)}:/usr/bin:/bin",
+                "TM_ISCSI_PYTHON": sys.executable, "TM_ISCSI_CONF": "/none",
+                "TM_ISCSI_FRONTEND": "frontend", "PYTHONPATH": REPO, "LC_ALL": "C",
+                "TM_ISCSI_EXPORT_DIR": str(tmp_path / "export"),
+                "TM_ISCSI_LOCK_DIR": str(tmp_path / "locks"),
+                "TM_ISCSI_NODE_CONF": str(tmp_path / "no-node.conf")})
+    read_by_action = {}
+    all_cases = list(fuzz.cases(SEED, read_by_action))
+    rng = random.Random(SEED)
+    sample = rng.sample(all_cases, min(SCRIPT_SAMPLE, len(all_cases)))
+    from harness import fuzz_node
+    node_cases = rng.sample(list(fuzz_node.cases(SEED)), SCRIPT_SAMPLE // 4)
+    # An unchanged call does reach ssh, so a hostile one that did would show in the log.
+    driver, action, argv, stdin, docs = next(b for b in fuzz.base_calls() if b[1] == "delete")
+    for text in docs.values():
+        standin.put_xml(text)
+    subprocess.run(_program(fuzz.Case(driver, action, argv, stdin, docs, what="unchanged")),
+                   input=b"", capture_output=True, env=env, cwd=tmp_path, timeout=60)
+    assert log.exists()
+    failures = []
+    for case in sample + node_cases:
+        if isinstance(case, fuzz.Case):
+            for text in case.documents.values():
+                standin.put_xml(text)
+            argv, what = _program(case), case.describe()
+        else:
+            argv, what = [os.path.join(os.path.dirname(sys.executable), "tm-iscsi-node"),
+                          *case.argv], f"node {case.what}"
+        if log.exists():
+            log.unlink()
+        result = subprocess.run(argv, input=case.stdin or b"", capture_output=True, env=env,
+                                cwd=tmp_path, timeout=60)
+        err = result.stderr.decode("utf-8", "replace")
+        plain = [line for line in err.splitlines()
+                 if line.strip() and not line.startswith(("INFO:", "WARN:", "DEBUG:"))]
+        problems = []
+        if result.returncode == 0:
+            problems.append("exit 0")
+        if result.returncode == 70 or "Traceback" in err or "internal error" in err:
+            problems.append("traceback")
+        if len(plain) != 1:
+            problems.append(f"{len(plain)} plain stderr lines")
+        if result.stdout.strip():
+            problems.append("output")
+        if log.exists():
+            problems.append(f"ssh {log.read_text().splitlines()[:1]}")
+        if problems:
+            failures.append(f"{what}: {'; '.join(problems)}: {plain[:2]}")
+    print("program fuzz figures:", json.dumps({"calls": len(sample) + len(node_cases),
+                                               "failures": len(failures)}))
+    assert not failures, "\n".join(failures[:40])

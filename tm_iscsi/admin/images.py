@@ -77,6 +77,9 @@ def import_image(cloud, source, ds_id, name=None, image_type="OS", persistent=Fa
                               "here, as oneadmin)")
         if not os.access(path, os.R_OK):
             raise DriverError(f"{path} is not readable; oned's cp reads it as oneadmin")
+        # The datastore's cp would refuse it after oned made the image: refuse it first.
+        from ..ds.sources import check_path
+        check_path(path, entry.view)
     attributes = {"NAME": name or default_name(source), "PATH": path, "TYPE": image_type}
     if persistent:
         attributes["PERSISTENT"] = "YES"

@@ -46,7 +46,7 @@ IQN_BASE = _checked(lambda v: iscsi.valid_iqn(v) and ":" not in v,
 
 SIZE_MIB = _int_range(1, 1024 * 1024 * 1024, "size in MiB")
 PERCENT = _int_range(1, 100, "percentage")
-FILL = _int_range(1, 100, "fill percentage")
+FILL = _int_range(0, 100, "fill percentage")
 PORT = _int_range(1, 65535, "TCP port")
 
 
