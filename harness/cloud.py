@@ -159,8 +159,27 @@ class Cloud:
         assert cp.success, cp.info
         return self.raw
 
-    def ds_action(self, action, object_id, xml):
-        return self.ds.run(action, object_id, xml)
+    def ds_action(self, action, object_id, xml, fault=None):
+        if fault is None:
+            return self.ds.run(action, object_id, xml)
+        manager = DatastoreManager(REMOTES, ds_drivers=["iscsi_lvm"], system_tms=["iscsi_lvm"],
+                                   env=dict(self.env, TM_ISCSI_FAULT=fault), timeout=900)
+        return manager.run(action, object_id, xml)
+
+    def converge_ds(self, action, object_id, xml, max_steps=20):
+        """converge() for a DS action: failed before its first node call, then after each in
+        turn, each re-run from what the failure left; then run clean. Returns (node calls,
+        the clean run's result)."""
+        for fault in ["before:1"] + [f"after:{step}" for step in range(1, max_steps + 1)]:
+            result = self.ds_action(action, object_id, xml, fault=fault)
+            if result.success:
+                assert fault.startswith("after:"), f"{action}: fault {fault} was not hit"
+                final = self.ds_action(action, object_id, xml)
+                assert final.success, final.info
+                return int(fault.split(":")[1]) - 1, final
+            plain = plain_lines(result)
+            assert len(plain) == 1 and "injected fault" in plain[0], result.stderr
+        raise AssertionError(f"{action}: more than {max_steps} node calls")
 
     def ds_xml(self, folder, capture, **image_fields):
         """The captured driver action, with IMAGE fields replaced (e.g. PATH)."""

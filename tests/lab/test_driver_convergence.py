@@ -4,6 +4,7 @@
 Each action is failed at its 1st, 2nd, ... node call, before the call is sent and after it has
 done its work, each re-run starting from what the previous failure left; then it runs clean and
 the result must be the same as an undisturbed run's."""
+import hashlib
 import os
 import random
 import time
@@ -139,3 +140,77 @@ def test_a_helper_killed_inside_a_transaction_converges_on_the_re_run(cloud, mod
         assert [lv for lv in cloud.lvs() if lv.startswith("vm-0")] == []
         assert cloud.leftovers_on_hosts() == {}
         assert [t["iqn"] for t in cloud.exports() if "vm-0" in t["iqn"]] == []
+
+
+def test_every_ds_action_converges_and_a_failed_one_leaves_nothing(cloud):
+    """cp, mkfs, clone, snap_revert / snap_delete / snap_flatten, export and rm, each failed
+    before and after each of its node calls and re-run from what the failure left: the result
+    of an undisturbed run, and nothing a failed run made is left behind."""
+    cp_xml = cloud.ds_xml("01-image-create-from-path", "02-ds-cp", PATH=cloud.raw, ID=5)
+    calls, cp = cloud.converge_ds("cp", 5, cp_xml)
+    assert calls == 2 and cp.info.strip() == f"{IMAGE_VG}/img-5 raw"
+    assert cloud.sha_on("storage", f"/dev/{IMAGE_VG}/img-5", 2) == sha_of_file(cloud.raw, 2)
+    cloud.converge_ds("mkfs", 1, cloud.ds_xml("02-image-create-datablock", "01-ds-mkfs"))
+    assert cloud.lab.sh("storage", f"blkid -o value -s TYPE /dev/{IMAGE_VG}/img-1").strip() == \
+        "ext4"
+    cloud.converge_ds("clone", 2, cloud.ds_xml("03-image-clone", "01-ds-clone"))
+    assert cloud.sha_on("storage", f"/dev/{IMAGE_VG}/img-2", 3) == sha_of_file(cloud.raw, 3)
+
+    for snap, pattern in enumerate((b"p0", b"p1", b"p2")):
+        cloud.write_on("storage", f"/dev/{IMAGE_VG}/img-1", pattern, offset_mib=5)
+        cloud.lab.node_helper("storage", "lv-snapshot", "--vg", IMAGE_VG, "--origin", "img-1",
+                              "--lv", f"img-1-snap-{snap}")
+    p0 = hashlib.sha256(b"p0" * (1 << 19)).hexdigest()
+    p2 = hashlib.sha256(b"p2" * (1 << 19)).hexdigest()
+    folder = "19-image-snapshots-persistent"
+    cloud.converge_ds("snap_revert", 1, cloud.ds_xml(folder, "01-ds-snap_revert"))
+    assert cloud.sha_on("storage", f"/dev/{IMAGE_VG}/img-1", 5) == p0
+    cloud.converge_ds("snap_delete", 1, cloud.ds_xml(folder, "02-ds-snap_delete"))
+    assert "img-1-snap-1" not in cloud.lvs()
+    cloud.converge_ds("snap_flatten", 1, cloud.ds_xml(folder, "03-ds-snap_flatten"))
+    assert cloud.sha_on("storage", f"/dev/{IMAGE_VG}/img-1", 5) == p2
+    assert [lv for lv in cloud.lvs() if lv.startswith("img-1-")] == []
+
+    spool = cloud.env.get("TM_ISCSI_EXPORT_DIR", "/var/tmp/tm_iscsi-export")
+    before = set(os.listdir(spool)) if os.path.isdir(spool) else set()
+    _, exported = cloud.converge_ds("export", 1, cloud.ds_xml(folder, "01-ds-snap_revert"))
+    path = exported.info.split("<IMPORT_SOURCE><![CDATA[")[1].split("]]>")[0]
+    # Only the clean run's file is left: every failed export removed its own.
+    assert set(os.listdir(spool)) - before == {os.path.basename(path)}
+    md5 = exported.info.split("<MD5><![CDATA[")[1].split("]]>")[0]
+    assert hashlib.md5(open(path, "rb").read()).hexdigest() == md5
+    os.unlink(path)
+
+    cloud.converge_ds("rm", 2, cloud.ds_xml("23-image-delete-ds-rm", "01-ds-rm"))
+    assert "img-2" not in cloud.lvs()
+    assert [lv for lv in cloud.lvs() if lv.endswith(("-next", "-prev"))] == []
+
+
+def test_volatile_context_and_a_failed_live_migration_converge_with_caches(cloud, tmp_path):
+    """read+writeback: mkswap, context, premigrate then failmigrate (the migration given up
+    after the destination was prepared), each failed at every step and re-run."""
+    cloud.set_cache_mode("read+writeback")
+    mkfs = cloud.ds_action("mkfs", 1, cloud.ds_xml("02-image-create-datablock", "01-ds-mkfs"))
+    assert mkfs.success, mkfs.info
+    for line in (CLONE, MKIMAGE, LN):
+        assert cloud.tm_action(line).success
+    cloud.converge("MKSWAP iscsi_lvm 256 host1:/var/lib/one//datastores/101/0/disk.3 0 101")
+    assert cloud.lab.sh("host1", f"blkid -o value -s TYPE {SYSDIR}/0/disk.3").strip() == "swap"
+    script = tmp_path / "context.sh"
+    script.write_text("ETH0_IP='10.0.0.5'\n")
+    cloud.converge(f"CONTEXT iscsi_lvm {script} host1:/var/lib/one//datastores/101/0/disk.4 "
+                   "0 101")
+    assert cloud.lab.sh("host1", f"blkid -o value -s TYPE {SYSDIR}/0/disk.4").strip() == \
+        "iso9660"
+    written = cloud.write_on("host1", DISK0, b"before-migration-", offset_mib=3)
+    stdin = (fixtures.folder("09-migrate-live") / "01-tm-premigrate.stdin").read_text()
+    cloud.converge(f"PREMIGRATE iscsi_lvm host1 host2 {SYSDIR}/0 0 101", stdin=stdin)
+    cloud.converge(f"FAILMIGRATE iscsi_lvm host1 host2 {SYSDIR}/0 0 101", stdin=stdin)
+    # The VM stays on host1 with its data; host2 holds nothing of it.
+    assert cloud.sha_on("host1", DISK0, 3) == written
+    assert cloud.sessions("host2") == []
+    assert cloud.leftovers_on_hosts().get("host2") is None
+    written = cloud.write_on("host1", DISK0, b"after-failmigrate-", offset_mib=3)
+    assert cloud.tm_action("MV iscsi_lvm host1:/var/lib/one//datastores/101/0/disk.0 "
+                           "frontend:/var/lib/one//datastores/101/0/disk.0 0 100").success
+    assert cloud.sha_on("storage", f"/dev/{IMAGE_VG}/vm-0-disk-0", 3) == written
