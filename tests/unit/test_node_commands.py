@@ -617,3 +617,14 @@ def test_lio_saved_acls_reads_the_file_restored_at_boot(tmp_path):
         {"node_acls": [{"node_wwn": "iqn.h:2"}, {"node_wwn": "iqn.h:1"}]}]}]}))
     assert lio.saved_acls(str(saved)) == {"exists": True, "readable": True,
                                           "targets": {"iqn.x:a": ["iqn.h:1", "iqn.h:2"]}}
+
+
+def test_every_command_turns_its_environment_s_failures_into_one_line():
+    """A vanished device, a full disk, a configfs write LIO refuses: one NodeError line from
+    every command (run.one_line_errors), never a traceback."""
+    import importlib
+    for module in set(cli.MODULE_OF.values()):
+        importlib.import_module(f"tm_iscsi.node.{module}")
+    unwrapped = [name for name, (func, _) in cli._COMMANDS.items()
+                 if not hasattr(func, "__wrapped__")]
+    assert unwrapped == []

@@ -17,7 +17,7 @@ from dmcache import localvg, orphans as _orphans, readcache, stack, state
 
 from .. import naming
 from . import iscsi, locks, lvm, paths
-from .cli import command
+from .cli import checked_command as command
 from .targets import LINK, SERIAL
 from .errors import NodeError
 from .naming_args import checked as _checked, int_range as _int_range

@@ -3,7 +3,7 @@
 The front-end records facts on the LV itself, where every host and every later action sees them:
 which host holds unflushed write-back data of a clone (no other host may use the clone until it
 is flushed), which base a clone's region map was made against, a retired base."""
-from .cli import command
+from .cli import checked_command as command
 from .errors import NodeError
 from .. import naming
 from . import confine, locks, lvm, naming_args

@@ -7,7 +7,7 @@ import tempfile
 
 from . import paths, vmdir
 from .cmd_cache import NAME, flush_stacks
-from .cli import command
+from .cli import checked_command as command
 from .errors import NodeError
 from .locks import lock
 
