@@ -208,6 +208,13 @@ def _stdin_cases(driver, action, argv, stdin, docs, rng):
         yield Case(driver, action, argv, data, docs, True, what)
 
 
+def _migration_stdin_cases(action, argv, stdin, docs):
+    """The VM document a migration hook gets on stdin, describing another VM."""
+    xml = base64.b64decode(stdin).decode()
+    other = _edited(xml, lambda r: _set_text(r, "ID", "7"))
+    yield Case("tm", action, argv, _b64(other), docs, True, "stdin VM is another VM")
+
+
 def _image_attr_cases(action, argv, stdin, rng):
     xml = base64.b64decode(stdin).decode()
     for attr, users in IMAGE_ATTR_USERS.items():
@@ -306,10 +313,10 @@ def cases(seed, read_datastores):
     rng = random.Random(seed)
     for driver, action, argv, stdin, docs in base_calls():
         yield from _argv_cases(driver, action, argv, stdin, docs, rng)
-        if stdin is not None and (driver == "ds" or len(argv) < 3 or action in
-                                  ("premigrate", "postmigrate", "failmigrate")):
-            if driver == "ds" or action == "monitor":
-                yield from _stdin_cases(driver, action, argv, stdin, docs, rng)
+        if stdin is not None and (driver == "ds" or action == "monitor"):
+            yield from _stdin_cases(driver, action, argv, stdin, docs, rng)
+        if stdin is not None and action in ("premigrate", "postmigrate", "failmigrate"):
+            yield from _migration_stdin_cases(action, argv, stdin, docs)
         if driver == "ds":
             yield from _image_attr_cases(action, argv, stdin, rng)
         else:
