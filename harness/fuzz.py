@@ -101,12 +101,30 @@ class Outcome:
     code: int
     stdout: str
     plain_lines: List[str]
-    node_calls: List[tuple]
+    node_calls: List[tuple]    # what reached a node (front-end), or what the helper touched
 
     @property
     def traceback(self):
         text = "\n".join(self.plain_lines)
         return self.code == 70 or "Traceback" in text or "internal error" in text
+
+    def problems(self):
+        """How the call broke the error contract: exit != 0, one plain stderr line, no
+        traceback, nothing on stdout."""
+        found = ["traceback"] if self.traceback else []
+        if self.code == 0:
+            found.append("exit 0")
+        if len(self.plain_lines) != 1:
+            found.append(f"{len(self.plain_lines)} plain stderr lines")
+        if self.stdout.strip():
+            found.append("output")
+        return found
+
+
+def plain(stderr_text):
+    """The lines of stderr the administrator reads (progress lines aside)."""
+    return [line for line in stderr_text.splitlines()
+            if line.strip() and not line.startswith(("INFO:", "WARN:", "DEBUG:"))]
 
 
 def _b64(text):
@@ -371,6 +389,4 @@ def run_case(case, standin, make_ctx):
             code = tm_main.run(case.action, case.argv, stdin=stdin_text, ctx=ctx)
         else:
             code = ds_main.run(case.action, case.argv, ctx=ctx)
-    plain = [line for line in err.getvalue().splitlines()
-             if line.strip() and not line.startswith(("INFO:", "WARN:", "DEBUG:"))]
-    return Outcome(code, out.getvalue(), plain, list(calls))
+    return Outcome(code, out.getvalue(), plain(err.getvalue()), list(calls))

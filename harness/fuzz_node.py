@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass
 from typing import List, Optional
 
+from .fuzz import Outcome, plain
+
 IQN = "iqn.2026-11.lab.tm-iscsi:host1"
 TARGET = "iqn.2026-11.io.tm-iscsi:vg-one-100.vm-0-disk-0"
 SERIAL = "5b0bd5a4-5a1e-5b5c-9a43-2a8d1c0e7f11"
@@ -183,19 +185,6 @@ class Touched(Exception):
     pass
 
 
-@dataclass
-class NodeOutcome:
-    code: int
-    stdout: str
-    plain_lines: List[str]
-    touched: List[str]
-
-    @property
-    def traceback(self):
-        text = "\n".join(self.plain_lines)
-        return self.code == 70 or "Traceback" in text or "internal error" in text
-
-
 def run_case(case, monkeypatch_targets):
     """Run one case with `monkeypatch_targets(record)` installing the recorders; returns the
     outcome."""
@@ -218,6 +207,4 @@ def run_case(case, monkeypatch_targets):
     out.flush()
     err.flush()
     text = err.buffer.getvalue().decode("utf-8", "replace")
-    plain = [line for line in text.splitlines()
-             if line.strip() and not line.startswith(("INFO:", "WARN:", "DEBUG:"))]
-    return NodeOutcome(code, out.buffer.getvalue().decode("utf-8", "replace"), plain, touched)
+    return Outcome(code, out.buffer.getvalue().decode("utf-8", "replace"), plain(text), touched)

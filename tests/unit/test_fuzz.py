@@ -74,16 +74,8 @@ def test_hostile_input_is_refused_in_one_line_before_any_node_call(standin, tmp_
         for case in fuzz.cases(SEED + round_, read_by_action):
             outcome = fuzz.run_case(case, standin, _context_factory(standin, settings))
             figures["calls"] += 1
-            problems = []
-            if outcome.traceback:
-                figures["tracebacks"] += 1
-                problems.append("traceback")
-            if outcome.code == 0:
-                problems.append("exit 0")
-            if len(outcome.plain_lines) != 1:
-                problems.append(f"{len(outcome.plain_lines)} plain stderr lines")
-            if outcome.stdout.strip():
-                problems.append("protocol output")
+            figures["tracebacks"] += outcome.traceback
+            problems = outcome.problems()
             if case.face_invalid and outcome.node_calls:
                 figures["node_calls"] += 1
                 problems.append(f"node calls {[c[1] for c in outcome.node_calls]}")
@@ -148,25 +140,17 @@ def test_node_helper_refuses_hostile_input_before_it_runs_or_locks_anything(tmp_
     for command, options in fuzz_node.BASES.items():
         outcome = fuzz_node.run_case(fuzz_node.NodeCase([command, *options], b"", "valid"),
                                      recorders)
-        assert outcome.touched, (command, outcome.plain_lines)
+        assert outcome.node_calls, (command, outcome.plain_lines)
     failures, figures = [], {"calls": 0, "tracebacks": 0, "touched": 0}
     for round_ in range(ROUNDS):
         for case in fuzz_node.cases(SEED + round_):
             outcome = fuzz_node.run_case(case, recorders)
             figures["calls"] += 1
-            problems = []
-            if outcome.traceback:
-                figures["tracebacks"] += 1
-                problems.append("traceback")
-            if outcome.code == 0:
-                problems.append("exit 0")
-            if len(outcome.plain_lines) != 1:
-                problems.append(f"{len(outcome.plain_lines)} plain stderr lines")
-            if outcome.stdout.strip():
-                problems.append("output")
-            if outcome.touched:
+            figures["tracebacks"] += outcome.traceback
+            problems = outcome.problems()
+            if outcome.node_calls:
                 figures["touched"] += 1
-                problems.append(f"touched {outcome.touched[:2]}")
+                problems.append(f"touched {outcome.node_calls[:2]}")
             if problems:
                 failures.append(f"{case.what}: {'; '.join(problems)}: {outcome.plain_lines[:2]}")
     print("node fuzz figures:", json.dumps(figures))
@@ -246,21 +230,15 @@ def test_the_programs_refuse_hostile_input_in_one_line_without_a_network(standin
         result = subprocess.run(argv, input=case.stdin or b"", capture_output=True, env=env,
                                 cwd=tmp_path, timeout=60)
         err = result.stderr.decode("utf-8", "replace")
-        plain = [line for line in err.splitlines()
-                 if line.strip() and not line.startswith(("INFO:", "WARN:", "DEBUG:"))]
-        problems = []
-        if result.returncode == 0:
-            problems.append("exit 0")
-        if result.returncode == 70 or "Traceback" in err or "internal error" in err:
+        outcome = fuzz.Outcome(result.returncode, result.stdout.decode("utf-8", "replace"),
+                               fuzz.plain(err), [])
+        problems = outcome.problems()
+        if "Traceback" in err and "traceback" not in problems:
             problems.append("traceback")
-        if len(plain) != 1:
-            problems.append(f"{len(plain)} plain stderr lines")
-        if result.stdout.strip():
-            problems.append("output")
         if log.exists():
             problems.append(f"ssh {log.read_text().splitlines()[:1]}")
         if problems:
-            failures.append(f"{what}: {'; '.join(problems)}: {plain[:2]}")
+            failures.append(f"{what}: {'; '.join(problems)}: {outcome.plain_lines[:2]}")
     print("program fuzz figures:", json.dumps({"calls": len(sample) + len(node_cases),
                                                "failures": len(failures)}))
     assert not failures, "\n".join(failures[:40])
