@@ -77,7 +77,9 @@ LN = f"LN iscsi_lvm frontend:{IMAGE_VG}/img-1 host1:/var/lib/one//datastores/101
 SNAP = "iscsi_lvm host1:/var/lib/one//datastores/101/0/disk.0 {snap} 0 100"
 
 
-def test_snapshot_saveas_resize_migrate_and_mvds_converge(cloud):
+@pytest.mark.parametrize("mode", ["none", "read+writeback"])
+def test_snapshot_saveas_resize_migrate_and_mvds_converge(cloud, mode):
+    cloud.set_cache_mode(mode)
     mkfs = cloud.ds_action("mkfs", 1, cloud.ds_xml("02-image-create-datablock", "01-ds-mkfs"))
     assert mkfs.success, mkfs.info
     for line in (CLONE, MKIMAGE, "MKSWAP iscsi_lvm 256 host1:/var/lib/one//datastores/101/0/"
@@ -97,6 +99,11 @@ def test_snapshot_saveas_resize_migrate_and_mvds_converge(cloud):
     assert cloud.sha_on("storage", f"/dev/{IMAGE_VG}/img-3", 4) == before
     cloud.converge("SNAP_DELETE " + SNAP.format(snap=0))
     assert "vm-0-disk-0-snap-0" not in cloud.lvs()
+    # Live (the VM runs): the write-back layer flushed and kept clean until the snapshot exists.
+    live = cloud.write_on("host1", DISK0, b"live-snapshot-", offset_mib=6)
+    cloud.converge("SNAP_CREATE_LIVE " + SNAP.format(snap=1))
+    assert cloud.sha_on("storage", f"/dev/{IMAGE_VG}/vm-0-disk-0-snap-1", 6) == live
+    cloud.converge("SNAP_DELETE " + SNAP.format(snap=1))
     cloud.converge("RESIZE iscsi_lvm host1:/var/lib/one//datastores/101/0/disk.0 96 0 100")
     assert cloud.lab.sh("host1", f"blockdev --getsize64 {DISK0}").strip() == str(96 << 20)
 

@@ -134,11 +134,21 @@ def snap_revert(ctx, action):
 
 
 def snap_flatten(ctx, action):
-    """The image becomes its chosen snapshot, and no snapshot is left."""
-    snap_revert(ctx, action)
+    """The image becomes its chosen snapshot, and no snapshot is left. The chosen one goes
+    last: a run that stopped after removing it had reverted the image and removed every other
+    snapshot already, so finding none at all means the flatten is done."""
     ds = _config(ctx, action)
-    lv = _source_lv(ds, action.require_image())
-    for name in storage.snapshots_of(ctx, ds, lv):
+    image = action.require_image()
+    lv = _source_lv(ds, image)
+    target = naming.snapshot_lv(lv, image.require_target_snapshot())
+    snapshots = storage.snapshots_of(ctx, ds, lv)
+    if target not in snapshots:
+        if snapshots:
+            raise DriverError(f"snapshot {target} of image {action.object_id} does not exist")
+        log.info(f"{ds.vg}/{lv} has no snapshot left: flattened by an earlier run")
+        return
+    storage.revert(ctx, ds, lv, target, kind="image", image=action.object_id)
+    for name in sorted(snapshots, key=lambda name: name == target):
         storage.remove(ctx, ds, name, with_snapshots=False)
 
 
