@@ -276,7 +276,8 @@ def _ds_document_cases(driver, action, argv, stdin, docs, read_ds, rng):
         xml = base64.b64decode(stdin).decode()
         for attr, value in _ds_attr_values(rng):
             edited = _edited(xml, lambda r: _with_ds_attr(r, "DATASTORE", attr, value))
-            yield Case("ds", action, argv, _b64(edited), {}, True, f"DATASTORE {attr}={value[:40]!r}")
+            yield Case("ds", action, argv, _b64(edited), {}, True,
+                       f"DATASTORE {attr}={value[:40]!r}")
         edited = _edited(xml, lambda r: _remove(r, "DATASTORE/TEMPLATE/ISCSI_HOST"))
         yield Case("ds", action, argv, _b64(edited), {}, True, "ISCSI_HOST missing")
         return

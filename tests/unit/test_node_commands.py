@@ -17,7 +17,8 @@ from tests.unit.test_node_lvm import VGS_JSON as _SAMPLE_JSON
 # The sample report with its LVs under tm_iscsi's names (the helper refuses any other name):
 # a -> img-1, its snapshot b -> img-2.
 VGS_JSON = (_SAMPLE_JSON.replace('"lv_name":"a"', '"lv_name":"img-1"')
-            .replace('"lv_name":"b"', '"lv_name":"img-2"').replace('"origin":"a"', '"origin":"img-1"')
+            .replace('"lv_name":"b"', '"lv_name":"img-2"')
+            .replace('"origin":"a"', '"origin":"img-1"')
             .replace('"lv_tags":"x"', '"lv_tags":"tm_iscsi.x=1"'))
 
 MIB = 1024 * 1024
@@ -189,14 +190,16 @@ def test_lv_resize(capsys, lvm_mock):
     assert code == 1 and "shrinking" in err
     assert changes(lvm_mock) == []
     assert main(capsys, "lv-resize", "--vg", "vgt", "--lv", "img-1", "--size-mib", "65")[1] == {
-        "vg": "vgt", "lv": "img-1", "path": "/dev/vgt/img-1", "size_bytes": 68 * MIB, "resized": True}
+        "vg": "vgt", "lv": "img-1", "path": "/dev/vgt/img-1", "size_bytes": 68 * MIB,
+        "resized": True}
 
 
 def test_lv_remove(capsys, lvm_mock, mocker):
     users = mocker.patch.object(lio, "users_of_device", return_value=[])
     assert main(capsys, "lv-remove", "--vg", "vgt", "--lv", "img-99")[1] == {
         "vg": "vgt", "lv": "img-99", "removed": False}
-    code, _, err = main(capsys, "lv-remove", "--vg", "vgt", "--lv", "img-1", "--require-tag", "tm_iscsi.x=1")
+    code, _, err = main(capsys, "lv-remove", "--vg", "vgt", "--lv", "img-1", "--require-tag",
+                        "tm_iscsi.x=1")
     assert code == 1 and "does not carry tag tm_iscsi.x=1" in err
     code, _, err = main(capsys, "lv-remove", "--vg", "vgt", "--lv", "tpool")
     assert code == 2 and "LV 'tpool' is not tm_iscsi's" in err
@@ -214,7 +217,8 @@ def test_lv_remove(capsys, lvm_mock, mocker):
 def test_lv_info_and_list(capsys, lvm_mock):
     assert main(capsys, "lv-info", "--vg", "vgt", "--lv", "img-2")[1] == {
         "vg": "vgt", "lv": "img-2", "exists": True, "size_bytes": 64 * MIB, "origin": "img-1",
-        "tags": ["tm_iscsi", "tm_iscsi.x=1"], "active": False, "path": "/dev/vgt/img-2", "data_percent": 0.01}
+        "tags": ["tm_iscsi", "tm_iscsi.x=1"], "active": False, "path": "/dev/vgt/img-2",
+        "data_percent": 0.01}
     assert main(capsys, "lv-info", "--vg", "vgt", "--lv", "img-97")[1]["exists"] is False
     assert main(capsys, "lv-list", "--vg", "vgt", "--tag", "tm_iscsi.x=1")[1] == {
         "vg": "vgt", "lvs": [{"lv": "img-2", "size_bytes": 64 * MIB, "origin": "img-1",

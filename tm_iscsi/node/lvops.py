@@ -8,7 +8,7 @@ from . import run as _run
 from .errors import NodeError
 
 MIB = 1024 * 1024
-from ..protocol import FILESYSTEMS  # noqa: F401 - one vocabulary
+FILESYSTEMS = protocol.FILESYSTEMS
 _OWNER_KEYS = tuple(protocol.owner_tag(key, "") for key in protocol.OWNER_KEYS)
 
 
