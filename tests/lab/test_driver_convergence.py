@@ -178,13 +178,15 @@ def test_every_ds_action_converges_and_a_failed_one_leaves_nothing(cloud):
     assert cloud.sha_on("storage", f"/dev/{IMAGE_VG}/img-1", 5) == p2
     assert [lv for lv in cloud.lvs() if lv.startswith("img-1-")] == []
 
-    spool = cloud.env.get("TM_ISCSI_EXPORT_DIR", "/var/tmp/tm_iscsi-export")
-    before = set(os.listdir(spool)) if os.path.isdir(spool) else set()
+    started = time.time() - 1
     _, exported = cloud.converge_ds("export", 1, cloud.ds_xml(folder, "01-ds-snap_revert"))
     path = exported.info.split("<IMPORT_SOURCE><![CDATA[")[1].split("]]>")[0]
     # Only the two runs that succeeded (the first past the last fault, and the clean one) left
-    # a file for the market driver: every failed export removed its own.
-    left = set(os.listdir(spool)) - before
+    # a file for the market driver in the spool (where the driver says it is): every failed
+    # export removed its own.
+    spool = os.path.dirname(path)
+    left = {name for name in os.listdir(spool) if name.startswith("img-1-") and
+            os.path.getmtime(os.path.join(spool, name)) >= started}
     assert len(left) == 2 and os.path.basename(path) in left, left
     md5 = exported.info.split("<MD5><![CDATA[")[1].split("]]>")[0]
     assert hashlib.md5(open(path, "rb").read()).hexdigest() == md5
