@@ -21,10 +21,11 @@ _CHAP_SECRET_RE = re.compile(r"[\x21-\x7e]{1,255}")
 
 # Every LV tm_iscsi makes carries this tag (lv_tags), which is how the node helper tells its own
 # LVs from anybody else's; and has a name of this scheme: an image, a VM's own disk, a snapshot
-# of either, an image's read-cache base, a clone's region map, and the two names an LV's content
-# has while it is replaced (the replacement being made, the content being replaced).
-_LV_SCHEME_RE = re.compile(r"^(img-\d{1,12}|vm-\d{1,12}-disk-\d{1,6})(-snap-\d{1,12})?"
-                           r"(-base|-map|-next|-prev)?$")
+# of either, a backup's point of a VM disk, an image's read-cache base, a clone's region map, and
+# the two names an LV's content has while it is replaced (the replacement being made, the content
+# being replaced).
+_LV_SCHEME_RE = re.compile(r"^(img-\d{1,12}|vm-\d{1,12}-disk-\d{1,6})"
+                           r"(-snap-\d{1,12}|-backup-\d{1,12})?(-base|-map|-next|-prev)?$")
 _DEFAULT_VG_RE = re.compile(r"^vg-one-\d{1,12}$")
 
 
@@ -59,6 +60,19 @@ def disk_lv(vm_id, disk_id):
 
 def snapshot_lv(lv, snap_id):
     return f"{lv}-snap-{int(snap_id)}"
+
+
+def backup_lv(lv, increment):
+    """The point a backup read of `lv`: a thin snapshot kept until the next backup of the chain
+    (its blocks are what the next increment is computed against)."""
+    return f"{lv}-backup-{int(increment)}"
+
+
+def backup_points(lv, names):
+    """{increment: name} of the backup points of `lv` among LV `names`."""
+    prefix = f"{lv}-backup-"
+    return {int(n[len(prefix):]): n for n in names
+            if n.startswith(prefix) and n[len(prefix):].isdigit() and len(n) - len(prefix) <= 12}
 
 
 def replacement_lv(lv):

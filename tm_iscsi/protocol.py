@@ -247,8 +247,11 @@ class _Record:
             else:
                 kind, optional = cls._TYPES[name]
                 if value is None:
-                    default = next(f for f in fields(cls) if f.name == name).default
-                    value = None if default is MISSING else default
+                    spec = next(f for f in fields(cls) if f.name == name)
+                    if spec.default is not MISSING:
+                        value = spec.default
+                    elif spec.default_factory is not MISSING:
+                        value = spec.default_factory()
                 _check_type(where, name, value, kind, optional)
             values[name] = value
         record = cls(**values)
@@ -469,3 +472,220 @@ class ReleaseDisk(_Record):
 
 
 StorageRelease._NESTED = {"disks": ReleaseDisk}
+
+
+# -- backups ------------------------------------------------------------------------------------
+#
+# A backup of a VM's disks is four calls, whatever the number of disks:
+#
+#   backup-quiesce   host: write the write-back layers' dirty blocks to the storage node and keep
+#                    them clean (writes go through), then freeze the guest (FS_FREEZE).
+#   backup-snapshot  storage node: each disk's point (`<lv>-backup-<N>`, a thin snapshot), the
+#                    blocks changed since the previous point (thin_delta on a metadata snapshot
+#                    of the pool), the point exported read-only to the host.
+#   backup-write     host: thaw, back to write-back, then each point read over iSCSI into
+#                    `disk.<id>.<N>` (qcow2, only the changed blocks for an increment) and
+#                    `vm.xml`, in the VM's backup directory; logged out after.
+#   backup-release   storage node: the points unexported; those the chain no longer needs go.
+#
+# The changed ranges and the VM document travel on backup-write's stdin (after any CHAP secret
+# line) as one JSON object {"vm_xml": base64 text, "ranges": {"<disk id>": [[offset, length]]}}:
+# an increment of a large disk has more ranges than argv holds.
+
+BACKUP_QUIESCE = "backup-quiesce"
+BACKUP_SNAPSHOT = "backup-snapshot"
+BACKUP_WRITE = "backup-write"
+BACKUP_RELEASE = "backup-release"
+BACKUP_COMMANDS = (BACKUP_QUIESCE, BACKUP_SNAPSHOT, BACKUP_WRITE, BACKUP_RELEASE)
+# BACKUP_CONFIG/FS_FREEZE as oned 7.4 reads it (src/tm_mad/lib/kvm.rb): nothing, the guest
+# agent's fsfreeze, or the whole domain paused.
+FREEZE_MODES = ("NONE", "AGENT", "SUSPEND")
+# The most changed ranges one disk's increment may list (a 2 TiB disk changed in every other
+# 64 KiB block); the payload's size bound follows from it.
+MAX_RANGES = 1 << 24
+MAX_PAYLOAD_BYTES = 1 << 30
+MAX_INCREMENT = (1 << 31) - 1
+
+
+def _check_ints(where, name, values, low=0, high=MAX_INCREMENT):
+    if not isinstance(values, list) or len(values) > MAX_DISKS or not all(
+            isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in values):
+        raise ProtocolError(f"{where}: {name} must be a list of integers {low}..{high}")
+
+
+def _check_strs(where, name, values):
+    if not isinstance(values, list) or len(values) > MAX_DISKS or not all(
+            isinstance(v, str) and 0 < len(v) <= 255 for v in values):
+        raise ProtocolError(f"{where}: {name} must be a list of names")
+
+
+def _check_freeze(where, freeze, domain):
+    if freeze not in FREEZE_MODES:
+        raise ProtocolError(f"{where}: freeze {freeze!r} is not one of {', '.join(FREEZE_MODES)}")
+    if freeze != "NONE" and not domain:
+        raise ProtocolError(f"{where}: freeze {freeze} needs the domain")
+
+
+@dataclass
+class BackupQuiesce(_Record):
+    stacks: List[str] = field(default_factory=list)   # write-back stacks to flush
+    domain: Optional[str] = None                        # the libvirt domain (deploy id)
+    freeze: str = "NONE"
+    flush_seconds: int = 600
+
+    _TYPES = {"stacks": (list, False), "domain": (str, True), "freeze": (str, False),
+              "flush_seconds": (int, False)}
+
+    def check(self, where):
+        _check_strs(where, "stacks", self.stacks)
+        _check_freeze(where, self.freeze, self.domain)
+        if not 1 <= self.flush_seconds <= 86400:
+            raise ProtocolError(f"{where}: flush_seconds out of range")
+
+
+@dataclass
+class BackupPoint(_Record):
+    lv: str
+    increment: int                     # this backup's point is <lv>-backup-<increment>
+    since: Optional[int] = None        # the previous point: list the blocks changed since it
+
+    _TYPES = {"lv": (str, False), "increment": (int, False), "since": (int, True)}
+
+    def check(self, where):
+        _check_ints(where, "increment", [self.increment])
+        if self.since is not None:
+            _check_ints(where, "since", [self.since])
+            if self.since == self.increment:
+                raise ProtocolError(f"{where}: since is the point itself")
+
+
+@dataclass
+class BackupSnapshot(_Record):
+    vg: str
+    host: str
+    initiator: str
+    disks: List[BackupPoint] = field(default_factory=list)
+    pool: str = "tpool"
+    iqn_base: str = "iqn.2026-11.io.tm-iscsi"
+    portal_ip: str = "0.0.0.0"
+    port: int = 3260
+    chap_user: Optional[str] = None
+    max_fill: int = 90
+    ds_id: Optional[int] = None
+
+    _TYPES = {"vg": (str, False), "host": (str, False), "initiator": (str, False),
+              "disks": (list, False), "pool": (str, False), "iqn_base": (str, False),
+              "portal_ip": (str, False), "port": (int, False), "chap_user": (str, True),
+              "max_fill": (int, False), "ds_id": (int, True)}
+    _NESTED = {"disks": BackupPoint}
+
+    def check(self, where):
+        if not self.disks:
+            raise ProtocolError(f"{where}: disks is empty")
+        if not 0 <= self.max_fill <= 100 or not 1 <= self.port <= 65535:
+            raise ProtocolError(f"{where}: max_fill or port out of range")
+
+
+@dataclass
+class BackupFile(_Record):
+    disk_id: int
+    increment: int                     # names the file: disk.<disk_id>.<increment>
+    lun: Optional[Lun] = None          # the point's LUN
+    size_bytes: int = 0                # the disk's virtual size
+    delta: bool = False                # only the ranges of the payload (an increment)
+
+    _TYPES = {"disk_id": (int, False), "increment": (int, False), "size_bytes": (int, False),
+              "delta": (bool, False)}
+    _NESTED = {"lun": Lun}
+
+    def check(self, where):
+        _check_ints(where, "disk_id/increment", [self.disk_id, self.increment])
+        if self.lun is None:
+            raise ProtocolError(f"{where}: lun is required")
+        if not 0 < self.size_bytes <= 1 << 56:
+            raise ProtocolError(f"{where}: size_bytes out of range")
+
+
+@dataclass
+class BackupWrite(_Record):
+    portal: str
+    dir: str                           # the VM's backup directory (made anew)
+    files: List[BackupFile] = field(default_factory=list)
+    resume: List[str] = field(default_factory=list)   # stacks back to write-back first
+    domain: Optional[str] = None
+    thaw: str = "NONE"                 # the FS_FREEZE backup-quiesce applied
+    chap_user: Optional[str] = None
+
+    _TYPES = {"portal": (str, False), "dir": (str, False), "files": (list, False),
+              "resume": (list, False), "domain": (str, True), "thaw": (str, False),
+              "chap_user": (str, True)}
+    _NESTED = {"files": BackupFile}
+
+    def check(self, where):
+        _check_strs(where, "resume", self.resume)
+        _check_freeze(where, self.thaw, self.domain)
+        if len({f.disk_id for f in self.files}) != len(self.files):
+            raise ProtocolError(f"{where}: a disk is listed twice")
+
+
+@dataclass
+class BackupKeep(_Record):
+    lv: str
+    keep: List[int] = field(default_factory=list)     # the points the chain still needs
+
+    _TYPES = {"lv": (str, False), "keep": (list, False)}
+
+    def check(self, where):
+        _check_ints(where, "keep", self.keep)
+
+
+@dataclass
+class BackupRelease(_Record):
+    vg: str
+    host: str
+    disks: List[BackupKeep] = field(default_factory=list)
+    iqn_base: str = "iqn.2026-11.io.tm-iscsi"
+    initiator: Optional[str] = None
+
+    _TYPES = {"vg": (str, False), "host": (str, False), "disks": (list, False),
+              "iqn_base": (str, False), "initiator": (str, True)}
+    _NESTED = {"disks": BackupKeep}
+
+
+def backup_payload(vm_xml_b64, ranges):
+    return json.dumps({"vm_xml": vm_xml_b64,
+                       "ranges": {str(k): v for k, v in sorted(ranges.items())}},
+                      separators=(",", ":")).encode()
+
+
+def parse_backup_payload(data):
+    """(vm_xml base64 text, {disk id: [(offset, length)]}); ProtocolError if malformed."""
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise ProtocolError("backup payload: larger than any backup's")
+    try:
+        doc = json.loads(data.decode("ascii"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise ProtocolError(f"backup payload: not JSON ({str(err)[:80]})")
+    if not isinstance(doc, dict) or set(doc) != {"vm_xml", "ranges"}:
+        raise ProtocolError("backup payload: needs exactly vm_xml and ranges")
+    vm_xml, ranges = doc["vm_xml"], doc["ranges"]
+    if not isinstance(vm_xml, str) or not re.fullmatch(r"[A-Za-z0-9+/=\s]*", vm_xml):
+        raise ProtocolError("backup payload: vm_xml is not base64")
+    if not isinstance(ranges, dict):
+        raise ProtocolError("backup payload: ranges must map disk ids to lists")
+    out = {}
+    for key, value in ranges.items():
+        if not (key.isascii() and key.isdigit() and len(key) <= 10):
+            raise ProtocolError(f"backup payload: {key[:20]!r} is not a disk id")
+        if not isinstance(value, list) or len(value) > MAX_RANGES:
+            raise ProtocolError(f"backup payload: ranges of disk {key} is not a list")
+        pairs = []
+        for item in value:
+            if not (isinstance(item, list) and len(item) == 2 and all(
+                    isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1 << 56
+                    for n in item) and item[1] > 0):
+                raise ProtocolError(f"backup payload: a range of disk {key} is not "
+                                    "[offset, length]")
+            pairs.append((item[0], item[1]))
+        out[int(key)] = pairs
+    return vm_xml, out

@@ -286,7 +286,7 @@ def test_delete_of_a_clone_removes_it_in_one_storage_transaction(world, capsys):
     ("CLONE iscsi_lvm frontend:vg-one-100/img-0 host1:/var/lib/one//datastores/101/0/disk.0 x 100",
      "clone"),
     ("PREBACKUP iscsi_lvm host1:/var/lib/one//datastores/101/0 0 deploy-0 - 0 101",
-     "not supported"),
+     "VM's XML on stdin"),
 ])
 def test_bad_input_is_one_line_and_touches_no_node(world, capsys, line, fragment):
     ctx, calls, _ = world

@@ -87,6 +87,8 @@ MODULE_OF = {
     "lv-tag": "cmd_tags",
     **dict.fromkeys(("storage-attach", "storage-release"), "txn_storage"),
     **dict.fromkeys(("host-attach", "host-detach"), "txn_host"),
+    **dict.fromkeys(("backup-snapshot", "backup-release"), "txn_backup"),
+    **dict.fromkeys(("backup-quiesce", "backup-write"), "cmd_backup"),
     **dict.fromkeys(("dir-pack", "dir-unpack", "file-put", "path-remove"), "cmd_vmdir"),
 }
 

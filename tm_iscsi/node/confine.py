@@ -42,7 +42,7 @@ def require_scheme(vg, lv):
     """Refuse to create an LV whose name is not one tm_iscsi gives its LVs."""
     if not naming.is_scheme_lv(lv):
         raise NodeError(f"refusing to create {vg}/{lv}: tm_iscsi names its LVs img-N, "
-                        "vm-N-disk-N, with -snap-N, -base or -map")
+                        "vm-N-disk-N, with -snap-N, -backup-N, -base or -map")
 
 
 def require_owned(lv, verb):

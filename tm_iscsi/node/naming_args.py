@@ -43,7 +43,7 @@ def LV(value):
     if not naming.is_scheme_lv(value):
         raise argparse.ArgumentTypeError(
             f"LV {value[:80]!r} is not tm_iscsi's (its LVs are named img-N or vm-N-disk-N, with "
-            "-snap-N, -base or -map)")
+            "-snap-N, -backup-N, -base or -map)")
     return value
 
 

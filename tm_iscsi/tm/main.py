@@ -11,17 +11,19 @@ from ..one.tm_args import parse_tm_args, split_action_name
 from ..node.errors import NodeError
 
 NOT_SUPPORTED = {
-    "prebackup": "backups are not supported by iscsi_lvm",
-    "prebackup_live": "backups are not supported by iscsi_lvm",
-    "postbackup": "backups are not supported by iscsi_lvm",
-    "postbackup_live": "backups are not supported by iscsi_lvm",
-    "restore": "restoring backups is not supported by iscsi_lvm",
+    "restore": "restoring backups in place is not supported by iscsi_lvm yet: restore into new "
+               "images (oneimage restore) and attach them",
 }
+# Actions that read a document from stdin: migrations (base64 VM), backups (plain VM XML).
+_STDIN_ACTIONS = ("premigrate", "postmigrate", "failmigrate", "prebackup", "prebackup_live",
+                  "postbackup", "postbackup_live")
 
 
 def _handlers():
-    from . import context, disks, migrate, moves, snapshots
+    from . import backup, context, disks, migrate, moves, snapshots
     return {
+        "prebackup": backup.prebackup, "prebackup_live": backup.prebackup,
+        "postbackup": backup.postbackup, "postbackup_live": backup.postbackup,
         "clone": disks.clone, "ln": disks.ln, "mkimage": disks.mkimage, "mkswap": disks.mkswap,
         "delete": moves.delete, "mv": moves.mv, "mvds": disks.mvds, "cpds": disks.cpds,
         "resize": disks.resize, "context": context.context,
@@ -75,8 +77,9 @@ def _run(action, argv, stdin, ctx):
         if ctx is None:
             from ..context import ActionContext
             ctx = ActionContext()
-        if name in ("premigrate", "postmigrate", "failmigrate"):
-            handler(ctx, args, stdin_xml=stdin if stdin is not None else _stdin_text())
+        if name in _STDIN_ACTIONS:
+            text = stdin if stdin is not None else _stdin_text(base64_only="backup" not in name)
+            handler(ctx, args, stdin_xml=text)
         else:
             handler(ctx, args)
     except (DriverError, OneError, NodeError) as err:
@@ -85,12 +88,22 @@ def _run(action, argv, stdin, ctx):
     return 0
 
 
-def _stdin_text():
+def _stdin_text(base64_only=True):
     if sys.stdin is None or sys.stdin.isatty():
         return None
     from ..entry import stdin_bytes
-    # base64 is ASCII: any other byte makes the document unusable, not the action a traceback.
-    return stdin_bytes().decode("ascii", "replace")
+    try:
+        data = stdin_bytes()
+    except OSError:
+        return None   # no readable stdin: the action says what it needed
+    if base64_only:
+        # base64 is ASCII: any other byte makes the document unusable, not the action a
+        # traceback.
+        return data.decode("ascii", "replace")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DriverError("the VM document on stdin is not UTF-8 text")
 
 
 def main(argv=None):

@@ -1,0 +1,189 @@
+"""Backups as oned 7.4 drives them (fixtures 27-29), on the real kernel: a VM with a clone in
+read+writeback and a persistent disk in writeback on host1; known bytes written through the
+stacks (the write-back layer's dirty blocks included), a chain of a full point and two
+increments taken live, each point restored the way OpenNebula's backup datastores rebuild it
+(`qemu-img rebase -u` onto the previous file, then one image) and imported into a new image by
+the real DS cp; its bytes are the disk's bytes at that point. Then a FULL backup of the powered
+off VM, and a backup that fails after the storage node made its points: nothing is left and the
+VM caches again."""
+import hashlib
+import subprocess
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from harness.cloud import IMAGE_VG, SYSDIR, Cloud, plain_lines
+
+FOLDER = "28-backup-full-live"
+VM_DIR = "host1:/var/lib/one//datastores/101/0"
+BACKUP_DIR = f"{SYSDIR}/0/backup"
+DISKS = {0: ("vm-0-disk-0", 64), 1: ("img-1", 64)}
+MIB = 1 << 20
+
+
+@pytest.fixture
+def cloud(lab, tmp_path):
+    with Cloud.ready(lab, tmp_path) as c:
+        c.set_cache_mode("read+writeback")
+        c.import_image(64, "backup")
+        mkfs = c.ds_action("mkfs", 1, c.ds_xml("02-image-create-datablock", "01-ds-mkfs",
+                                               SIZE=64, FS="raw"))
+        assert mkfs.success, mkfs.info
+        c.load_vm(FOLDER, "01-tm-prebackup_live")
+        c.transfer(f"CLONE iscsi_lvm frontend:{IMAGE_VG}/img-0 {VM_DIR}/disk.0 0 100\n"
+                   f"LN iscsi_lvm frontend:{IMAGE_VG}/img-1 {VM_DIR}/disk.1 0 100\n")
+        yield c
+
+
+def _backup_config(cloud, mode, last=None):
+    """The VM as oned holds it with BACKUP_CONFIG set; returns the XML oned sends on stdin."""
+    def change(root):
+        config = root.find("BACKUPS/BACKUP_CONFIG")
+        for name, value in (("MODE", mode), ("LAST_INCREMENT_ID", last)):
+            node = config.find(name)
+            if value is None:
+                if node is not None:
+                    config.remove(node)
+                continue
+            if node is None:
+                node = ET.SubElement(config, name)
+            node.text = str(value)
+    cloud.oned.edit_with("vm", 0, change)
+    return cloud.oned.xml("vm", 0)
+
+
+def _disk_sha(cloud, disk_id):
+    lv, mib = DISKS[disk_id]
+    return cloud.sha_on("host1", f"{SYSDIR}/0/disk.{disk_id}", 0, mib)
+
+
+def _fetch_backup(cloud, into):
+    """What the rsync backup datastore copies away: every file of the backup directory."""
+    into.mkdir()
+    names = cloud.lab.sh("host1", f"ls {BACKUP_DIR}").split()
+    for name in names:
+        data = cloud.lab.run("host1", ["cat", f"{BACKUP_DIR}/{name}"], check=True).stdout
+        (into / name).write_bytes(data)
+    return sorted(names)
+
+
+def _rebuild(chain, out):
+    """OpenNebula's rsync restore: rebase each increment onto the previous file (-u: the
+    references only), then one image of the last."""
+    for backing, top in zip(chain, chain[1:]):
+        subprocess.run(["qemu-img", "rebase", "-u", "-F", "qcow2", "-b", str(backing),
+                        str(top)], check=True)
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(chain[-1]), str(out)],
+                   check=True)
+    return out
+
+
+def _raw_sha(path, tmp_path):
+    raw = tmp_path / (path.name + ".raw")
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(path), str(raw)], check=True)
+    return hashlib.sha256(raw.read_bytes()).hexdigest()
+
+
+def _backup(cloud, action, vm_xml):
+    result = cloud.tm_action(f"{action.upper()} iscsi_lvm {VM_DIR} 0:1 one-0 - 0 101",
+                             stdin=vm_xml)
+    assert result.success, result.info + result.stderr
+    return result
+
+
+def test_full_and_incremental_chain_restores_every_point_with_dirty_data(cloud, tmp_path):
+    points = []      # per backup: {disk id: sha of the whole disk when it was taken}
+    fetched = []
+    for number, (offset, pattern) in enumerate([(1, b"first"), (9, b"second"), (33, b"third")]):
+        for disk_id in DISKS:
+            cloud.write_on("host1", f"{SYSDIR}/0/disk.{disk_id}", pattern + b"%d" % disk_id,
+                           offset_mib=offset)
+        if number == 2:
+            # A region that reads as zeros now: a changed block that must not come back from
+            # the previous point.
+            cloud.lab.sh("host1", f"dd if=/dev/zero of={SYSDIR}/0/disk.0 bs=1M seek=1 "
+                                  "count=1 oflag=direct conv=notrunc status=none")
+        vm_xml = _backup_config(cloud, "INCREMENT", number - 1)
+        points.append({d: _disk_sha(cloud, d) for d in DISKS})
+        _backup(cloud, "prebackup_live", vm_xml)
+        names = _fetch_backup(cloud, tmp_path / f"bk{number}")
+        assert names == sorted(["vm.xml", f"disk.0.{number}", f"disk.1.{number}"])
+        fetched.append(tmp_path / f"bk{number}")
+        _backup(cloud, "postbackup_live", vm_xml)
+        assert cloud.lab.sh("host1", f"test -e {BACKUP_DIR} && echo yes || echo no").strip() \
+            == "no"
+        # The chain keeps this point and the previous one; nothing stays exported.
+        lvs = cloud.lvs()
+        for lv, _ in DISKS.values():
+            kept = sorted(n for n in lvs if n.startswith(f"{lv}-backup-"))
+            assert kept == sorted(f"{lv}-backup-{n}" for n in {number, max(number - 1, 0)})
+        assert not [t for t in cloud.exports() if "-backup-" in t["iqn"]]
+    # An increment holds only what changed (plus qcow2's metadata), not the disk.
+    inc = (fetched[1] / "disk.1.1").stat().st_size
+    assert inc < 4 * MIB, inc
+    # Each point, rebuilt as the backup datastore does and imported by DS cp into a new image,
+    # is the disk as it was then.
+    for number in range(3):
+        for disk_id, (lv, mib) in DISKS.items():
+            chain = [fetched[n] / f"disk.{disk_id}.{n}" for n in range(number + 1)]
+            work = tmp_path / f"restore-{number}-{disk_id}"
+            work.mkdir()
+            copies = []
+            for path in chain:
+                copy = work / path.name
+                copy.write_bytes(path.read_bytes())
+                copies.append(copy)
+            merged = _rebuild(copies, work / "merged.qcow2")
+            assert _raw_sha(merged, tmp_path) == points[number][disk_id], (number, disk_id)
+    # One of them through the driver's own import: DS cp of the rebuilt qcow2.
+    image_id = 7
+    cp = cloud.ds_action("cp", image_id, cloud.ds_xml(
+        "01-image-create-from-path", "02-ds-cp", PATH=tmp_path / "restore-1-0" / "merged.qcow2",
+        ID=image_id))
+    assert cp.success, cp.info
+    assert cloud.sha_on("storage", f"/dev/{IMAGE_VG}/img-{image_id}", 0, 64) == points[1][0]
+    _assert_caching(cloud)
+
+
+def _assert_caching(cloud):
+    """The VM's stacks are back in write-back with smq (the backup left them caching)."""
+    stacks = cloud.lab.node_helper("host1", "cache-status")["stacks"]
+    assert sorted(s["name"] for s in stacks) == ["img-1", "vm-0-disk-0"]
+    for s in stacks:
+        assert (s["writeback"]["io_mode"], s["writeback"]["policy"]) == ("writeback", "smq"), s
+
+
+def test_full_backup_of_a_powered_off_vm_keeps_no_point(cloud, tmp_path):
+    written = cloud.write_on("host1", f"{SYSDIR}/0/disk.1", b"poweroff", offset_mib=5)
+    vm_xml = _backup_config(cloud, "FULL")
+    expected = _disk_sha(cloud, 1)
+    _backup(cloud, "prebackup", vm_xml)
+    names = _fetch_backup(cloud, tmp_path / "bk")
+    assert names == ["disk.0.0", "disk.1.0", "vm.xml"]
+    assert _raw_sha(tmp_path / "bk" / "disk.1.0", tmp_path) == expected
+    assert written
+    _backup(cloud, "postbackup", vm_xml)
+    assert not [n for n in cloud.lvs() if "-backup-" in n]
+
+
+def test_a_failed_backup_leaves_nothing_and_the_retry_succeeds(cloud, tmp_path):
+    vm_xml = _backup_config(cloud, "INCREMENT", -1)
+    _backup(cloud, "prebackup_live", vm_xml)
+    _backup(cloud, "postbackup_live", vm_xml)
+    cloud.write_on("host1", f"{SYSDIR}/0/disk.0", b"after-first", offset_mib=3)
+    vm_xml = _backup_config(cloud, "INCREMENT", 0)
+    line = f"PREBACKUP_LIVE iscsi_lvm {VM_DIR} 0:1 one-0 - 0 101"
+    # After the quiesce and the storage node's points: the host cannot be reached for the
+    # write (the injected fault stands for ssh failing there).
+    failed = cloud.tm_action(line, stdin=vm_xml, fault="before:3")
+    assert not failed.success
+    assert len(plain_lines(failed)) == 1, failed.stderr
+    lvs = cloud.lvs()
+    assert "vm-0-disk-0-backup-0" in lvs and "vm-0-disk-0-backup-1" not in lvs
+    assert not [t for t in cloud.exports() if "-backup-" in t["iqn"]]
+    assert not [s for s in cloud.sessions("host1") if "-backup-" in s["iqn"]]
+    _assert_caching(cloud)
+    retried = cloud.tm_action(line, stdin=vm_xml)
+    assert retried.success, retried.info
+    assert sorted(n for n in cloud.lvs() if n.startswith("vm-0-disk-0-backup-")) == \
+        ["vm-0-disk-0-backup-0", "vm-0-disk-0-backup-1"]
