@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import config, netns
+from . import config, netns, xstate
 
 UML = "/usr/bin/linux.uml"
 
@@ -59,6 +59,9 @@ def boot(node, root_image):
     env = dict(os.environ)
     # UML backs the guest's memory with an unlinked file in TMPDIR; tmpfs keeps that off the disk.
     env["TMPDIR"] = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
+    shim = xstate.preload()
+    if shim is not None:
+        env["LD_PRELOAD"] = str(shim)
     with open(node.run_dir / "console.log", "ab") as console:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console,
                                 stderr=subprocess.STDOUT, start_new_session=True, env=env)
