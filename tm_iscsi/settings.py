@@ -56,3 +56,12 @@ def load(environ=None):
         transaction_timeout=int(get("TRANSACTION_TIMEOUT", 600)),
         max_pool_fill=int(get("MAX_POOL_FILL", 90)),
     )
+
+
+DEFAULT_REMOTES = "/var/lib/one/remotes"
+
+
+def remotes_dir():
+    """oned's remotes tree: the one the running action script is in (it exports it), else the
+    stock location."""
+    return os.environ.get("TM_ISCSI_REMOTES_DIR") or DEFAULT_REMOTES

@@ -42,11 +42,15 @@ def cp(ctx, action):
     ds = _config(ctx, action)
     image = action.require_image()
     path = sources.check_path(image.require_path(), action.datastore)
-    fmt, virtual_size = sources.probe(path)
     lv = _image_lv(action)
-    size = max(sources.size_mib(virtual_size), image.size_mb or 0)
-    stream, length = sources.open_stream(path)
+    # One download: the format is read from the head of the stream that is then written (a
+    # backup's downloader rebuilds the chain on the backup server for every open).
+    stream, fmt, virtual_size, length = sources.open_image(path)
     try:
+        if virtual_size is None and not image.size_mb:
+            raise DriverError(f"{path[:120]} does not say its size and the image has no SIZE; "
+                              "cannot size the LV")
+        size = max(sources.size_mib(virtual_size or 0), image.size_mb or 0)
         storage.create(ctx, ds, lv, size, kind="image", image=action.object_id)
         log.info(f"copying {path} ({fmt}, {length or '?'} bytes) into {ds.vg}/{lv}")
         # A known length lets the node refuse an image that does not fit before writing a byte.
@@ -54,6 +58,8 @@ def cp(ctx, action):
         ctx.node(ds.storage_host).call("lv-write", "--vg", ds.vg, "--lv", lv,
                                        "--format", fmt, *length_args, stdin=stream,
                                        timeout=ctx.settings.copy_timeout)
+        # A download that failed half-way says so here, before the image counts as made.
+        stream.close()
     except DriverError:
         # A half-written image must not be left for oned to retry into: it would look complete,
         # and oned calls no rm after a failed cp (fixture 24).

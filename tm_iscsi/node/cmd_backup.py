@@ -185,11 +185,25 @@ def _remove_backup_dir(vm_fd):
         shutil.rmtree(BACKUP_DIR_NAME, dir_fd=vm_fd)
 
 
+def _read_payload(stream, chunk=1 << 20):
+    """stdin up to its end, refused past the protocol's bound (read in pieces: one read of the
+    bound would ask for that much memory at once)."""
+    parts, total = [], 0
+    while True:
+        data = stream.read(chunk)
+        if not data:
+            return b"".join(parts)
+        total += len(data)
+        if total > protocol.MAX_PAYLOAD_BYTES:
+            raise NodeUsageError("the backup payload on stdin is larger than any backup's")
+        parts.append(data)
+
+
 @command(protocol.BACKUP_WRITE, "let the VM go on, then write its backup points as qcow2 files")
 def backup_write(args):
     (req,) = checked_requests(protocol.BackupWrite, args.request[:1], _check_write)
     chap = credentials_from_stdin(req.chap_user)
-    payload = getattr(sys.stdin, "buffer", sys.stdin).read(protocol.MAX_PAYLOAD_BYTES + 1)
+    payload = _read_payload(getattr(sys.stdin, "buffer", sys.stdin))
     try:
         vm_xml, ranges = protocol.parse_backup_payload(payload or b'{"vm_xml":"","ranges":{}}')
     except protocol.ProtocolError as err:

@@ -103,13 +103,11 @@ def failmigrate(ctx, args, stdin_xml=None):
 
 
 _TM_NAME_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
-DEFAULT_REMOTES = "/var/lib/one/remotes"
 
 
 def _remotes_dir():
-    """oned's remotes tree: the one the running action script is in (it exports it), else the
-    stock location."""
-    return os.environ.get("TM_ISCSI_REMOTES_DIR") or DEFAULT_REMOTES
+    from ..settings import remotes_dir
+    return remotes_dir()
 
 
 def _migrate_other(args, action, vm, stdin_xml):
