@@ -21,11 +21,12 @@ _CHAP_SECRET_RE = re.compile(r"[\x21-\x7e]{1,255}")
 
 # Every LV tm_iscsi makes carries this tag (lv_tags), which is how the node helper tells its own
 # LVs from anybody else's; and has a name of this scheme: an image, a VM's own disk, a snapshot
-# of either, a backup's point of a VM disk, an image's read-cache base, a clone's region map, and
-# the two names an LV's content has while it is replaced (the replacement being made, the content
-# being replaced).
+# of either, a backup's point of a VM disk, an image's read-cache base, a clone's region map, the
+# two names an LV's content has while it is replaced (the replacement being made, the content
+# being replaced), and where a backup being restored onto a disk is written first.
 _LV_SCHEME_RE = re.compile(r"^(img-\d{1,12}|vm-\d{1,12}-disk-\d{1,6})"
-                           r"(-snap-\d{1,12}|-backup-\d{1,12})?(-base|-map|-next|-prev)?$")
+                           r"(-snap-\d{1,12}|-backup-\d{1,12})?"
+                           r"(-base|-map|-next|-prev|-restore)?$")
 _DEFAULT_VG_RE = re.compile(r"^vg-one-\d{1,12}$")
 
 
@@ -73,6 +74,12 @@ def backup_points(lv, names):
     prefix = f"{lv}-backup-"
     return {int(n[len(prefix):]): n for n in names
             if n.startswith(prefix) and n[len(prefix):].isdigit() and len(n) - len(prefix) <= 12}
+
+
+def restore_lv(lv):
+    """Where a backup restored onto `lv` (onevm restore) is written, complete before it replaces
+    the disk's content."""
+    return f"{lv}-restore"
 
 
 def replacement_lv(lv):

@@ -10,9 +10,13 @@ import hashlib
 import subprocess
 import xml.etree.ElementTree as ET
 
+import re
+
 import pytest
 
+from harness import backup_ds, fixtures
 from harness.cloud import IMAGE_VG, SYSDIR, Cloud, plain_lines
+from harness.transfer import DatastoreManager, TransferManager
 
 FOLDER = "28-backup-full-live"
 VM_DIR = "host1:/var/lib/one//datastores/101/0"
@@ -135,14 +139,64 @@ def test_full_and_incremental_chain_restores_every_point_with_dirty_data(cloud, 
                 copies.append(copy)
             merged = _rebuild(copies, work / "merged.qcow2")
             assert _raw_sha(merged, tmp_path) == points[number][disk_id], (number, disk_id)
-    # One of them through the driver's own import: DS cp of the rebuilt qcow2.
+    _assert_caching(cloud)
+    _restore_from_the_backup_datastore(cloud, tmp_path, fetched, points)
+    _assert_caching(cloud)
+
+
+def _restore_from_the_backup_datastore(cloud, tmp_path, fetched, points):
+    """The chain kept by a backup datastore (the rsync driver's layout), then both restores:
+    `onevm restore` (TM restore, in place, all disks and then one disk of an increment) and
+    `oneimage restore` (DS cp of the rsync:// URL into a new image)."""
+    # A backup datastore keeps its backups under <datastores>/<its id> (rsync_downloader.rb
+    # finds the VM id in the path that way).
+    base = tmp_path / "datastores" / "102"
+    sources = []
+    for number, folder in enumerate(fetched):
+        backup_id = f"b{number:05x}"
+        backup_ds.keep(base, 0, backup_id, [p for p in folder.iterdir() if p.name != "vm.xml"]
+                       + [folder / "vm.xml"])
+        sources.append(backup_id)
+    ds_xml = (fixtures.folder("27-backup-full-poweroff") / "ds-102.xml").read_text()
+    ds_xml = re.sub(r"<BASE_PATH>.*?</BASE_PATH>", f"<BASE_PATH><![CDATA[{base}]]></BASE_PATH>",
+                    ds_xml, flags=re.S)
+    # The capture ran a probe under another name; OpenNebula's driver is `rsync`.
+    cloud.oned.put_xml(re.sub(r"<DS_MAD>.*?</DS_MAD>", f"<DS_MAD>{backup_ds.DS_MAD}</DS_MAD>",
+                              ds_xml, count=1, flags=re.S))
+    image = ET.fromstring((fixtures.folder("29-backup-incremental") /
+                           "image-4.after-backup3.xml").read_text())
+    increments = image.find("BACKUP_INCREMENTS")
+    for old in list(increments):
+        increments.remove(old)
+    for number, source in enumerate(sources):
+        inc = ET.SubElement(increments, "INCREMENT")
+        for name, value in (("ID", number), ("PARENT_ID", number - 1), ("SOURCE", source),
+                            ("TYPE", "FULL" if number == 0 else "INCREMENT")):
+            ET.SubElement(inc, name).text = str(value)
+    image.find("SOURCE").text = sources[0]
+    cloud.oned.put_xml(ET.tostring(image, encoding="unicode"))
+    tree = backup_ds.remotes(tmp_path / "remotes")
+    env = dict(cloud.env, **{backup_ds.BASE_ENV: str(base)})
+    tm = TransferManager(tree, drivers=["iscsi_lvm"], env=env, timeout=600)
+    # The VM's disks changed since (the user wants them back).
+    for disk_id in DISKS:
+        cloud.write_on("host1", f"{SYSDIR}/0/disk.{disk_id}", b"lost", offset_mib=9)
+    done = tm.run_action(f"RESTORE iscsi_lvm {VM_DIR} 0 4 -1 -1")
+    assert done.success, done.info
+    assert {d: _disk_sha(cloud, d) for d in DISKS} == points[2]
+    done = tm.run_action(f"RESTORE iscsi_lvm {VM_DIR} 0 4 1 1")
+    assert done.success, done.info
+    assert {d: _disk_sha(cloud, d) for d in DISKS} == {0: points[2][0], 1: points[1][1]}
+    assert not [n for n in cloud.lvs() if n.endswith("-restore")]
+    # oneimage restore: oned asks this datastore's cp for the backup datastore's URL.
+    ds = DatastoreManager(tree, ds_drivers=["iscsi_lvm"], system_tms=["iscsi_lvm"], env=env,
+                          timeout=900)
     image_id = 7
-    cp = cloud.ds_action("cp", image_id, cloud.ds_xml(
-        "01-image-create-from-path", "02-ds-cp", PATH=tmp_path / "restore-1-0" / "merged.qcow2",
-        ID=image_id))
+    url = f"rsync://102//0:{sources[0]},1:{sources[1]}{base}/0/{sources[1]}/disk.0"
+    cp = ds.run("cp", image_id, cloud.ds_xml("01-image-create-from-path", "02-ds-cp",
+                                             PATH=url, ID=image_id, SIZE=64))
     assert cp.success, cp.info
     assert cloud.sha_on("storage", f"/dev/{IMAGE_VG}/img-{image_id}", 0, 64) == points[1][0]
-    _assert_caching(cloud)
 
 
 def _assert_caching(cloud):

@@ -12,6 +12,7 @@ directory and could swap names in it), and takes its name, and oneadmin's owners
 when every file is complete."""
 import os
 import shutil
+import stat
 import sys
 
 from .. import protocol
@@ -118,10 +119,10 @@ def _fresh_staging(vm_fd):
         st = None
     if st is not None:
         # Left by a run that stopped half-way (rmtree never follows a link it finds).
-        if os.path.islink(f"/proc/{os.getpid()}/fd/{vm_fd}/{STAGING_NAME}"):
-            os.unlink(STAGING_NAME, dir_fd=vm_fd)
-        else:
+        if stat.S_ISDIR(st.st_mode):
             shutil.rmtree(STAGING_NAME, dir_fd=vm_fd)
+        else:
+            os.unlink(STAGING_NAME, dir_fd=vm_fd)
     os.mkdir(STAGING_NAME, 0o700, dir_fd=vm_fd)
     fd = os.open(STAGING_NAME, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=vm_fd)
     if os.fstat(fd).st_uid != os.geteuid():
@@ -173,16 +174,15 @@ def _hand_over(vm_fd, dir_fd):
 
 
 def _remove_backup_dir(vm_fd):
+    """What an earlier backup left (postbackup removes it; a failed one may not have run)."""
     try:
         st = os.lstat(BACKUP_DIR_NAME, dir_fd=vm_fd)
     except FileNotFoundError:
         return
-    if os.path.islink(f"/proc/{os.getpid()}/fd/{vm_fd}/{BACKUP_DIR_NAME}") or \
-            not os.path.isdir(f"/proc/{os.getpid()}/fd/{vm_fd}/{BACKUP_DIR_NAME}"):
-        os.unlink(BACKUP_DIR_NAME, dir_fd=vm_fd)
-    else:
-        del st
+    if stat.S_ISDIR(st.st_mode):
         shutil.rmtree(BACKUP_DIR_NAME, dir_fd=vm_fd)
+    else:
+        os.unlink(BACKUP_DIR_NAME, dir_fd=vm_fd)
 
 
 def _read_payload(stream, chunk=1 << 20):

@@ -10,18 +10,15 @@ from ..one.errors import OneError
 from ..one.tm_args import parse_tm_args, split_action_name
 from ..node.errors import NodeError
 
-NOT_SUPPORTED = {
-    "restore": "restoring backups in place is not supported by iscsi_lvm yet: restore into new "
-               "images (oneimage restore) and attach them",
-}
 # Actions that read a document from stdin: migrations (base64 VM), backups (plain VM XML).
 _STDIN_ACTIONS = ("premigrate", "postmigrate", "failmigrate", "prebackup", "prebackup_live",
                   "postbackup", "postbackup_live")
 
 
 def _handlers():
-    from . import backup, context, disks, migrate, moves, snapshots
+    from . import backup, context, disks, migrate, moves, restore, snapshots
     return {
+        "restore": restore.restore,
         "prebackup": backup.prebackup, "prebackup_live": backup.prebackup,
         "postbackup": backup.postbackup, "postbackup_live": backup.postbackup,
         "clone": disks.clone, "ln": disks.ln, "mkimage": disks.mkimage, "mkswap": disks.mkswap,
@@ -67,8 +64,6 @@ def run(action, argv, stdin=None, ctx=None):
 def _run(action, argv, stdin, ctx):
     try:
         name, _system = split_action_name(action)
-        if name in NOT_SUPPORTED:
-            raise DriverError(NOT_SUPPORTED[name])
         handlers = _handlers()
         if name not in handlers:
             raise DriverError(f"unknown TM action {name!r}")
