@@ -35,6 +35,15 @@ HOST_ATTACH = {"portal": "192.0.2.10", "initiator": IQN,
 HOST_DETACH = {"portal": "192.0.2.10", "remove_dir": "/var/lib/one/datastores/101/0",
                "disks": [{"name": "vm-0-disk-0", "link": LINK,
                           "luns": {"clone": {"iqn": TARGET, "serial": SERIAL}}}]}
+BACKUP_SNAPSHOT = {"vg": "vg-one-100", "host": "host1", "initiator": IQN, "ds_id": 100,
+                   "disks": [{"lv": "vm-0-disk-0", "increment": 1, "since": 0}]}
+BACKUP_RELEASE = {"vg": "vg-one-100", "host": "host1",
+                  "disks": [{"lv": "vm-0-disk-0", "keep": [0, 1]}]}
+BACKUP_QUIESCE = {"stacks": ["vm-0-disk-0"], "domain": "one-0", "freeze": "AGENT"}
+BACKUP_WRITE = {"portal": "192.0.2.10", "dir": "/var/lib/one/datastores/101/0/backup",
+                "resume": ["vm-0-disk-0"], "domain": "one-0", "thaw": "AGENT",
+                "files": [{"disk_id": 0, "increment": 1, "size_bytes": 64 << 20, "delta": True,
+                           "lun": {"iqn": TARGET, "serial": SERIAL}}]}
 
 # command -> its options as the front-end gives them (a valid call).
 BASES = {
@@ -42,6 +51,10 @@ BASES = {
     "storage-release": ["--request", json.dumps(STORAGE_RELEASE)],
     "host-attach": ["--request", json.dumps(HOST_ATTACH)],
     "host-detach": ["--request", json.dumps(HOST_DETACH)],
+    "backup-snapshot": ["--request", json.dumps(BACKUP_SNAPSHOT)],
+    "backup-release": ["--request", json.dumps(BACKUP_RELEASE)],
+    "backup-quiesce": ["--request", json.dumps(BACKUP_QUIESCE)],
+    "backup-write": ["--request", json.dumps(BACKUP_WRITE)],
     "lv-create": ["--vg", "vg-one-100", "--lv", "img-3", "--size-mib", "64", "--tag",
                   "tm_iscsi", "--max-fill", "90"],
     "lv-snapshot": ["--vg", "vg-one-100", "--origin", "img-0", "--lv", "img-2", "--max-fill",
@@ -137,9 +150,11 @@ def _field_paths(doc, prefix=()):
 
 
 REQUESTS = {"storage-attach": STORAGE_ATTACH, "storage-release": STORAGE_RELEASE,
-            "host-attach": HOST_ATTACH, "host-detach": HOST_DETACH}
+            "host-attach": HOST_ATTACH, "host-detach": HOST_DETACH,
+            "backup-snapshot": BACKUP_SNAPSHOT, "backup-release": BACKUP_RELEASE,
+            "backup-quiesce": BACKUP_QUIESCE, "backup-write": BACKUP_WRITE}
 # Fields whose every value is a legitimate choice (a flag, a mode the request may leave out).
-_FREE_FIELDS = {("disks", 0, "remove"), ("disks", 0, "wb_clear")}
+_FREE_FIELDS = {("disks", 0, "remove"), ("disks", 0, "wb_clear"), ("files", 0, "delta")}
 
 
 def cases(seed):
@@ -162,7 +177,8 @@ def cases(seed):
                                    f"{command} {'.'.join(map(str, path))}={str(value)[:30]!r}")
             yield NodeCase([command, "--request", json.dumps({**doc, "extra": 1})], None,
                            f"{command} unknown field")
-            many = dict(doc, disks=doc["disks"] * 65)
+            listed = next(k for k in ("disks", "files", "stacks") if k in doc)
+            many = dict(doc, **{listed: doc[listed] * 65})
             yield NodeCase([command, "--request", json.dumps(many)], None, f"{command} 65 disks")
             continue
         for i in range(0, len(options), 2):

@@ -539,6 +539,8 @@ class BackupQuiesce(_Record):
     def check(self, where):
         _check_strs(where, "stacks", self.stacks)
         _check_freeze(where, self.freeze, self.domain)
+        if not self.stacks and self.freeze == "NONE":
+            raise ProtocolError(f"{where}: nothing to quiesce (no stack, no freeze)")
         if not 1 <= self.flush_seconds <= 86400:
             raise ProtocolError(f"{where}: flush_seconds out of range")
 
