@@ -400,7 +400,8 @@ wanted_packages() {
     deb+=(targetcli-fb python3-rtslib-fb qemu-utils)
     rpm+=(targetcli python3-rtslib qemu-img)
   fi
-  if ((HAS_HOST)); then deb+=(open-iscsi); rpm+=(iscsi-initiator-utils); fi
+  # qemu-img / qemu-io write a backup's qcow2 files on the host (prebackup).
+  if ((HAS_HOST)); then deb+=(open-iscsi qemu-utils); rpm+=(iscsi-initiator-utils qemu-img); fi
   if [ "$PKG_FAMILY" = deb ]; then printf '%s\n' "${deb[@]}"; else printf '%s\n' "${rpm[@]}"; fi
 }
 

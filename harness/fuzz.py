@@ -11,6 +11,8 @@ stand-in, so thousands of calls fit in a test of a few minutes."""
 import base64
 import contextlib
 import io
+import json
+import os
 import random
 import sys
 import xml.etree.ElementTree as ET
@@ -191,7 +193,52 @@ def base_calls():
                       _tm_documents(call) if call.driver == "tm" else {}))
         if call.driver == "ds" and call.action == "rm":
             bases.append(("ds", "export", list(call.args), stdin, {}))
-    return bases
+    return bases + backup_calls()
+
+
+# The backup captures (folders 27-30): TM actions oned 7.4 runs for `onevm backup` and
+# `onevm restore`, read from their folders (index.json does not list them).
+BACKUP_CAPTURES = (("28-backup-full-live", "01-tm-prebackup_live"),
+                   ("28-backup-full-live", "03-tm-postbackup_live"),
+                   ("27-backup-full-poweroff", "01-tm-prebackup"),
+                   ("27-backup-full-poweroff", "03-tm-postbackup"),
+                   ("30-backup-restore", "22-tm-restore"))
+BACKUP_ACTIONS = ("prebackup", "prebackup_live", "postbackup", "postbackup_live")
+
+
+def backup_calls():
+    out = []
+    for folder, capture in BACKUP_CAPTURES:
+        root = fixtures.folder(folder)
+        argv = json.loads((root / f"{capture}.argv.json").read_text())
+        action = os.path.basename(argv[0])
+        stdin_path = root / f"{capture}.stdin"
+        stdin = stdin_path.read_bytes() if stdin_path.exists() else None
+        docs = {}
+        for suffix, key in ((".vm.xml", "vm"), (".ds.xml", "ds")):
+            path = root / f"{capture}{suffix}"
+            if path.exists():
+                text = path.read_text()
+                docs[key if key == "vm" else f"ds-{ET.fromstring(text).findtext('ID')}"] = text
+        out.append(("tm", action, argv[1:], stdin, docs))
+    return out
+
+
+def _backup_stdin_cases(action, argv, stdin, docs):
+    """The VM document a backup action gets on stdin (plain XML), broken or another VM's."""
+    xml = stdin.decode()
+    body = xml[xml.index("<VM"):]
+    broken = [
+        (b"", "empty stdin"), (b"\xff\xfe\x00garbage", "non-UTF-8 bytes"),
+        (xml[: len(xml) // 2].encode(), "truncated XML"), (b"<OTHER_ROOT/>", "wrong root"),
+        ((ENTITY_BOMB + body.replace("<VM>", "<VM>&d;", 1)).encode(), "entity expansion"),
+        ((EXTERNAL_ENTITY + body.replace("<VM>", "<VM>&x;", 1)).encode(), "external entity"),
+        (_edited(xml, lambda r: _set_text(r, "ID", "7")).encode(), "stdin VM is another VM"),
+        (_edited(xml, lambda r: _set_text(r, "BACKUPS/BACKUP_CONFIG/LAST_DATASTORE_ID",
+                                          "x")).encode() + b"<x/>", "two documents"),
+    ]
+    for data, what in broken:
+        yield Case("tm", action, argv, data, docs, True, what)
 
 
 def _argv_cases(driver, action, argv, stdin, docs, rng):
@@ -336,6 +383,8 @@ def cases(seed, read_datastores):
             yield from _stdin_cases(driver, action, argv, stdin, docs, rng)
         if stdin is not None and action in ("premigrate", "postmigrate", "failmigrate"):
             yield from _migration_stdin_cases(action, argv, stdin, docs)
+        if stdin is not None and action in BACKUP_ACTIONS:
+            yield from _backup_stdin_cases(action, argv, stdin, docs)
         if driver == "ds":
             yield from _image_attr_cases(action, argv, stdin, rng)
         else:
@@ -385,7 +434,8 @@ def run_case(case, standin, make_ctx):
     with _stdio(case.stdin) as (out, err):
         if case.program == "tm":
             stdin_text = None
-            if case.action in ("premigrate", "postmigrate", "failmigrate"):
+            if case.action in ("premigrate", "postmigrate", "failmigrate") or \
+                    case.action in BACKUP_ACTIONS:
                 stdin_text = (case.stdin or b"").decode("utf-8", "replace")
             code = tm_main.run(case.action, case.argv, stdin=stdin_text, ctx=ctx)
         else:

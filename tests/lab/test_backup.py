@@ -241,3 +241,69 @@ def test_a_failed_backup_leaves_nothing_and_the_retry_succeeds(cloud, tmp_path):
     assert retried.success, retried.info
     assert sorted(n for n in cloud.lvs() if n.startswith("vm-0-disk-0-backup-")) == \
         ["vm-0-disk-0-backup-0", "vm-0-disk-0-backup-1"]
+
+
+def test_a_live_backup_converges_after_a_failure_at_any_step(cloud, tmp_path):
+    vm_xml = _backup_config(cloud, "INCREMENT", -1)
+    _backup(cloud, "prebackup_live", vm_xml)
+    first = tmp_path / "bk0"
+    _fetch_backup(cloud, first)
+    _backup(cloud, "postbackup_live", vm_xml)
+    cloud.write_on("host1", f"{SYSDIR}/0/disk.0", b"converge", offset_mib=7)
+    vm_xml = _backup_config(cloud, "INCREMENT", 0)
+    expected = _disk_sha(cloud, 0)
+    calls = cloud.converge(f"PREBACKUP_LIVE iscsi_lvm {VM_DIR} 0:1 one-0 - 0 101", stdin=vm_xml)
+    assert calls == 4
+    second = tmp_path / "bk1"
+    assert _fetch_backup(cloud, second) == ["disk.0.1", "disk.1.1", "vm.xml"]
+    work = tmp_path / "chain"
+    work.mkdir()
+    chain = []
+    for path in (first / "disk.0.0", second / "disk.0.1"):
+        (work / path.name).write_bytes(path.read_bytes())
+        chain.append(work / path.name)
+    assert _raw_sha(_rebuild(chain, work / "merged.qcow2"), tmp_path) == expected
+    assert sorted(n for n in cloud.lvs() if "-backup-" in n) == [
+        "img-1-backup-0", "img-1-backup-1", "vm-0-disk-0-backup-0", "vm-0-disk-0-backup-1"]
+    assert not [t for t in cloud.exports() if "-backup-" in t["iqn"]]
+    assert not [s for s in cloud.sessions("host1") if "-backup-" in s["iqn"]]
+    _assert_caching(cloud)
+
+
+RECORD = 4096
+RECORDS_AT = 4 << 20
+
+
+def test_a_live_backup_under_a_running_writer_holds_a_prefix_of_its_writes(cloud, tmp_path):
+    """Every write the guest saw complete before the point is in it, none after: the records a
+    sequential O_DSYNC writer wrote are a whole prefix of its sequence, and it never failed."""
+    disk = f"{SYSDIR}/0/disk.0"
+    count = 2500
+    cloud.lab.sh("host1", f"""rm -f /tmp/writer.log
+setsid nohup bash -c 'for i in $(seq 0 {count - 1}); do
+  printf "record-%08d" $i | dd of={disk} bs={RECORD} seek=$(( {RECORDS_AT // RECORD} + i ))\\
+    conv=sync,notrunc oflag=direct,dsync status=none || echo FAIL $i
+  echo $i > /tmp/writer.at
+done; echo DONE' > /tmp/writer.log 2>&1 < /dev/null &""")
+    import time
+    deadline = time.monotonic() + 120
+    while int(cloud.lab.sh("host1", "cat /tmp/writer.at 2>/dev/null || echo 0").strip()) < 100:
+        assert time.monotonic() < deadline, "the writer did not start"
+        time.sleep(1)
+    vm_xml = _backup_config(cloud, "FULL")
+    _backup(cloud, "prebackup_live", vm_xml)
+    _fetch_backup(cloud, tmp_path / "bk")
+    while "DONE" not in cloud.lab.sh("host1", "cat /tmp/writer.log"):
+        assert time.monotonic() < deadline + 600, "the writer did not finish"
+        time.sleep(2)
+    assert "FAIL" not in cloud.lab.sh("host1", "cat /tmp/writer.log")
+    raw = tmp_path / "point.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(tmp_path / "bk" / "disk.0.0"),
+                    str(raw)], check=True)
+    data = raw.read_bytes()
+    present = [data[RECORDS_AT + i * RECORD:RECORDS_AT + i * RECORD + 15] == b"record-%08d" % i
+               for i in range(count)]
+    k = present.index(False) if False in present else count
+    assert 100 <= k < count, k
+    assert not any(present[k:]), "a record after the first missing one is in the point"
+    _backup(cloud, "postbackup_live", vm_xml)

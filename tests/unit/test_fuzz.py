@@ -204,7 +204,10 @@ def test_the_programs_refuse_hostile_input_in_one_line_without_a_network(standin
                 "TM_ISCSI_LOCK_DIR": str(tmp_path / "locks"),
                 "TM_ISCSI_NODE_CONF": str(tmp_path / "no-node.conf")})
     read_by_action = {}
-    all_cases = list(fuzz.cases(SEED, read_by_action))
+    # A word with a NUL cannot be an argument of a program (exec ends it there): the
+    # in-process part covers those.
+    all_cases = [c for c in fuzz.cases(SEED, read_by_action)
+                 if not any("\x00" in word for word in c.argv)]
     rng = random.Random(SEED)
     sample = rng.sample(all_cases, min(SCRIPT_SAMPLE, len(all_cases)))
     from harness import fuzz_node

@@ -112,8 +112,13 @@ def prebackup(ctx, args, stdin_xml=None):
     try:
         points = _snapshot(ctx, host, disks, plan)
     finally:
-        if points is None and quiesced:
-            _write(ctx, host, args, vm, stdin_xml, disks, stacks, freeze, None, best_effort=True)
+        if points is None:
+            if quiesced:
+                _write(ctx, host, args, vm, stdin_xml, disks, stacks, freeze, None,
+                       best_effort=True)
+            # The storage node may have made and exported this backup's points before the
+            # answer was lost.
+            _release(ctx, host, disks, plan.keep(False), best_effort=True)
     try:
         written = _write(ctx, host, args, vm, stdin_xml, disks, stacks, freeze, points)
     except BaseException:
@@ -210,7 +215,6 @@ def _release(ctx, host, disks, keep, best_effort=False):
 
 def postbackup(ctx, args, stdin_xml=None):
     """What the backup datastore copied goes (the points were released by prebackup)."""
-    if stdin_xml:
-        _document(args, stdin_xml)
+    _document(args, stdin_xml)
     ctx.node(args.vm_dir.host).call("path-remove", "--path", _backup_dir(args))
 
