@@ -278,7 +278,7 @@ def test_a_live_backup_under_a_running_writer_holds_a_prefix_of_its_writes(cloud
     """Every write the guest saw complete before the point is in it, none after: the records a
     sequential O_DSYNC writer wrote are a whole prefix of its sequence, and it never failed."""
     disk = f"{SYSDIR}/0/disk.0"
-    count = 2500
+    count = 800
     cloud.lab.sh("host1", f"""rm -f /tmp/writer.log
 setsid nohup bash -c 'for i in $(seq 0 {count - 1}); do
   printf "record-%08d" $i | dd of={disk} bs={RECORD} seek=$(( {RECORDS_AT // RECORD} + i ))\\
@@ -287,7 +287,7 @@ setsid nohup bash -c 'for i in $(seq 0 {count - 1}); do
 done; echo DONE' > /tmp/writer.log 2>&1 < /dev/null &""")
     import time
     deadline = time.monotonic() + 120
-    while int(cloud.lab.sh("host1", "cat /tmp/writer.at 2>/dev/null || echo 0").strip()) < 100:
+    while int(cloud.lab.sh("host1", "cat /tmp/writer.at 2>/dev/null || echo 0").strip()) < 50:
         assert time.monotonic() < deadline, "the writer did not start"
         time.sleep(1)
     vm_xml = _backup_config(cloud, "FULL")
@@ -304,6 +304,6 @@ done; echo DONE' > /tmp/writer.log 2>&1 < /dev/null &""")
     present = [data[RECORDS_AT + i * RECORD:RECORDS_AT + i * RECORD + 15] == b"record-%08d" % i
                for i in range(count)]
     k = present.index(False) if False in present else count
-    assert 100 <= k < count, k
+    assert 50 <= k < count, k
     assert not any(present[k:]), "a record after the first missing one is in the point"
     _backup(cloud, "postbackup_live", vm_xml)

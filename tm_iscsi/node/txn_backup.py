@@ -80,6 +80,7 @@ def _snapshot(req):
             for name in stale:
                 _run.info(f"{req.vg}/{name} is left from an earlier run: making it anew")
                 lvops.remove(rep, name)
+            rep = lvm.report(req.vg)
         for disk in req.disks:
             lvops.ensure_snapshot(rep, disk.lv, naming.backup_lv(disk.lv, disk.increment),
                                   _point_tags(req, rep.get(disk.lv)), req.max_fill)
