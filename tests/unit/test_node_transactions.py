@@ -243,12 +243,15 @@ def test_a_request_that_is_not_the_protocol_is_one_line(vg, capsys, text):
 def test_release_revokes_removes_the_vm_s_own_and_keeps_the_image(vg, capsys):
     run(capsys, "storage-attach", clone_request())
     vg.add("vm-7-disk-0-snap-0", 64 * MIB, origin="vm-7-disk-0")
+    # A backup chain's points go with the disk too.
+    vg.add("vm-7-disk-0-backup-3", 64 * MIB, origin="vm-7-disk-0")
     release = protocol.StorageRelease(vg="vgt", host="host1", initiator=HOST1, disks=[
         protocol.ReleaseDisk(lv="vm-7-disk-0", remove=True, release_base_of="img-0")])
     code, out, err = run(capsys, "storage-release", release)
     assert code == 0, err
     assert out["disks"] == [{"lv": "vm-7-disk-0", "removed": True}]
-    assert not {"vm-7-disk-0", "vm-7-disk-0-map", "vm-7-disk-0-snap-0"} & set(vg.lvs)
+    assert not {"vm-7-disk-0", "vm-7-disk-0-map", "vm-7-disk-0-snap-0",
+                "vm-7-disk-0-backup-3"} & set(vg.lvs)
     assert {"img-0", "img-0-base"} <= set(vg.lvs) and vg.exports == {}
     again = run(capsys, "storage-release", release)
     assert again[0] == 0 and again[1]["disks"][0]["removed"] is False

@@ -360,8 +360,10 @@ storage_attach.configure = _request_option
 # -- storage-release --------------------------------------------------------------------------
 
 def _snapshots_of(rep, lv):
+    """The LVs that go with `lv`: its snapshots and its backup points."""
     prefix = f"{lv}-snap-"
-    return sorted(n for n in rep.lvs if n.startswith(prefix) and n[len(prefix):].isdigit())
+    snaps = [n for n in rep.lvs if n.startswith(prefix) and n[len(prefix):].isdigit()]
+    return sorted(snaps + list(naming.backup_points(lv, rep.lvs).values()))
 
 
 def _revoke(req, name, whole_target, changed):

@@ -30,11 +30,21 @@ def snapshots_of(ctx, ds, lv):
             if entry["lv"].startswith(prefix) and entry["lv"][len(prefix):].isdigit()]
 
 
+def dependents_of(ctx, ds, lv):
+    """The LVs that go with `lv`: its snapshots (`<lv>-snap-N`) and its backup points
+    (`<lv>-backup-N`)."""
+    names = [entry["lv"] for entry in
+             ctx.node(ds.storage_host).call("lv-list", "--vg", ds.vg).get("lvs", [])]
+    prefix = f"{lv}-snap-"
+    return sorted([n for n in names if n.startswith(prefix) and n[len(prefix):].isdigit()] +
+                  list(naming.backup_points(lv, names).values()))
+
+
 def remove(ctx, ds, lv, with_snapshots=True):
-    """Remove an LV and the snapshots tm_iscsi named after it (`<lv>-snap-N`)."""
+    """Remove an LV and what tm_iscsi named after it (its snapshots and backup points)."""
     node = ctx.node(ds.storage_host)
     if with_snapshots:
-        for name in snapshots_of(ctx, ds, lv):
+        for name in dependents_of(ctx, ds, lv):
             node.call("unexport", "--vg", ds.vg, "--lv", name, "--iqn-base", ds.iqn_base)
             node.call("lv-remove", "--vg", ds.vg, "--lv", name)
     node.call("unexport", "--vg", ds.vg, "--lv", lv, "--iqn-base", ds.iqn_base)
