@@ -111,7 +111,7 @@ def main():
                               f"count={DATA_MIB} oflag=direct status=none", timeout=3600)
             # The host's root filesystem is small: the system datastore on a local LV, as a
             # host's own disk would hold it.
-            lab.sh("host1", f"lvcreate -q -y -L 6G -n sysds tmi-cache && "
+            lab.sh("host1", f"lvcreate -q -y -L 5G -n sysds tmi-cache && "
                             f"mkfs.ext4 -q /dev/tmi-cache/sysds && mkdir -p {SYSDIR} && "
                             f"mount /dev/tmi-cache/sysds {SYSDIR} && "
                             f"chown oneadmin: {SYSDIR}")
