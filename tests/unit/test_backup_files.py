@@ -124,3 +124,31 @@ def test_backup_payload_round_trips_and_refuses_what_is_not_one():
                 b'{"vm_xml":"","ranges":{},"x":1}', b"\xff"):
         with pytest.raises(protocol.ProtocolError):
             protocol.parse_backup_payload(bad)
+
+
+def test_a_chain_flattened_as_keep_last_does_still_restores_every_kept_point(tmp_path):
+    """The rsync backup datastore's increment_flatten (KEEP_LAST): the oldest files rebased,
+    committed into the first, which takes the last one's name; the points kept are intact."""
+    states = [{0: 1, 5 * CL: 2}, {0: 1, 5 * CL: 7, 9 * CL: 3}, {0: 4, 9 * CL: 3, 12 * CL: 5}]
+    disks = [_disk(tmp_path / f"p{n}", blocks) for n, blocks in enumerate(states)]
+    changed = [None, [(5 * CL, CL), (9 * CL, CL)], [(0, CL), (5 * CL, CL), (12 * CL, CL)]]
+    out = tmp_path / "out"
+    out.mkdir()
+    fd = _dir_fd(out)
+    try:
+        backup_image.write_full(str(disks[0]), fd, "disk.0.0")
+        for n in (1, 2):
+            backup_image.write_delta(str(disks[n]), fd, f"disk.0.{n}", SIZE, changed[n])
+    finally:
+        os.close(fd)
+    files = [out / f"disk.0.{n}" for n in range(3)]
+    # KEEP_LAST=2 over increments 0, 1, 2: 0 and 1 are merged into one file named disk.0.1.
+    subprocess.run(["qemu-img", "rebase", "-u", "-F", "qcow2", "-b", str(files[0]),
+                    str(files[1])], check=True)
+    subprocess.run(["qemu-img", "commit", "-f", "qcow2", "-b", str(files[0]), str(files[1])],
+                   check=True)
+    os.replace(files[0], files[1])
+    assert _raw(files[1], tmp_path / "r1") == _sha(disks[1])
+    subprocess.run(["qemu-img", "rebase", "-u", "-F", "qcow2", "-b", str(files[1]),
+                    str(files[2])], check=True)
+    assert _raw(files[2], tmp_path / "r2") == _sha(disks[2])
