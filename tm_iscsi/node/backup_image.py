@@ -13,6 +13,7 @@ import os
 
 from . import run as _run
 from .errors import NodeError
+from .progress import Progress, convert_with_progress
 
 # qcow2's cluster, and the granularity at which a changed block is data or zeros: thin pools
 # allocate in multiples of 64 KiB, so a changed range is always whole clusters.
@@ -35,7 +36,7 @@ def _qcow2_options():
 
 
 def convert_argv(source, target, source_format="raw"):
-    return ["qemu-img", "convert", "-f", source_format, "-O", "qcow2", *_qcow2_options(),
+    return ["qemu-img", "convert", "-p", "-f", source_format, "-O", "qcow2", *_qcow2_options(),
             source, target]
 
 
@@ -59,8 +60,8 @@ def write_full(device, dir_fd, name):
     tmp = f".{name}.tmp"
     _remove(dir_fd, tmp)
     try:
-        _run.run(convert_argv(device, _in_dir(dir_fd, tmp)), timeout=CONVERT_TIMEOUT,
-                 what=f"writing {name}")
+        convert_with_progress(convert_argv(device, _in_dir(dir_fd, tmp)), f"writing {name}",
+                              CONVERT_TIMEOUT)
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         _remove(dir_fd, tmp)
@@ -86,11 +87,12 @@ def _merge(ranges):
     return merged
 
 
-def _copy_ranges(device, raw_fd, ranges, size_bytes):
+def _copy_ranges(device, raw_fd, ranges, size_bytes, what):
     """The changed ranges of `device` into the sparse raw file, clusters of zeros left as holes;
     returns (bytes read, [(offset, length)] of the changed clusters that read as zeros)."""
     zeros = []
     read = 0
+    progress = Progress(what, sum(length for _, length in ranges))
     src = os.open(device, os.O_RDONLY)
     try:
         # The ranges are scattered: readahead past each one's end would read blocks that did
@@ -116,6 +118,7 @@ def _copy_ranges(device, raw_fd, ranges, size_bytes):
                     else:
                         os.pwrite(raw_fd, piece, position + start)
                 position += want
+                progress.update(read)
     finally:
         os.close(src)
     return read, _merge(zeros)
@@ -133,13 +136,14 @@ def write_delta(device, dir_fd, name, size_bytes, ranges):
                          dir_fd=dir_fd)
         try:
             os.ftruncate(raw_fd, size_bytes)
-            read, zeros = _copy_ranges(device, raw_fd, ranges, size_bytes)
+            read, zeros = _copy_ranges(device, raw_fd, ranges, size_bytes,
+                                       f"reading the changed blocks for {name}")
             os.fsync(raw_fd)
         finally:
             os.close(raw_fd)
         target = _in_dir(dir_fd, tmp)
-        _run.run(convert_argv(_in_dir(dir_fd, raw), target), timeout=CONVERT_TIMEOUT,
-                 what=f"writing {name}")
+        convert_with_progress(convert_argv(_in_dir(dir_fd, raw), target), f"writing {name}",
+                              CONVERT_TIMEOUT)
         for start in range(0, len(zeros), ZERO_BATCH):
             _run.run(zero_argv(target, zeros[start:start + ZERO_BATCH]),
                      timeout=CONVERT_TIMEOUT, what=f"marking the zeroed blocks of {name}")

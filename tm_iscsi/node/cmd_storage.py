@@ -16,6 +16,7 @@ import tempfile
 from .. import naming
 from . import confine, iscsi, lio, locks, lvm, lvops
 from . import run as _run
+from .progress import Progress as _Progress, convert_with_progress
 from .chap import add_option as chap_option, credentials as chap_credentials
 from .cli import checked_command as command
 from .errors import NodeError
@@ -292,23 +293,6 @@ lv_list.configure = _lv_list_options
 
 # -- data --------------------------------------------------------------------------------------
 
-class _Progress:
-    """INFO lines about every 5% of `total` bytes."""
-
-    def __init__(self, what, total, in_bytes=True):
-        self.what = what
-        self.total = max(int(total), 1)
-        self.in_bytes = in_bytes
-        self.next_mark = 5
-
-    def update(self, done):
-        percent = int(done * 100 / self.total)
-        if percent >= self.next_mark:
-            amount = f" ({done // MIB} MiB)" if self.in_bytes else ""
-            _run.info(f"{self.what}: {min(percent, 100)}%{amount}")
-            self.next_mark = (percent // 5 + 1) * 5
-
-
 def _read_full(stream, size):
     """Up to `size` bytes; short only at end of input (pipes return what they have)."""
     parts, got = [], 0
@@ -445,15 +429,7 @@ def _write_qcow2(stdin, lv, what, expected=None):
             # A thin LV that never had a block mapped reads as zeros: skip writing them.
             argv.append("--target-is-zero")
         argv += [spool.name, lv.path]
-        progress = _Progress(f"{what}: converting", 100, in_bytes=False)
-
-        def on_output(text):
-            m = re.search(r"\(([\d.]+)/100%\)", text)
-            if m:
-                progress.update(int(float(m.group(1))))
-
-        _run.run_progress(argv, on_output, timeout=CONVERT_TIMEOUT,
-                          what=f"{what}: qemu-img convert")
+        convert_with_progress(argv, f"{what}: converting", CONVERT_TIMEOUT)
     fd = os.open(lv.path, os.O_WRONLY)
     try:
         os.fsync(fd)
