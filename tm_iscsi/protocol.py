@@ -574,11 +574,12 @@ class BackupSnapshot(_Record):
     chap_user: Optional[str] = None
     max_fill: int = 90
     ds_id: Optional[int] = None
+    vm_id: Optional[int] = None        # the VM backed up: its points are its own (orphans)
 
     _TYPES = {"vg": (str, False), "host": (str, False), "initiator": (str, False),
               "disks": (list, False), "pool": (str, False), "iqn_base": (str, False),
               "portal_ip": (str, False), "port": (int, False), "chap_user": (str, True),
-              "max_fill": (int, False), "ds_id": (int, True)}
+              "max_fill": (int, False), "ds_id": (int, True), "vm_id": (int, True)}
     _NESTED = {"disks": BackupPoint}
 
     def check(self, where):
@@ -586,6 +587,8 @@ class BackupSnapshot(_Record):
             raise ProtocolError(f"{where}: disks is empty")
         if not 0 <= self.max_fill <= 100 or not 1 <= self.port <= 65535:
             raise ProtocolError(f"{where}: max_fill or port out of range")
+        if self.vm_id is not None:
+            _check_ints(where, "vm_id", [self.vm_id])
 
 
 @dataclass

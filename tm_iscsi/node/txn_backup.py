@@ -34,11 +34,15 @@ def _check_snapshot(req):
 
 
 def _point_tags(req, lv):
+    """A point is the backed-up VM's (so `tm-iscsi orphans` finds the points of a persistent
+    image whose VM is gone), of the origin's disk and image."""
     owner = dict(kind="backup", ds=req.ds_id)
     for tag in lvops.owner_tags(lv.tags):
         key, _, value = tag[len(protocol.OWNER_TAG) + 1:].partition("=")
         if key in ("vm", "disk", "image"):
             owner[key] = value
+    if req.vm_id is not None:
+        owner["vm"] = req.vm_id
     return protocol.owner_tags(**owner)
 
 

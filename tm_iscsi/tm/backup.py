@@ -110,7 +110,7 @@ def prebackup(ctx, args, stdin_xml=None):
         quiesced = True
     points = None
     try:
-        points = _snapshot(ctx, host, disks, plan)
+        points = _snapshot(ctx, host, disks, plan, vm.id)
     finally:
         if points is None:
             if quiesced:
@@ -141,7 +141,7 @@ def _groups(disks):
     return list(groups.values())
 
 
-def _snapshot(ctx, host, disks, plan):
+def _snapshot(ctx, host, disks, plan, vm_id):
     """{disk id: the point backup-snapshot made}, one call per storage node."""
     initiator = ctx.initiator(host)
     out = {}
@@ -149,7 +149,7 @@ def _snapshot(ctx, host, disks, plan):
         ds = group[0][1].ds
         request = protocol.BackupSnapshot(
             vg=ds.vg, host=host, initiator=initiator, pool=ds.pool, iqn_base=ds.iqn_base,
-            chap_user=ds.chap_user, max_fill=ds.max_fill, ds_id=ds.ds_id,
+            chap_user=ds.chap_user, max_fill=ds.max_fill, ds_id=ds.ds_id, vm_id=vm_id,
             disks=[protocol.BackupPoint(lv=v.lv, increment=plan.increment, since=plan.since)
                    for _, v, _ in group])
         answer = ctx.node(ds.storage_host).call(
