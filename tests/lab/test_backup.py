@@ -181,10 +181,13 @@ def _restore_from_the_backup_datastore(cloud, tmp_path, fetched, points):
     # The VM's disks changed since (the user wants them back).
     for disk_id in DISKS:
         cloud.write_on("host1", f"{SYSDIR}/0/disk.{disk_id}", b"lost", offset_mib=9)
-    done = tm.run_action(f"RESTORE iscsi_lvm {VM_DIR} 0 4 -1 -1")
+    # The transfer files oned 7.4 wrote for `onevm restore 0 4` and `... --increment 1
+    # --disk-id 1` (fixture 30).
+    transfers = fixtures.folder("30-backup-restore") / "transfer"
+    done = tm.run_transfer_text((transfers / "vm0.transfer.8.restore").read_text())
     assert done.success, done.info
     assert {d: _disk_sha(cloud, d) for d in DISKS} == points[2]
-    done = tm.run_action(f"RESTORE iscsi_lvm {VM_DIR} 0 4 1 1")
+    done = tm.run_transfer_text((transfers / "vm0.transfer.9.restore").read_text())
     assert done.success, done.info
     assert {d: _disk_sha(cloud, d) for d in DISKS} == {0: points[2][0], 1: points[1][1]}
     assert not [n for n in cloud.lvs() if n.endswith("-restore")]
