@@ -24,14 +24,6 @@ def _source_lv(ds, image):
                              f"image in datastore {ds.ds_id}")
 
 
-def _remove_quietly(ctx, ds, lv):
-    """Undo what a failed action made; its own error is the one the administrator reads."""
-    try:
-        storage.remove(ctx, ds, lv)
-    except DriverError as err:
-        log.info(f"could not remove {ds.vg}/{lv} after the failure: {err}")
-
-
 def stat(ctx, action):
     path = sources.check_path(action.require_image().require_path(), action.datastore)
     _fmt, size = sources.probe(path)
@@ -42,31 +34,17 @@ def cp(ctx, action):
     ds = _config(ctx, action)
     image = action.require_image()
     path = sources.check_path(image.require_path(), action.datastore)
-    lv = _image_lv(action)
-    # One download: the format is read from the head of the stream that is then written (a
-    # backup's downloader rebuilds the chain on the backup server for every open).
-    stream, fmt, virtual_size, length = sources.open_image(path)
-    try:
+
+    def size_mib(fmt, virtual_size):
         if virtual_size is None and not image.size_mb:
             raise DriverError(f"{path[:120]} does not say its size and the image has no SIZE; "
                               "cannot size the LV")
-        size = max(sources.size_mib(virtual_size or 0), image.size_mb or 0)
-        storage.create(ctx, ds, lv, size, kind="image", image=action.object_id)
-        log.info(f"copying {path} ({fmt}, {length or '?'} bytes) into {ds.vg}/{lv}")
-        # A known length lets the node refuse an image that does not fit before writing a byte.
-        length_args = ["--size-bytes", length] if length else []
-        ctx.node(ds.storage_host).call("lv-write", "--vg", ds.vg, "--lv", lv,
-                                       "--format", fmt, *length_args, stdin=stream,
-                                       timeout=ctx.settings.copy_timeout)
-        # A download that failed half-way says so here, before the image counts as made.
-        stream.close()
-    except DriverError:
-        # A half-written image must not be left for oned to retry into: it would look complete,
-        # and oned calls no rm after a failed cp (fixture 24).
-        _remove_quietly(ctx, ds, lv)
-        raise
-    finally:
-        stream.close()
+        return max(sources.size_mib(virtual_size or 0), image.size_mb or 0)
+
+    # One download: the format is read from the head of the stream that is then written (a
+    # backup's downloader rebuilds the chain on the backup server for every open).
+    lv = _image_lv(action)
+    storage.create_from(ctx, ds, lv, path, size_mib, kind="image", image=action.object_id)
     return f"{naming.source(ds.vg, lv)} raw"
 
 
@@ -90,7 +68,7 @@ def mkfs(ctx, action):
             storage.mkfs(ctx, ds, lv, fs)
         except DriverError:
             # oned calls no rm after a failed mkfs: a blank LV left here would be nobody's.
-            _remove_quietly(ctx, ds, lv)
+            storage.remove_quietly(ctx, ds, lv)
             raise
     return naming.source(ds.vg, lv)
 

@@ -6,8 +6,6 @@ A point is made anew on every run, also when one of that number exists (a run th
 making it): a backup holds what the disk holds when it is taken, never an older state. The
 previous point is never touched by backup-snapshot, so a backup that failed anywhere can be run
 again from the same previous point."""
-import ipaddress
-
 from .. import naming, protocol
 from . import confine, lio, locks, lvm, lvops, thindelta
 from . import run as _run
@@ -15,19 +13,11 @@ from .chap import credentials_from_stdin
 from .cli import checked_command as command, each_request
 from .cli import request_option as _request_option
 from .errors import NodeError
-from .errors import NodeUsageError
-from .txn_storage import _check_common, _need
+from .txn_storage import _check_common, _need, check_export_fields
 
 
 def _check_snapshot(req):
-    _check_common(req)
-    _need(naming.valid_name(req.pool), "pool", req.pool)
-    try:
-        ipaddress.ip_address(req.portal_ip)
-    except ValueError:
-        raise NodeUsageError(f"portal_ip {req.portal_ip[:60]!r} is not an IP address")
-    if req.chap_user is not None:
-        _need(naming.valid_chap_user(req.chap_user), "CHAP user", req.chap_user)
+    check_export_fields(req)
     for disk in req.disks:
         # A VM's disk or an image, never one of tm_iscsi's snapshots, bases or maps.
         _need(naming.is_source_lv(disk.lv), "LV to back up", disk.lv)

@@ -48,7 +48,8 @@ def _check_common(req):
         _need(naming.is_scheme_lv(disk.lv), "LV name", disk.lv)
 
 
-def _check_attach(req):
+def check_export_fields(req):
+    """What a request that exports LUNs gives: the pool, the portal address, the CHAP user."""
     _check_common(req)
     _need(naming.valid_name(req.pool), "pool", req.pool)
     try:
@@ -57,6 +58,10 @@ def _check_attach(req):
         raise NodeUsageError(f"portal_ip {req.portal_ip[:60]!r} is not an IP address")
     if req.chap_user is not None:
         _need(naming.valid_chap_user(req.chap_user), "CHAP user", req.chap_user)
+
+
+def _check_attach(req):
+    check_export_fields(req)
     for disk in req.disks:
         for name in (disk.image_lv, (disk.create or {}).get("origin")):
             if name is not None:

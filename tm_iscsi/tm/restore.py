@@ -96,26 +96,14 @@ def _download(ctx, volume, url):
         raise DriverError(f"{ds.vg}/{volume.lv} does not exist; nothing to restore onto")
     # Left by a run that failed: its content may be partial.
     storage.remove(ctx, ds, scratch, with_snapshots=False)
-    stream, fmt, virtual, length = sources.open_image(url)
-    try:
+
+    def size_mib(fmt, virtual):
         if virtual is not None and virtual > info["size_bytes"]:
             raise DriverError(f"the backup of {volume.lv} ({virtual} bytes) is larger than the "
                               f"disk ({info['size_bytes']} bytes); resize the disk first")
-        storage.create(ctx, ds, scratch, sources.size_mib(info["size_bytes"]), kind="restore")
-        log.info(f"writing {url} ({fmt}) into {ds.vg}/{scratch}")
-        length_args = ["--size-bytes", length] if length else []
-        ctx.node(ds.storage_host).call("lv-write", "--vg", ds.vg, "--lv", scratch,
-                                       "--format", fmt, *length_args, stdin=stream,
-                                       timeout=ctx.settings.copy_timeout)
-        stream.close()
-    except DriverError:
-        try:
-            storage.remove(ctx, ds, scratch, with_snapshots=False)
-        except DriverError as err:
-            log.info(f"could not remove {ds.vg}/{scratch} after the failure: {err}")
-        raise
-    finally:
-        stream.close()
+        return sources.size_mib(info["size_bytes"])
+
+    storage.create_from(ctx, ds, scratch, url, size_mib, kind="restore")
 
 
 def _swap(ctx, vm, disk_id, volume, host, link):

@@ -1,5 +1,6 @@
 """LV operations the TM and DS actions ask of the storage node, in OpenNebula terms."""
-from .. import naming
+from .. import log, naming
+from ..errors import DriverError
 
 
 def lv_info(ctx, ds, lv):
@@ -73,3 +74,36 @@ def resize(ctx, ds, lv, size_mib):
 
 def pool_status(ctx, ds):
     return ctx.node(ds.storage_host).call("pool-status", "--vg", ds.vg, "--pool", ds.pool)
+
+
+def create_from(ctx, ds, lv, path, size_mib_of, **owner):
+    """A new LV `lv` holding the image at `path` (a file, an http(s) URL or a backup's URL),
+    read once: `size_mib_of(format, virtual size or None)` sizes it (or refuses, before anything
+    is made). A failure anywhere, a download cut short included, leaves no LV: oned calls no rm
+    after a failed cp (fixture 24), and a half-written restore must not be swapped in."""
+    from ..ds import sources
+    stream, fmt, virtual, length = sources.open_image(path)
+    try:
+        size_mib = size_mib_of(fmt, virtual)
+        create(ctx, ds, lv, size_mib, **owner)
+        log.info(f"copying {path} ({fmt}, {length or '?'} bytes) into {ds.vg}/{lv}")
+        # A known length lets the node refuse an image that does not fit before writing a byte.
+        length_args = ["--size-bytes", length] if length else []
+        ctx.node(ds.storage_host).call("lv-write", "--vg", ds.vg, "--lv", lv, "--format", fmt,
+                                       *length_args, stdin=stream,
+                                       timeout=ctx.settings.copy_timeout)
+        # A download that failed half-way says so here, before the LV counts as made.
+        stream.close()
+    except DriverError:
+        remove_quietly(ctx, ds, lv)
+        raise
+    finally:
+        stream.close()
+
+
+def remove_quietly(ctx, ds, lv):
+    """Undo what a failed action made; its own error is the one the administrator reads."""
+    try:
+        remove(ctx, ds, lv, with_snapshots=False)
+    except DriverError as err:
+        log.info(f"could not remove {ds.vg}/{lv} after the failure: {err}")
