@@ -598,9 +598,10 @@ class BackupFile(_Record):
     lun: Optional[Lun] = None          # the point's LUN
     size_bytes: int = 0                # the disk's virtual size
     delta: bool = False                # only the ranges of the payload (an increment)
+    portal: Optional[str] = None       # the LUN's storage node, when not the request's
 
     _TYPES = {"disk_id": (int, False), "increment": (int, False), "size_bytes": (int, False),
-              "delta": (bool, False)}
+              "delta": (bool, False), "portal": (str, True)}
     _NESTED = {"lun": Lun}
 
     def check(self, where):

@@ -11,7 +11,7 @@ import pytest
 
 from tm_iscsi import protocol, settings as settings_mod
 from tm_iscsi.context import ActionContext
-from tm_iscsi.one.objects import VirtualMachine
+from tm_iscsi.one.objects import Datastore, VirtualMachine
 from tm_iscsi.tm import main as tm_main
 from tm_iscsi.tm.backup import Plan
 from harness import fixtures
@@ -211,3 +211,22 @@ def test_plan_numbers_the_points():
     assert (plan("INCREMENT", 6).increment, plan("INCREMENT", 6).since) == (7, 6)
     assert plan("INCREMENT", 6).keep(True) == [6, 7] and plan("INCREMENT", 6).keep(False) == [6]
     assert plan("FULL", 6).keep(True) == [] and plan("INCREMENT", -1).keep(True) == [0]
+
+
+def test_disks_on_two_storage_nodes_each_snapshot_there_and_read_from_there(world, capsys):
+    root = ET.fromstring(_vm_xml("FULL"))
+    disk = next(d for d in root.findall("TEMPLATE/DISK") if d.findtext("DISK_ID") == "1")
+    disk.find("DATASTORE_ID").text = "105"
+    disk.find("SOURCE").text = "vg-one-105/img-1"
+    xml = ET.tostring(root, encoding="unicode")
+    ctx, calls = world(xml)
+    other = _ds(100, ISCSI_HOST="storage2", VG_NAME="vg-one-105").element
+    other.find("ID").text = "105"
+    ctx.one.datastores[105] = Datastore.from_xml(ET.tostring(other, encoding="unicode"))
+    code, err = _run(ctx, "prebackup_live", xml, capsys)
+    assert code == 0, err
+    assert sorted(h for h, c, _ in calls if c == "backup-snapshot") == ["storage", "storage2"]
+    (write,) = _requests(calls, "backup-write")
+    assert write["portal"] == "storage"
+    assert [f.get("portal") for f in write["files"]] == [None, "storage2"]
+    assert sorted(h for h, c, _ in calls if c == "backup-release") == ["storage", "storage2"]

@@ -88,6 +88,11 @@ def _check_write(req):
     _checked(targets.LINK, req.dir)
     paths.checked(req.dir)
     for item in req.files:
+        if item.portal is not None:
+            try:
+                protocol.parse_portal(item.portal)
+            except ValueError as err:
+                raise NodeUsageError(str(err))
         _checked(targets.IQN, item.lun.iqn)
         _checked(targets.SERIAL, item.lun.serial)
 
@@ -134,8 +139,8 @@ def _fresh_staging(vm_fd):
 
 def _write_file(req, item, chap, ranges, dir_fd):
     name = f"disk.{item.disk_id}.{item.increment}"
-    attached = targets.attach_target(req.portal, item.lun.iqn, item.lun.serial, chap,
-                                     ATTACH_TIMEOUT)
+    attached = targets.attach_target(item.portal or req.portal, item.lun.iqn, item.lun.serial,
+                                     chap, ATTACH_TIMEOUT)
     try:
         device = attached["stable_path"]
         if item.delta:

@@ -175,7 +175,8 @@ def _write(ctx, host, args, vm, stdin_xml, disks, stacks, freeze, points, best_e
             ranges[disk_id] = point["ranges"]
         files.append(protocol.BackupFile(
             disk_id=disk_id, increment=point["increment"], size_bytes=point["size_bytes"],
-            lun=protocol.Lun(**point["lun"]), delta=point.get("ranges") is not None))
+            lun=protocol.Lun(**point["lun"]), delta=point.get("ranges") is not None,
+            portal=None if volume.ds.portal == ds.portal else volume.ds.portal))
     chap_users = {d[1].ds.chap_user for d in disks}
     if len(chap_users) > 1:
         raise DriverError(f"VM {vm.id}'s disks are in datastores with different CHAP users; "
