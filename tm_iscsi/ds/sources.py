@@ -5,6 +5,7 @@ image."""
 import os
 import struct
 import subprocess
+import tempfile
 import urllib.request
 
 from ..errors import DriverError
@@ -86,9 +87,12 @@ class _Downloaded:
         if not os.access(self.program, os.X_OK):
             raise DriverError(f"cannot import {path[:120]}: OpenNebula's downloader "
                               f"{self.program} is not there (is this the front-end?)")
+        # stderr to a file: a pipe nobody reads while the image streams could fill and stall
+        # the download.
+        self._errors = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([self.program, "--nodecomp", path, "-"],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
+                                     stderr=self._errors)
         self.closed = False
 
     def read(self, size=-1):
@@ -107,8 +111,9 @@ class _Downloaded:
                 self.proc.wait()
         else:
             self.proc.stdout.close()
-        err = self.proc.stderr.read().decode(errors="replace")
-        self.proc.stderr.close()
+        self._errors.seek(0)
+        err = self._errors.read().decode(errors="replace")
+        self._errors.close()
         if self.proc.returncode != 0:
             lines = [l for l in err.splitlines() if l.strip()]
             raise DriverError(f"downloading {self.path[:120]} failed (downloader.sh exit "
