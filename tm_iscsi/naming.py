@@ -63,6 +63,12 @@ def snapshot_lv(lv, snap_id):
     return f"{lv}-snap-{int(snap_id)}"
 
 
+def snapshots_among(lv, names):
+    """The snapshots of `lv` (`<lv>-snap-N`) among LV `names`."""
+    prefix = f"{lv}-snap-"
+    return [n for n in names if n.startswith(prefix) and n[len(prefix):].isdigit()]
+
+
 def backup_lv(lv, increment):
     """The point a backup read of `lv`: a thin snapshot kept until the next backup of the chain
     (its blocks are what the next increment is computed against)."""

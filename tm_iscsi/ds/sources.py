@@ -102,15 +102,12 @@ class _Downloaded:
         if self.closed:
             return
         self.closed = True
-        if self.proc.poll() is None:
-            self.proc.stdout.close()
-            try:
-                self.proc.wait(timeout=URL_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        else:
-            self.proc.stdout.close()
+        self.proc.stdout.close()
+        try:
+            self.proc.wait(timeout=URL_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         self._errors.seek(0)
         err = self._errors.read().decode(errors="replace")
         self._errors.close()
@@ -182,12 +179,8 @@ def probe(path):
     if is_backup_url(path):
         raise DriverError(f"{path[:120]} is a backup: its size is the backup datastore's to say "
                           "(oned asks it, not this datastore)")
-    stream, length = open_stream(path)
-    try:
-        head = stream.read(512)
-    finally:
-        stream.close()
-    fmt, size = _format_of(head, length)
+    stream, fmt, size, length = open_image(path)
+    stream.close()
     if fmt == "qcow2":
         return fmt, size
     if length is None:

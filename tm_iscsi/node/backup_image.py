@@ -11,6 +11,8 @@ Files are made in a directory given as an open descriptor (the caller's, never a
 user could swap) and take their final name only when complete."""
 import os
 
+from dmcache.readcache import device_bytes
+
 from . import run as _run
 from .errors import NodeError
 from .progress import Progress, convert_with_progress
@@ -66,15 +68,7 @@ def write_full(device, dir_fd, name):
     except BaseException:
         _remove(dir_fd, tmp)
         raise
-    return _device_bytes(device)
-
-
-def _device_bytes(device):
-    fd = os.open(device, os.O_RDONLY)
-    try:
-        return os.lseek(fd, 0, os.SEEK_END)
-    finally:
-        os.close(fd)
+    return device_bytes(device)
 
 
 def _merge(ranges):

@@ -23,6 +23,7 @@ from .cli import checked_command as command, checked_requests
 from .cli import request_option as _request_option
 from .cmd_cache import NAME, flush_stacks
 from .errors import NodeError, NodeUsageError
+from .txn_host import _check_portal, _checked
 
 BACKUP_DIR_NAME = "backup"
 STAGING_NAME = ".tm_iscsi-backup"
@@ -31,13 +32,6 @@ VIRSH = ["virsh", "-c", "qemu:///system"]
 # What each FS_FREEZE does to the domain, and its undoing.
 FREEZE_ARGV = {"AGENT": ("domfsfreeze", "domfsthaw"), "SUSPEND": ("suspend", "resume")}
 _DOMAIN_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
-
-
-def _checked(check, value):
-    try:
-        return check(value)
-    except Exception as err:
-        raise NodeUsageError(str(err))
 
 
 def _check_domain(domain):
@@ -75,10 +69,7 @@ backup_quiesce.configure = _request_option
 # -- backup-write -------------------------------------------------------------------------------
 
 def _check_write(req):
-    try:
-        protocol.parse_portal(req.portal)
-    except ValueError as err:
-        raise NodeUsageError(str(err))
+    _check_portal(req.portal)
     for name in req.resume:
         _checked(NAME, name)
     _check_domain(req.domain)
@@ -89,10 +80,7 @@ def _check_write(req):
     paths.checked(req.dir)
     for item in req.files:
         if item.portal is not None:
-            try:
-                protocol.parse_portal(item.portal)
-            except ValueError as err:
-                raise NodeUsageError(str(err))
+            _check_portal(item.portal)
         _checked(targets.IQN, item.lun.iqn)
         _checked(targets.SERIAL, item.lun.serial)
 
@@ -118,16 +106,8 @@ def _open_dir(path):
 
 
 def _fresh_staging(vm_fd):
-    try:
-        st = os.lstat(STAGING_NAME, dir_fd=vm_fd)
-    except FileNotFoundError:
-        st = None
-    if st is not None:
-        # Left by a run that stopped half-way (rmtree never follows a link it finds).
-        if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(STAGING_NAME, dir_fd=vm_fd)
-        else:
-            os.unlink(STAGING_NAME, dir_fd=vm_fd)
+    # Left by a run that stopped half-way.
+    _remove_entry(vm_fd, STAGING_NAME)
     os.mkdir(STAGING_NAME, 0o700, dir_fd=vm_fd)
     fd = os.open(STAGING_NAME, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=vm_fd)
     if os.fstat(fd).st_uid != os.geteuid():
@@ -174,20 +154,21 @@ def _hand_over(vm_fd, dir_fd):
         os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
     os.fchmod(dir_fd, 0o755)
     os.fchown(dir_fd, uid, gid)
-    _remove_backup_dir(vm_fd)
+    # What an earlier backup left (postbackup removes it; a failed one may not have run).
+    _remove_entry(vm_fd, BACKUP_DIR_NAME)
     os.rename(STAGING_NAME, BACKUP_DIR_NAME, src_dir_fd=vm_fd, dst_dir_fd=vm_fd)
 
 
-def _remove_backup_dir(vm_fd):
-    """What an earlier backup left (postbackup removes it; a failed one may not have run)."""
+def _remove_entry(vm_fd, name):
+    """`name` in the VM directory gone, whatever it is (rmtree never follows a link it finds)."""
     try:
-        st = os.lstat(BACKUP_DIR_NAME, dir_fd=vm_fd)
+        st = os.lstat(name, dir_fd=vm_fd)
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(BACKUP_DIR_NAME, dir_fd=vm_fd)
+        shutil.rmtree(name, dir_fd=vm_fd)
     else:
-        os.unlink(BACKUP_DIR_NAME, dir_fd=vm_fd)
+        os.unlink(name, dir_fd=vm_fd)
 
 
 def _read_payload(stream, chunk=1 << 20):

@@ -4,6 +4,7 @@ metadata changes under a reader). Nothing of the LVs' data is read.
 
 A pool has one metadata snapshot at a time, so the reservation is taken under the pool's lock;
 a snapshot left reserved by a killed run is released and taken again."""
+import json
 import xml.etree.ElementTree as ET
 
 from . import locks
@@ -33,7 +34,6 @@ def thin_ids_argv(vg, names):
 
 
 def thin_ids(vg, names):
-    import json
     result = _run.run(thin_ids_argv(vg, names), timeout=60)
     rows = json.loads(result.stdout)["report"][0]["lv"]
     ids = {row["lv_name"]: row.get("thin_id", "").strip() for row in rows}

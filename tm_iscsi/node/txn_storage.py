@@ -366,9 +366,8 @@ storage_attach.configure = _request_option
 
 def _snapshots_of(rep, lv):
     """The LVs that go with `lv`: its snapshots and its backup points."""
-    prefix = f"{lv}-snap-"
-    snaps = [n for n in rep.lvs if n.startswith(prefix) and n[len(prefix):].isdigit()]
-    return sorted(snaps + list(naming.backup_points(lv, rep.lvs).values()))
+    return sorted(naming.snapshots_among(lv, rep.lvs) +
+                  list(naming.backup_points(lv, rep.lvs).values()))
 
 
 def _revoke(req, name, whole_target, changed):

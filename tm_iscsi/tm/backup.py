@@ -95,6 +95,9 @@ def prebackup(ctx, args, stdin_xml=None):
     if os.environ.get("BACKUP_BASE_PATH"):
         raise DriverError("BACKUP_BASE_PATH is set: tm_iscsi writes backups into the VM's own "
                           "directory only; unset it for this datastore's driver")
+    if len({v.ds.chap_user for _, v, _ in disks}) > 1:
+        raise DriverError(f"VM {vm.id}'s disks are in datastores with different CHAP users; "
+                          "one backup reads them all through one login each")
     stacks = [v.lv for _, v, mode in disks if protocol.has_writeback(mode)]
     live = args.is_live
     freeze = plan.freeze if live else "NONE"
@@ -108,24 +111,16 @@ def prebackup(ctx, args, stdin_xml=None):
                                    flush_seconds=max(1, ctx.settings.copy_timeout - 60))),
                             timeout=ctx.settings.copy_timeout)
         quiesced = True
-    points = None
     try:
         points = _snapshot(ctx, host, disks, plan, vm.id)
-    finally:
-        if points is None:
-            if quiesced:
-                _write(ctx, host, args, vm, stdin_xml, disks, stacks, freeze, None,
-                       best_effort=True)
-            # The storage node may have made and exported this backup's points before the
-            # answer was lost.
-            _release(ctx, host, disks, plan.keep(False), best_effort=True)
-    try:
         written = _write(ctx, host, args, vm, stdin_xml, disks, stacks, freeze, points)
     except BaseException:
         if quiesced:
-            # The write may have failed before the host let the VM go on.
+            # Either call may have failed before the host let the VM go on.
             _write(ctx, host, args, vm, stdin_xml, disks, stacks, freeze, None,
                    best_effort=True)
+        # The storage node may have made and exported this backup's points before the answer
+        # was lost.
         _release(ctx, host, disks, plan.keep(False), best_effort=True)
         raise
     _release(ctx, host, disks, plan.keep(True))
@@ -177,10 +172,6 @@ def _write(ctx, host, args, vm, stdin_xml, disks, stacks, freeze, points, best_e
             disk_id=disk_id, increment=point["increment"], size_bytes=point["size_bytes"],
             lun=protocol.Lun(**point["lun"]), delta=point.get("ranges") is not None,
             portal=None if volume.ds.portal == ds.portal else volume.ds.portal))
-    chap_users = {d[1].ds.chap_user for d in disks}
-    if len(chap_users) > 1:
-        raise DriverError(f"VM {vm.id}'s disks are in datastores with different CHAP users; "
-                          "one backup reads them all through one login each")
     request = protocol.BackupWrite(portal=ds.portal, dir=_backup_dir(args), files=files,
                                    resume=stacks, domain=args.deploy_id, thaw=freeze,
                                    chap_user=ds.chap_user)

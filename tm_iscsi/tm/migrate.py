@@ -9,6 +9,7 @@ from .. import attachment, cachemode, log, protocol, volumes
 from ..errors import DriverError
 from ..one.errors import OneError
 from ..one.objects import VirtualMachine
+from ..settings import remotes_dir
 from . import moves
 
 OUR_TM = "iscsi_lvm"
@@ -105,11 +106,6 @@ def failmigrate(ctx, args, stdin_xml=None):
 _TM_NAME_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
 
 
-def _remotes_dir():
-    from ..settings import remotes_dir
-    return remotes_dir()
-
-
 def _migrate_other(args, action, vm, stdin_xml):
     """oned calls the migrate hooks of the system datastore's TM only; each other TM of the VM's
     disks is called here with the same argv plus our name (so it does not fan out again)."""
@@ -121,7 +117,7 @@ def _migrate_other(args, action, vm, stdin_xml):
             # A name from the VM's XML never becomes a path of its own ("../../x").
             raise DriverError(f"disk TM_MAD {tm[:80]!r} is not a driver name "
                               "(letters, digits, '_' and '-'); refusing to run it")
-        script = os.path.join(_remotes_dir(), "tm", tm, action)
+        script = os.path.join(remotes_dir(), "tm", tm, action)
         if not os.access(script, os.X_OK):
             log.info(f"no {action} for TM {tm} at {script}; skipped")
             continue

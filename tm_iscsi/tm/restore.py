@@ -13,13 +13,12 @@ import os
 import re
 import subprocess
 
-from .. import attachment, log, naming, volumes
-from ..attachment import Release
+from .. import log, naming, volumes
 from ..ds import sources
 from ..errors import DriverError
 from ..one.states import ImageType
 from ..settings import remotes_dir
-from . import storage
+from . import snapshots, storage
 
 _DS_MAD_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
 LS_TIMEOUT = 600
@@ -110,19 +109,5 @@ def _swap(ctx, vm, disk_id, volume, host, link):
     """The disk takes the scratch LV's content (its host's caches of the old content dropped,
     then rebuilt), and the scratch goes."""
     scratch = naming.restore_lv(volume.lv)
-    on_host = not ctx.is_frontend(host)
-    mode, image_lv = volumes.cache_plan(vm, disk_id, volume)
-    forget = "forget" if volume.kind == "clone" else "keep"
-    if on_host:
-        attachment.detach(ctx, host, [Release(volume, link, flush=False, image_lv=image_lv,
-                                              unexport=False, map=forget)])
-    elif forget == "forget":
-        attachment.release_storage(ctx, host, [Release(volume, unexport=False, map=forget)])
-    owner = {"kind": volume.kind, "vm": vm.id if volume.owned_by_vm else None,
-             "disk": disk_id if volume.owned_by_vm else None,
-             "image": vm.disk(disk_id).image_id}
-    storage.revert(ctx, volume.ds, volume.lv, scratch, **owner)
-    storage.remove(ctx, volume.ds, scratch, with_snapshots=False)
-    if on_host:
-        attachment.attach(ctx, host, [attachment.Attach(volume, link, mode, image_lv)])
-
+    snapshots.replace_content(ctx, vm, disk_id, volume, host, link, scratch,
+                              remove_source=True)

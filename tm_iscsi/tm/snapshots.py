@@ -46,21 +46,29 @@ def snap_revert(ctx, args):
         from ..errors import DriverError
         raise DriverError(f"snapshot {args.snap_id} of disk {args.disk.disk_id} "
                           f"({volume.vg}/{snap_lv}) does not exist")
-    host = args.disk.host
+    replace_content(ctx, vm, args.disk.disk_id, volume, args.disk.host, args.disk.path, snap_lv)
+
+
+def replace_content(ctx, vm, disk_id, volume, host, link, source_lv, remove_source=False):
+    """The disk's LV takes the content of `source_lv` under its own name (so the same IQN and
+    serial), its host's stack rebuilt over the new content: a snapshot revert, a restore (whose
+    scratch `source_lv` goes before the stack is rebuilt)."""
     on_host = not ctx.is_frontend(host)
-    mode, image_lv = volumes.cache_plan(vm, args.disk.disk_id, volume)
+    mode, image_lv = volumes.cache_plan(vm, disk_id, volume)
     # The disk's content is replaced: what its write-back cache holds is dropped, and the region
     # map described the old content.
     forget = "forget" if volume.kind == "clone" else "keep"
     if on_host:
-        attachment.detach(ctx, host, [Release(volume, args.disk.path, flush=False,
-                                              image_lv=image_lv, unexport=False, map=forget)])
+        attachment.detach(ctx, host, [Release(volume, link, flush=False, image_lv=image_lv,
+                                              unexport=False, map=forget)])
     elif forget == "forget":
         attachment.release_storage(ctx, host, [Release(volume, unexport=False, map=forget)])
     owner = {"kind": volume.kind, "vm": vm.id if volume.owned_by_vm else None,
-             "disk": args.disk.disk_id if volume.owned_by_vm else None,
-             "image": vm.disk(args.disk.disk_id).image_id}
+             "disk": disk_id if volume.owned_by_vm else None,
+             "image": vm.disk(disk_id).image_id}
     # The new content is made before the old goes: a refusal (pool too full) keeps the disk.
-    storage.revert(ctx, volume.ds, volume.lv, snap_lv, **owner)
+    storage.revert(ctx, volume.ds, volume.lv, source_lv, **owner)
+    if remove_source:
+        storage.remove(ctx, volume.ds, source_lv, with_snapshots=False)
     if on_host:
-        attachment.attach(ctx, host, [attachment.Attach(volume, args.disk.path, mode, image_lv)])
+        attachment.attach(ctx, host, [attachment.Attach(volume, link, mode, image_lv)])

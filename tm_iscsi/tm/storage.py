@@ -23,21 +23,21 @@ def create(ctx, ds, lv, size_mib, **owner):
     return ctx.node(ds.storage_host).call("lv-create", *args)
 
 
+def _names(ctx, ds):
+    return [entry["lv"] for entry in
+            ctx.node(ds.storage_host).call("lv-list", "--vg", ds.vg).get("lvs", [])]
+
+
 def snapshots_of(ctx, ds, lv):
     """The snapshots tm_iscsi named after `lv` (`<lv>-snap-N`) that exist on the node."""
-    prefix = f"{lv}-snap-"
-    return [entry["lv"] for entry in
-            ctx.node(ds.storage_host).call("lv-list", "--vg", ds.vg).get("lvs", [])
-            if entry["lv"].startswith(prefix) and entry["lv"][len(prefix):].isdigit()]
+    return naming.snapshots_among(lv, _names(ctx, ds))
 
 
 def dependents_of(ctx, ds, lv):
     """The LVs that go with `lv`: its snapshots (`<lv>-snap-N`) and its backup points
     (`<lv>-backup-N`)."""
-    names = [entry["lv"] for entry in
-             ctx.node(ds.storage_host).call("lv-list", "--vg", ds.vg).get("lvs", [])]
-    prefix = f"{lv}-snap-"
-    return sorted([n for n in names if n.startswith(prefix) and n[len(prefix):].isdigit()] +
+    names = _names(ctx, ds)
+    return sorted(naming.snapshots_among(lv, names) +
                   list(naming.backup_points(lv, names).values()))
 
 
@@ -85,6 +85,10 @@ def create_from(ctx, ds, lv, path, size_mib_of, **owner):
     stream, fmt, virtual, length = sources.open_image(path)
     try:
         size_mib = size_mib_of(fmt, virtual)
+    except BaseException:
+        stream.close()
+        raise
+    try:
         create(ctx, ds, lv, size_mib, **owner)
         log.info(f"copying {path} ({fmt}, {length or '?'} bytes) into {ds.vg}/{lv}")
         # A known length lets the node refuse an image that does not fit before writing a byte.
