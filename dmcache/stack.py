@@ -313,6 +313,7 @@ def _build(req, st, sectors, clone_bytes, kept):
                 # Left clean by a flush (or by boot-time activation): running again.
                 _run.info(f"{wbn} is writethrough after a flush; back to writeback")
                 writeback.set_writeback(wbn)
+                st.checkpoint = None
         else:
             kept = False
             dmsetup.create(wbn, writeback.table(st.wb, req.clone_dev, sectors))
@@ -354,6 +355,10 @@ def flush(name, timeout):
         wbn = writeback.dm_name(name)
         if st is None and not dmsetup.exists(wbn):
             raise NodeError(f"no stack named {name} on this host")
+        if st is not None and st.checkpoint:
+            # Kept clean for whoever flushes now: a checkpoint's end no longer turns it back.
+            st.checkpoint = None
+            state.save_stack(st)
         if dmsetup.exists(wbn):
             result = writeback.flush(wbn, timeout)
         else:
@@ -373,6 +378,10 @@ def resume_writeback(name):
             return {"name": name, "writeback": False}
         if not writeback.is_writeback(dmsetup.table(wbn)):
             writeback.set_writeback(wbn)
+        st = state.load_stack(name)
+        if st is not None and st.checkpoint:
+            st.checkpoint = None
+            state.save_stack(st)
         return {"name": name, "writeback": True}
 
 

@@ -111,6 +111,10 @@ class StackState:
     wb: Optional[WriteBack] = None
     phase: str = "assembling"  # -> assembled
     degraded: Optional[str] = None
+    # A checkpoint in progress (dmcache/checkpoint.py): its token, and whether the write-back
+    # layer goes back to write-back at its end. Any other change of the layer's mode clears it.
+    checkpoint: Optional[str] = None
+    checkpoint_writeback: bool = False
     created: float = 0.0
     updated: float = 0.0
     version: int = VERSION

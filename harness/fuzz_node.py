@@ -44,6 +44,12 @@ BACKUP_WRITE = {"portal": "192.0.2.10", "dir": "/var/lib/one/datastores/101/0/ba
                 "resume": ["vm-0-disk-0"], "domain": "one-0", "thaw": "AGENT",
                 "files": [{"disk_id": 0, "increment": 1, "size_bytes": 64 << 20, "delta": True,
                            "lun": {"iqn": TARGET, "serial": SERIAL}}]}
+CHECKPOINT_DRAIN = {"stacks": ["vm-0-disk-0"], "token": "0123abcd0123abcd", "hold": True,
+                    "hold_seconds": 30}
+CHECKPOINT_RESUME = {"stacks": ["vm-0-disk-0"], "token": "0123abcd0123abcd"}
+CHECKPOINT_TAKE = {"vg": "vg-one-100", "host": "host1", "lvs": ["vm-0-disk-0"]}
+CHECKPOINT_COMMIT = {"vg": "vg-one-100", "host": "host1", "lvs": ["vm-0-disk-0"]}
+HOST_LOST = {"vg": "vg-one-100", "host": "host1", "without_checkpoint": True}
 
 # command -> its options as the front-end gives them (a valid call).
 BASES = {
@@ -55,6 +61,11 @@ BASES = {
     "backup-release": ["--request", json.dumps(BACKUP_RELEASE)],
     "backup-quiesce": ["--request", json.dumps(BACKUP_QUIESCE)],
     "backup-write": ["--request", json.dumps(BACKUP_WRITE)],
+    "checkpoint-drain": ["--request", json.dumps(CHECKPOINT_DRAIN)],
+    "checkpoint-resume": ["--request", json.dumps(CHECKPOINT_RESUME)],
+    "checkpoint-take": ["--request", json.dumps(CHECKPOINT_TAKE)],
+    "checkpoint-commit": ["--request", json.dumps(CHECKPOINT_COMMIT)],
+    "host-lost": ["--request", json.dumps(HOST_LOST)],
     "lv-create": ["--vg", "vg-one-100", "--lv", "img-3", "--size-mib", "64", "--tag",
                   "tm_iscsi", "--max-fill", "90"],
     "lv-snapshot": ["--vg", "vg-one-100", "--origin", "img-0", "--lv", "img-2", "--max-fill",
@@ -152,9 +163,13 @@ def _field_paths(doc, prefix=()):
 REQUESTS = {"storage-attach": STORAGE_ATTACH, "storage-release": STORAGE_RELEASE,
             "host-attach": HOST_ATTACH, "host-detach": HOST_DETACH,
             "backup-snapshot": BACKUP_SNAPSHOT, "backup-release": BACKUP_RELEASE,
-            "backup-quiesce": BACKUP_QUIESCE, "backup-write": BACKUP_WRITE}
+            "backup-quiesce": BACKUP_QUIESCE, "backup-write": BACKUP_WRITE,
+            "checkpoint-drain": CHECKPOINT_DRAIN, "checkpoint-resume": CHECKPOINT_RESUME,
+            "checkpoint-take": CHECKPOINT_TAKE, "checkpoint-commit": CHECKPOINT_COMMIT,
+            "host-lost": HOST_LOST}
 # Fields whose every value is a legitimate choice (a flag, a mode the request may leave out).
-_FREE_FIELDS = {("disks", 0, "remove"), ("disks", 0, "wb_clear"), ("files", 0, "delta")}
+_FREE_FIELDS = {("disks", 0, "remove"), ("disks", 0, "wb_clear"), ("files", 0, "delta"),
+                ("hold",), ("valid",), ("without_checkpoint",)}
 
 
 def cases(seed):
@@ -177,7 +192,9 @@ def cases(seed):
                                    f"{command} {'.'.join(map(str, path))}={str(value)[:30]!r}")
             yield NodeCase([command, "--request", json.dumps({**doc, "extra": 1})], None,
                            f"{command} unknown field")
-            listed = next(k for k in ("disks", "files", "stacks") if k in doc)
+            listed = next((k for k in ("disks", "files", "stacks", "lvs") if k in doc), None)
+            if listed is None:
+                continue
             many = dict(doc, **{listed: doc[listed] * 65})
             yield NodeCase([command, "--request", json.dumps(many)], None, f"{command} 65 disks")
             continue

@@ -10,6 +10,8 @@
 | ISCSI_CHAP_USER / ISCSI_CHAP_PASSWORD | unset | CHAP credentials every ACL of this datastore requires |
 | MAX_POOL_FILL | 90 (TM_ISCSI_MAX_POOL_FILL) | refuse new LVs above this thin pool fill, in percent |
 | WRITEBACK_CACHE_MB | 1024 | size of a disk's write-back cache on its host (never more than the disk) |
+| WRITEBACK_CHECKPOINT | 5 | minutes between checkpoints of each write-back disk (system datastore; 0: none) |
+| WRITEBACK_ON_HOST_LOSS | refuse | `checkpoint`: the fence hook also runs `tm-iscsi host-lost` (system datastore) |
 """
 from dataclasses import dataclass
 from typing import Optional
@@ -22,6 +24,11 @@ from .errors import DriverError
 # absorbs little; the upper bound is the node helper's (--wb-size-mib).
 WRITEBACK_MIB_DEFAULT = 1024
 WRITEBACK_MIB_RANGE = (64, 1 << 20)
+# A checkpoint bounds what a lost host takes with it to this many minutes (README, "Write-back
+# checkpoints", for the measurements behind the default); a day at most.
+CHECKPOINT_MIN_DEFAULT = 5
+CHECKPOINT_MIN_MAX = 1440
+HOST_LOSS_ACTIONS = ("refuse", "checkpoint")
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,10 @@ class DatastoreConfig:
     max_fill: int
     cache_mode: str
     writeback_mib: int = 1024
+    # Minutes between write-back checkpoints (0: none), and what losing a host for good does
+    # to its write-back disks (tm_iscsi.admin.checkpoint).
+    writeback_checkpoint_min: int = 5
+    on_host_loss: str = "refuse"
 
     def chap_args(self):
         return ["--chap-user", self.chap_user] if self.chap_user else []
@@ -102,9 +113,20 @@ def from_datastore(ds, settings):
         raise DriverError(f"datastore {ds_id}: WRITEBACK_CACHE_MB={writeback_mib[:40]!r} must be a "
                           f"whole number of MiB from {WRITEBACK_MIB_RANGE[0]} to "
                           f"{WRITEBACK_MIB_RANGE[1]}")
+    checkpoint_min = str(attr("WRITEBACK_CHECKPOINT", str(CHECKPOINT_MIN_DEFAULT))).strip()
+    if not (checkpoint_min.isascii() and checkpoint_min.isdigit() and len(checkpoint_min) <= 5
+            and int(checkpoint_min) <= CHECKPOINT_MIN_MAX):
+        raise DriverError(f"datastore {ds_id}: WRITEBACK_CHECKPOINT={checkpoint_min[:40]!r} must "
+                          f"be a whole number of minutes from 0 (no checkpoints) to "
+                          f"{CHECKPOINT_MIN_MAX}")
+    on_host_loss = str(attr("WRITEBACK_ON_HOST_LOSS", "refuse")).strip().lower()
+    if on_host_loss not in HOST_LOSS_ACTIONS:
+        raise DriverError(f"datastore {ds_id}: WRITEBACK_ON_HOST_LOSS={on_host_loss[:40]!r} is "
+                          f"not one of {', '.join(HOST_LOSS_ACTIONS)}")
     return DatastoreConfig(
         ds_id=ds_id, storage_host=host, portal=portal, vg=vg, pool=pool, iqn_base=iqn_base,
         chap_user=chap_user, chap_password=chap_password, max_fill=max_fill,
         cache_mode=cache_mode,
         writeback_mib=int(writeback_mib),
+        writeback_checkpoint_min=int(checkpoint_min), on_host_loss=on_host_loss,
     )

@@ -21,11 +21,11 @@ _CHAP_SECRET_RE = re.compile(r"[\x21-\x7e]{1,255}")
 
 # Every LV tm_iscsi makes carries this tag (lv_tags), which is how the node helper tells its own
 # LVs from anybody else's; and has a name of this scheme: an image, a VM's own disk, a snapshot
-# of either, a backup's point of a VM disk, an image's read-cache base, a clone's region map, the
-# two names an LV's content has while it is replaced (the replacement being made, the content
+# of either, a backup's point of a VM disk, a write-back disk's checkpoint, an image's read-cache
+# base, a clone's region map, the two names an LV's content has while it is replaced (the replacement being made, the content
 # being replaced), and where a backup being restored onto a disk is written first.
 _LV_SCHEME_RE = re.compile(r"^(img-\d{1,12}|vm-\d{1,12}-disk-\d{1,6})"
-                           r"(-snap-\d{1,12}|-backup-\d{1,12})?"
+                           r"(-snap-\d{1,12}|-backup-\d{1,12}|-ckpt)?"
                            r"(-base|-map|-next|-prev|-restore)?$")
 _DEFAULT_VG_RE = re.compile(r"^vg-one-\d{1,12}$")
 
@@ -80,6 +80,24 @@ def backup_points(lv, names):
     prefix = f"{lv}-backup-"
     return {int(n[len(prefix):]): n for n in names
             if n.startswith(prefix) and n[len(prefix):].isdigit() and len(n) - len(prefix) <= 12}
+
+
+def checkpoint_lv(lv):
+    """A write-back disk's last checkpoint: a thin snapshot of its clone, crash-consistent."""
+    return f"{lv}-ckpt"
+
+
+def checkpoints_among(lv, names):
+    """The checkpoint of `lv` and the names it has while it is replaced, among LV `names`."""
+    ckpt = checkpoint_lv(lv)
+    return [n for n in (ckpt, replacement_lv(ckpt), replaced_lv(ckpt)) if n in names]
+
+
+def dependents_among(lv, names):
+    """What tm_iscsi named after `lv` among LV `names` and removes with it: its snapshots, its
+    backup points and its checkpoint."""
+    return sorted(snapshots_among(lv, names) + list(backup_points(lv, names).values()) +
+                  checkpoints_among(lv, names))
 
 
 def restore_lv(lv):

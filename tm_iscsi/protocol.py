@@ -695,3 +695,126 @@ def parse_backup_payload(data):
             pairs.append((item[0], item[1]))
         out[int(key)] = pairs
     return vm_xml, out
+
+
+# -- write-back checkpoints -----------------------------------------------------------------------
+#
+# A checkpoint of a VM's write-back disks is a thin snapshot of each clone that holds every write
+# the VM saw completed before one instant and none after: what a crash at that instant would
+# leave on a disk without a host cache. Four calls, whatever the number of disks:
+#
+#   checkpoint-drain   host: the write-back layers written back and kept clean while the VM
+#                      runs (writes go through to the clone); with `hold` (a VM with several
+#                      write-back disks) the disks' top devices are then suspended, I/O queued,
+#                      so that one instant cuts them all.
+#   checkpoint-take    storage node: `<lv>-ckpt-next`, a thin snapshot of each clone. With the
+#                      layers clean, every completed write is on the clone: the instant LVM
+#                      suspends the clone to snapshot it is the checkpoint (or the host's hold).
+#   checkpoint-resume  host: top devices resumed, write-back again; says whether every stack
+#                      stayed clean (and held) from the drain to now, which is what makes the
+#                      snapshot a checkpoint.
+#   checkpoint-commit  storage node: a valid snapshot replaces the disk's last checkpoint
+#                      (`<lv>-ckpt`) by renames; an invalid one is removed.
+#
+# `host-lost` (storage node): a host that never comes back: each disk it held write-back data of
+# gets its last checkpoint's content (or, when asked, is kept as it is), loses its guard and its
+# exports; the answer says how old each disk's data now is.
+
+CHECKPOINT_DRAIN = "checkpoint-drain"
+CHECKPOINT_TAKE = "checkpoint-take"
+CHECKPOINT_RESUME = "checkpoint-resume"
+CHECKPOINT_COMMIT = "checkpoint-commit"
+HOST_LOST = "host-lost"
+CHECKPOINT_COMMANDS = (CHECKPOINT_DRAIN, CHECKPOINT_TAKE, CHECKPOINT_RESUME, CHECKPOINT_COMMIT,
+                       HOST_LOST)
+# On a checkpoint: the host whose write-back data it bounds, and when it was taken (epoch s).
+CKPT_HOST_TAG = "tm_iscsi.ckpt-host="
+CKPT_AT_TAG = "tm_iscsi.ckpt-at="
+CHECKPOINT_KIND = "checkpoint"
+_TOKEN_RE = re.compile(r"[0-9a-f]{8,64}")
+MAX_HOLD_SECONDS = 120
+
+
+def _check_token(where, token):
+    if not isinstance(token, str) or not _TOKEN_RE.fullmatch(token):
+        raise ProtocolError(f"{where}: token must be 8-64 lower-case hex digits")
+
+
+@dataclass
+class CheckpointDrain(_Record):
+    stacks: List[str]
+    token: str                         # names this checkpoint on the stacks until its resume
+    hold: bool = False                 # suspend the top devices once all are clean
+    hold_seconds: int = 30             # a hold nobody ends is ended by the next host command
+    flush_seconds: int = 600
+
+    _TYPES = {"stacks": (list, False), "token": (str, False), "hold": (bool, False),
+              "hold_seconds": (int, False), "flush_seconds": (int, False)}
+
+    def check(self, where):
+        _check_strs(where, "stacks", self.stacks)
+        _check_token(where, self.token)
+        if not self.stacks:
+            raise ProtocolError(f"{where}: stacks is empty")
+        if not 1 <= self.hold_seconds <= MAX_HOLD_SECONDS or not 1 <= self.flush_seconds <= 86400:
+            raise ProtocolError(f"{where}: hold_seconds or flush_seconds out of range")
+
+
+@dataclass
+class CheckpointResume(_Record):
+    stacks: List[str]
+    token: str
+
+    _TYPES = {"stacks": (list, False), "token": (str, False)}
+
+    def check(self, where):
+        _check_strs(where, "stacks", self.stacks)
+        _check_token(where, self.token)
+
+
+@dataclass
+class CheckpointTake(_Record):
+    vg: str
+    host: str                          # the host whose write-back data the checkpoint bounds
+    lvs: List[str] = field(default_factory=list)
+    max_fill: int = 90
+
+    _TYPES = {"vg": (str, False), "host": (str, False), "lvs": (list, False),
+              "max_fill": (int, False)}
+
+    def check(self, where):
+        _check_strs(where, "lvs", self.lvs)
+        if not self.lvs or len(set(self.lvs)) != len(self.lvs):
+            raise ProtocolError(f"{where}: lvs must list each disk once")
+        if not 0 <= self.max_fill <= 100:
+            raise ProtocolError(f"{where}: max_fill out of range")
+
+
+@dataclass
+class CheckpointCommit(_Record):
+    vg: str
+    host: str
+    lvs: List[str] = field(default_factory=list)
+    valid: bool = True                 # False: the snapshots are no checkpoint; removed
+
+    _TYPES = {"vg": (str, False), "host": (str, False), "lvs": (list, False),
+              "valid": (bool, False)}
+
+    def check(self, where):
+        _check_strs(where, "lvs", self.lvs)
+
+
+@dataclass
+class HostLost(_Record):
+    vg: str
+    host: str                          # the lost host: the disks whose guard names it
+    iqn_base: str = "iqn.2026-11.io.tm-iscsi"
+    without_checkpoint: bool = False   # a guarded disk with no checkpoint is kept as it is
+    max_fill: int = 90
+
+    _TYPES = {"vg": (str, False), "host": (str, False), "iqn_base": (str, False),
+              "without_checkpoint": (bool, False), "max_fill": (int, False)}
+
+    def check(self, where):
+        if not 0 <= self.max_fill <= 100:
+            raise ProtocolError(f"{where}: max_fill out of range")

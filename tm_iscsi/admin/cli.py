@@ -7,6 +7,9 @@
     tm-iscsi image import FILE|URL --datastore ID [--name N]
     tm-iscsi image export IMAGE_ID FILE [--format raw|qcow2|tar.gz]
     tm-iscsi smoke-test --template ID      a VM through its life, checked on its host
+    tm-iscsi checkpoint [VM ...] [--due]   checkpoint running VMs' write-back disks
+    tm-iscsi host-lost HOST                a fenced host's write-back disks back to their
+                                           checkpoints, usable elsewhere
 
 Every command takes --json (the data, for scripts) instead of tables. A failure is one line on
 stderr and a non-zero exit."""
@@ -14,7 +17,7 @@ import argparse
 import sys
 
 from ..errors import DriverError
-from . import doctor, images, inventory, output, smoke, status
+from . import checkpoint, doctor, images, inventory, output, smoke, status
 from .cliutil import Parser as _Parser, run
 
 PROG = "tm-iscsi"
@@ -84,6 +87,18 @@ def parser():
     s.add_argument("--timeout", type=_positive, default=600,
                    help="seconds for each wait (default 600)")
     s.add_argument("--keep", action="store_true", help="leave the VM running")
+    k = sub.add_parser("checkpoint", parents=[common], help="a crash-consistent checkpoint of "
+                       "running VMs' write-back disks on the storage node")
+    k.add_argument("vms", nargs="*", type=_positive, metavar="VM_ID")
+    k.add_argument("--due", action="store_true", help="every running VM whose last checkpoint "
+                   "is older than WRITEBACK_CHECKPOINT (what the front-end's timer runs)")
+    h = sub.add_parser("host-lost", parents=[common], help="a host that never comes back: its "
+                       "write-back disks back to their last checkpoint, usable on other hosts")
+    h.add_argument("host", metavar="HOST")
+    h.add_argument("--force", action="store_true", help="even if oned does not show the host "
+                   "in ERROR or DISABLED, or its fencing cannot be checked")
+    h.add_argument("--without-checkpoint", action="store_true", help="a disk with no checkpoint "
+                   "is used as the storage node has it (NOT crash-consistent)")
     return p
 
 
@@ -237,8 +252,61 @@ def cmd_smoke_test(cloud, args, out):
     return 0
 
 
+def cmd_checkpoint(cloud, args, out):
+    if bool(args.vms) == bool(args.due):
+        raise DriverError("give VM ids or --due (not both)")
+    if args.due:
+        targets = checkpoint.due(cloud)
+    else:
+        targets = checkpoint.running_writeback_vms(cloud, set(args.vms))
+        missing = sorted(set(args.vms) - {t.vm.id for t in targets})
+        if missing:
+            raise DriverError(f"VM {missing[0]} is not running with write-back disks on an "
+                              "iscsi_lvm system datastore: nothing to checkpoint")
+    done, failed = [], []
+    for found in targets:
+        try:
+            done.append(checkpoint.checkpoint(cloud, found))
+        except DriverError as err:
+            failed.append({"vm": found.vm.id, "host": found.host, "error": str(err)})
+    if args.json:
+        output.emit_json({"checkpoints": done, "failed": failed}, out)
+    else:
+        output.table(["VM", "HOST", "DISK", "DRAINED", "CUT", "TOOK"],
+                     [[c["vm"], c["host"], d["disk_id"], f"{d['drained_mib']} MiB",
+                       f"{c['stall_seconds']}s" + (" (held)" if c["held"] else ""),
+                       f"{c['seconds']}s"] for c in done for d in c["disks"]], out)
+        for item in failed:
+            print(f"VM {item['vm']} on {item['host']}: NOT checkpointed: {item['error']}",
+                  file=out)
+    if failed and not done and len(failed) == 1:
+        raise DriverError(failed[0]["error"])
+    return 1 if failed else 0
+
+
+def cmd_host_lost(cloud, args, out):
+    report = checkpoint.host_lost(cloud, cloud.host(args.host), args.force,
+                                  args.without_checkpoint)
+    if args.json:
+        output.emit_json({"host": report.host, "disks": report.disks, "errors": report.errors,
+                          "ok": report.ok}, out)
+    else:
+        output.table(["STORAGE", "DISK", "RESULT", "DATA AGE (LOSS WINDOW)"],
+                     [[d["storage"], f"{d['vg']}/{d['lv']}",
+                       ("back to checkpoint" if d.get("checkpoint") else "kept as it was")
+                       if d.get("recovered") else f"NOT recovered: {d.get('reason')}",
+                       checkpoint.age_text(d.get("age_seconds"))] for d in report.disks], out)
+        if not report.disks and not report.errors:
+            print(f"{report.host} held no write-back data of any disk: nothing to recover",
+                  file=out)
+        for where, error in sorted(report.errors.items()):
+            print(f"{where}: NOT recovered: {error}", file=out)
+    return 0 if report.ok else 1
+
+
 COMMANDS = {"status": cmd_status, "doctor": cmd_doctor, "orphans": cmd_orphans,
-            "cache-stats": cmd_cache_stats, "image": cmd_image, "smoke-test": cmd_smoke_test}
+            "cache-stats": cmd_cache_stats, "image": cmd_image, "smoke-test": cmd_smoke_test,
+            "checkpoint": cmd_checkpoint, "host-lost": cmd_host_lost}
 
 
 def main(argv=None, cloud=None, out=None):

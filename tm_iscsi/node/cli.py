@@ -89,6 +89,8 @@ MODULE_OF = {
     **dict.fromkeys(("host-attach", "host-detach"), "txn_host"),
     **dict.fromkeys(("backup-snapshot", "backup-release"), "txn_backup"),
     **dict.fromkeys(("backup-quiesce", "backup-write"), "cmd_backup"),
+    **dict.fromkeys(("checkpoint-take", "checkpoint-commit", "host-lost"), "txn_checkpoint"),
+    **dict.fromkeys(("checkpoint-drain", "checkpoint-resume"), "cmd_checkpoint"),
     **dict.fromkeys(("dir-pack", "dir-unpack", "file-put", "path-remove"), "cmd_vmdir"),
 }
 

@@ -207,16 +207,18 @@ def create_thin(vg, pool, lv, size_bytes, tags=()):
              what=f"creating thin LV {vg}/{lv}")
 
 
-def create_snapshot_argv(vg, origin, lv, tags=()):
+def create_snapshot_argv(vg, origin, lv, tags=(), active=True):
     # -kn: thin snapshots are created with the activation-skip flag, which would keep them
     # inactive at boot (`vgchange -aay`) and so off the LIO export that `targetctl restore`
-    # brings back. Without the flag they are active right away, like any thin LV.
-    return (["lvcreate", "-q", "-y", "--snapshot", "--setactivationskip", "n", "-n", lv]
-            + _addtags(tags) + [f"{vg}/{origin}"])
+    # brings back. Without the flag they are active right away, like any thin LV. A snapshot
+    # nothing reads until it is needed (a checkpoint) keeps the flag: no device to make, and
+    # the origin is suspended for less time.
+    return (["lvcreate", "-q", "-y", "--snapshot", "--setactivationskip", "n" if active else "y",
+             "-n", lv] + _addtags(tags) + [f"{vg}/{origin}"])
 
 
-def create_snapshot(vg, origin, lv, tags=()):
-    _run.run(create_snapshot_argv(vg, origin, lv, tags), timeout=_CHANGE_TIMEOUT,
+def create_snapshot(vg, origin, lv, tags=(), active=True):
+    _run.run(create_snapshot_argv(vg, origin, lv, tags, active), timeout=_CHANGE_TIMEOUT,
              what=f"creating thin snapshot {vg}/{lv} of {origin}")
 
 

@@ -365,9 +365,8 @@ storage_attach.configure = _request_option
 # -- storage-release --------------------------------------------------------------------------
 
 def _snapshots_of(rep, lv):
-    """The LVs that go with `lv`: its snapshots and its backup points."""
-    return sorted(naming.snapshots_among(lv, rep.lvs) +
-                  list(naming.backup_points(lv, rep.lvs).values()))
+    """The LVs that go with `lv`: its snapshots, backup points and checkpoint."""
+    return naming.dependents_among(lv, rep.lvs)
 
 
 def _revoke(req, name, whole_target, changed):
@@ -437,6 +436,11 @@ def _release(req):
                     delete = [WB_HOST_TAG + owner]
                 if add or delete:
                     lvm.change_tags(req.vg, disk.lv, add, delete)
+                if delete:
+                    # Its host's write-back data is written back: a checkpoint of it bounds
+                    # nothing any more, and only pins the pool's blocks.
+                    for name in naming.checkpoints_among(disk.lv, rep.lvs):
+                        lvops.remove(rep, name)
             out.append(result)
     return {"vg": req.vg, "disks": out}
 

@@ -34,15 +34,13 @@ def snapshots_of(ctx, ds, lv):
 
 
 def dependents_of(ctx, ds, lv):
-    """The LVs that go with `lv`: its snapshots (`<lv>-snap-N`) and its backup points
-    (`<lv>-backup-N`)."""
-    names = _names(ctx, ds)
-    return sorted(naming.snapshots_among(lv, names) +
-                  list(naming.backup_points(lv, names).values()))
+    """The LVs that go with `lv`: its snapshots (`<lv>-snap-N`), its backup points
+    (`<lv>-backup-N`) and its checkpoint (`<lv>-ckpt`)."""
+    return naming.dependents_among(lv, _names(ctx, ds))
 
 
 def remove(ctx, ds, lv, with_snapshots=True):
-    """Remove an LV and what tm_iscsi named after it (its snapshots and backup points)."""
+    """Remove an LV and what tm_iscsi named after it (snapshots, backup points, checkpoint)."""
     node = ctx.node(ds.storage_host)
     if with_snapshots:
         for name in dependents_of(ctx, ds, lv):
