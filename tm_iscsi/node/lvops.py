@@ -66,7 +66,7 @@ def ensure_snapshot(rep, origin_name, name, tags, max_fill, size_mib=None):
     lv = rep.get(name)
     created = False
     if lv is not None:
-        if lv.origin != origin_name:
+        if lv.origin != origin_name and not _reverted_clone(name, lv):
             what = f"a snapshot of {lv.origin}" if lv.origin else "an LV of its own"
             raise NodeError(f"{vg}/{name} already exists as {what}, not as a snapshot of "
                             f"{origin_name}; refusing to reuse it")
@@ -88,6 +88,14 @@ def ensure_snapshot(rep, origin_name, name, tags, max_fill, size_mib=None):
     if lv is not None:
         ensure_active(lv)
     return size, created
+
+
+def _reverted_clone(name, lv):
+    """A clone given the content of one of its own snapshots or its checkpoint (snap_revert,
+    host-lost) is still the clone: its origin is that snapshot, or none once it was removed."""
+    if lv.origin:
+        return lv.origin in naming.dependents_among(name, [lv.origin])
+    return protocol.owner_tag("kind", "clone") in lv.tags
 
 
 def ensure_thin(rep, pool, name, size_mib, tags, max_fill):
