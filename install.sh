@@ -189,6 +189,18 @@ path() { printf '%s%s' "$ROOT" "$1"; }
 have() { command -v "$1" >/dev/null 2>&1; }
 # systemctl acts on the running system only: not under --root, not without systemd.
 systemd_running() { [ -z "$ROOT" ] && [ -d /run/systemd/system ] && have systemctl; }
+
+# enable_unit UNIT SINCE [--now]: systemd reloaded if a unit file changed since $CHANGES was
+# SINCE, then UNIT enabled (and started, with --now).
+enable_unit() {
+  local unit=$1 since=$2 now=${3:-}
+  if [ "$CHANGES" != "$since" ]; then change "reload systemd" systemctl daemon-reload; fi
+  if systemctl is-enabled --quiet "$unit" 2>/dev/null; then
+    ok "$unit enabled"
+  else
+    change "enable $unit" systemctl enable --quiet $now "$unit"
+  fi
+}
 user_exists() {
   if [ -n "$ROOT" ]; then grep -q "^$1:" "$(path /etc/passwd)" 2>/dev/null; else id -u "$1" >/dev/null 2>&1; fi
 }
@@ -826,12 +838,7 @@ step_host() {
   local unit_changed=$CHANGES
   install_file "$CONF/systemd/tm-iscsi-activate.service" /etc/systemd/system/tm-iscsi-activate.service 644 root root
   if systemd_running; then
-    if [ "$CHANGES" != "$unit_changed" ]; then change "reload systemd" systemctl daemon-reload; fi
-    if systemctl is-enabled --quiet tm-iscsi-activate.service 2>/dev/null; then
-      ok "tm-iscsi-activate.service enabled"
-    else
-      change "enable tm-iscsi-activate.service" systemctl enable --quiet tm-iscsi-activate.service
-    fi
+    enable_unit tm-iscsi-activate.service "$unit_changed"
   elif [ -z "$ROOT" ]; then
     note "systemd is not running here: activation goes to /etc/tm_iscsi/boot.d, for the init to run"
     install_file "$CONF/boot/50-tm-iscsi-activate" /etc/tm_iscsi/boot.d/50-tm-iscsi-activate 755 root root
@@ -842,12 +849,7 @@ step_host() {
   install_file "$CONF/systemd/tm-iscsi-cache-warm.service" /etc/systemd/system/tm-iscsi-cache-warm.service 644 root root
   install_file "$CONF/systemd/tm-iscsi-cache-warm.timer" /etc/systemd/system/tm-iscsi-cache-warm.timer 644 root root
   if systemd_running; then
-    if [ "$CHANGES" != "$unit_changed" ]; then change "reload systemd" systemctl daemon-reload; fi
-    if systemctl is-enabled --quiet tm-iscsi-cache-warm.timer 2>/dev/null; then
-      ok "tm-iscsi-cache-warm.timer enabled"
-    else
-      change "enable tm-iscsi-cache-warm.timer" systemctl enable --quiet --now tm-iscsi-cache-warm.timer
-    fi
+    enable_unit tm-iscsi-cache-warm.timer "$unit_changed" --now
   elif [ -z "$ROOT" ]; then
     # Without systemd the timer never fires: cron runs the same command.
     install_file "$CONF/cron/tm-iscsi-cache-warm" /etc/cron.d/tm-iscsi-cache-warm 644 root root
@@ -908,7 +910,23 @@ step_frontend() {
     install_file "$CONF/$file" "$ONE_ETC/tm_iscsi/$(basename "$file")" 600 "$E_ONEADMIN" "$group"
   done
   step_admin_tools
+  step_checkpoints
   step_oned
+}
+
+# The write-back checkpoints (tm-iscsi checkpoint --due) every minute, as oneadmin.
+step_checkpoints() {
+  step "write-back checkpoints"
+  local unit_changed=$CHANGES
+  install_file "$CONF/systemd/tm-iscsi-checkpoint.service" /etc/systemd/system/tm-iscsi-checkpoint.service 644 root root
+  install_file "$CONF/systemd/tm-iscsi-checkpoint.timer" /etc/systemd/system/tm-iscsi-checkpoint.timer 644 root root
+  if systemd_running; then
+    enable_unit tm-iscsi-checkpoint.timer "$unit_changed" --now
+  elif [ -z "$ROOT" ]; then
+    install_file "$CONF/cron/tm-iscsi-checkpoint" /etc/cron.d/tm-iscsi-checkpoint 644 root root
+    have cron || have crond ||
+      note "no cron daemon here: run 'tm-iscsi checkpoint --due' as $E_ONEADMIN every minute by other means"
+  fi
 }
 
 # The admin tools of the virtualenv, on PATH: README's steps run tm-iscsi and tm-iscsi-hook.
@@ -1097,6 +1115,10 @@ uninstall_node() {
 uninstall_frontend() {
   step "front-end"
   local kind tool
+  remove_unit tm-iscsi-checkpoint.timer
+  remove_unit tm-iscsi-checkpoint.service
+  systemd_running && change "reload systemd" systemctl daemon-reload
+  remove_path /etc/cron.d/tm-iscsi-checkpoint
   for kind in tm datastore; do remove_path "$ONE_REMOTES/$kind/iscsi_lvm"; done
   remove_path "$ONE_ETC/tm_iscsi"
   remove_path "$ONE_ETC/tm_iscsi.conf"

@@ -457,7 +457,8 @@ def describe(st):
            "written_regions": None}
     wb = writeback.read_status(writeback.dm_name(st.name)) if has_wb(st.mode) else None
     if wb is not None:
-        out.update(dirty_blocks=wb.dirty, read_hits=wb.read_hits, read_misses=wb.read_misses,
+        out.update(dirty_blocks=wb.dirty, dirty_bytes=wb.dirty * wb.block_sectors * 512,
+                   read_hits=wb.read_hits, read_misses=wb.read_misses,
                    write_hits=wb.write_hits, write_misses=wb.write_misses,
                    writeback=wb.as_dict())
     if has_read(st.mode):

@@ -10,7 +10,7 @@ can run them by name. Output goes to stdout (oned keeps it in the hook's HOOKLOG
 one line on stderr and a non-zero exit."""
 import sys
 
-from tm_iscsi.admin import inventory, output
+from tm_iscsi.admin import checkpoint as checkpoint_mod, inventory, output
 from tm_iscsi.admin.cliutil import Parser as _Parser, run
 from tm_iscsi.admin.views import Host
 from tm_iscsi.errors import DriverError
@@ -79,18 +79,41 @@ def _vm(cloud, args):
 
 
 def cmd_fence(cloud, args, out):
-    result = fence_mod.fence(cloud, _host(cloud, args), force=args.force)
+    host = _host(cloud, args)
+    result = fence_mod.fence(cloud, host, force=args.force)
+    lost = None
+    if result.ok and _recover_on_loss(cloud):
+        # WRITEBACK_ON_HOST_LOSS = checkpoint: the host's write-back disks go back to their
+        # last checkpoint now, so that the VMs oned restarts elsewhere can use them.
+        lost = checkpoint_mod.host_lost(cloud, cloud.host(host.id), force=args.force)
     if args.json:
         output.emit_json({"host": result.host, "initiator": result.initiator,
                           "source": result.source, "recorded": result.recorded,
-                          "revoked": result.revoked, "errors": result.errors}, out)
+                          "revoked": result.revoked, "errors": result.errors,
+                          "host_lost": None if lost is None else {
+                              "disks": lost.disks, "errors": lost.errors, "ok": lost.ok}}, out)
     else:
         fence_mod.report(result, out)
+        for disk in lost.disks if lost else ():
+            state = (f"back to its checkpoint of {disk.get('age_seconds')} s ago"
+                     if disk.get("checkpoint") else "kept as it was") \
+                if disk.get("recovered") else f"NOT recovered: {disk.get('reason')}"
+            print(f"{disk['storage']}: {disk['vg']}/{disk['lv']}: {state}", file=out)
     if not result.ok:
         raise DriverError(f"host {result.host} is NOT fenced on "
                           f"{', '.join(sorted(result.errors))}: its VMs must not run elsewhere "
                           "until it is (fix the storage node's ssh and run the hook again)")
+    if lost is not None and not lost.ok:
+        where, error = next(iter(sorted(lost.errors.items())), (None, None))
+        raise DriverError(f"host {result.host} is fenced, but its write-back disks are not all "
+                          f"recovered: {error or 'a disk has no checkpoint'} (tm-iscsi host-lost "
+                          f"{result.host})")
     return 0
+
+
+def _recover_on_loss(cloud):
+    return any(e.config is not None and e.is_system and e.config.on_host_loss == "checkpoint"
+               for e in cloud.datastores())
 
 
 def cmd_leftovers(cloud, args, out):

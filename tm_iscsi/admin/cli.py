@@ -134,9 +134,22 @@ def cmd_status(cloud, args, out):
                  [[h["name"], h["state"], h["initiator"],
                    len(h["sessions"]) if h["sessions"] is not None else h.get("error"),
                    _cache_summary(h["cache"])] for h in data["hosts"]], out)
+    if data["writeback"]:
+        output.heading("WRITE-BACK DISKS (what losing the host would cost)", out)
+        _writeback_table(data["writeback"], out)
     for problem in data["problems"]:
         print(f"warning: {problem}", file=out)
     return 1 if data["problems"] else 0
+
+
+def _writeback_table(rows, out):
+    output.table(["HOST", "DISK", "DIRTY", "LAST CHECKPOINT"],
+                 [[r["host"], r["name"],
+                   f"{r['dirty_mib']} MiB" if r.get("dirty_mib") is not None else None,
+                   f"{checkpoint.age_text(r['checkpoint_age_s'])} ago"
+                   if r.get("checkpoint_age_s") is not None else "none"] for r in rows], out)
+    print("DIRTY: written on the host only; LAST CHECKPOINT: what a lost host leaves on the "
+          "storage node (tm-iscsi host-lost)", file=out)
 
 
 def _cache_summary(cache):
@@ -203,6 +216,10 @@ def cmd_cache_stats(cloud, args, out):
                        r["refs"]] for r in data["read_caches"]], out)
         print("read hits and misses: read requests since the host's last warm-up; HIT% ALL: "
               "since the read cache was made", file=out)
+    wb_rows = [s for s in data["stacks"] if "checkpoint_age_s" in s]
+    if wb_rows:
+        output.heading("WRITE-BACK DISKS (what losing the host would cost)", out)
+        _writeback_table(wb_rows, out)
     if data["stacks"]:
         output.heading("VM DISK STACKS", out)
         output.table(["HOST", "DISK", "MODE", "DIRTY", "READ HIT%", "WRITE HITS", "WRITE MISSES"],

@@ -1,7 +1,9 @@
 """`tm-iscsi status` and `tm-iscsi cache-stats`: what the datastores, storage nodes and hosts hold
 now. Read-only; a node that does not answer is shown as such, the rest is still reported."""
 import re
+import time
 
+from .. import protocol
 from ..errors import DriverError
 
 # The node helper of a host without the cache layers has no cache-status command.
@@ -27,7 +29,8 @@ def cache_status(cloud, host):
 
 
 def gather(cloud):
-    data = {"datastores": [], "pools": [], "exports": [], "hosts": [], "problems": []}
+    data = {"datastores": [], "pools": [], "exports": [], "hosts": [], "writeback": [],
+            "problems": []}
     for entry in cloud.datastores():
         cfg = entry.config
         data["datastores"].append({
@@ -69,6 +72,9 @@ def gather(cloud):
         row["cache"] = cache_status(cloud, host.name)
         host_sessions[host.name] = {s.get("iqn") for s in row["sessions"]}
         data["hosts"].append(row)
+        data["writeback"] += [s for s in cache_rows(host.name, row["cache"])[1]
+                              if protocol.has_writeback(s.get("mode") or "")]
+    add_checkpoint_ages(cloud, data["writeback"], data["problems"])
     for storage, bases in sorted(exported_by.items()):
         try:
             targets = cloud.node(storage).call("exports").get("targets", [])
@@ -113,10 +119,34 @@ def cache_rows(host, answer):
             "host": host, "name": stack.get("name"), "mode": stack.get("mode"),
             "phase": stack.get("phase"), "degraded": stack.get("degraded"),
             "image_key": stack.get("base_key"), "dirty_blocks": stack.get("dirty_blocks"),
+            "dirty_mib": round(stack["dirty_bytes"] / (1 << 20), 1)
+            if stack.get("dirty_bytes") is not None else None,
             "read_hits": stack.get("read_hits"), "read_misses": stack.get("read_misses"),
             "write_hits": stack.get("write_hits"), "write_misses": stack.get("write_misses"),
             "read_hit_percent": _ratio(stack.get("read_hits"), stack.get("read_misses"))})
     return reads, stacks
+
+
+def add_checkpoint_ages(cloud, stacks, problems, now=None):
+    """Each write-back stack row gets the age of its disk's last checkpoint for its host
+    (`checkpoint_age_s`, None: it has none): the most a loss of the host would take with it."""
+    from . import checkpoint
+    wb_rows = [s for s in stacks if protocol.has_writeback(s.get("mode") or "")]
+    if not wb_rows:
+        return
+    now = time.time() if now is None else now
+    known = {}
+    for group in cloud.storage_groups():
+        try:
+            found = checkpoint.checkpoints(cloud, {(group.host, group.vg)})
+        except DriverError as err:
+            problems.append(str(err))
+            continue
+        known.update({lv: value for (_, _, lv), value in found.items()})
+    for row in wb_rows:
+        host, cut_at = known.get(row["name"], (None, None))
+        row["checkpoint_age_s"] = round(now - cut_at) if host == row["host"] and cut_at \
+            else None
 
 
 def _ratio(hits, misses):
@@ -142,4 +172,5 @@ def cache_stats(cloud, host_names=None):
         reads, stacks = cache_rows(host.name, answer)
         data["read_caches"] += reads
         data["stacks"] += stacks
+    add_checkpoint_ages(cloud, data["stacks"], data["problems"])
     return data

@@ -8,7 +8,6 @@ A checkpoint replaces the previous one by two renames (`-ckpt` -> `-ckpt-prev`, 
 checkpoint under `-ckpt` or `-ckpt-prev`; `-ckpt-next` alone is never one (its snapshot may not
 have been cut at a clean instant). Checkpoints are inactive LVs (nothing reads them until a host
 is lost), tagged with the host whose write-back data they bound and the time they were cut."""
-import argparse
 import time
 
 from .. import naming, protocol
@@ -17,18 +16,14 @@ from . import confine, iscsi, lio, locks, lvm, lvops
 from . import run as _run
 from .cli import checked_command as command, each_request
 from .cli import request_option as _request_option
-from .errors import NodeError, NodeUsageError
-from .txn_storage import _need, _unexport_all
+from .errors import NodeError
+from .txn_storage import _need, _unexport_all, check_vg_host
 
 _CHECKPOINT_OWNER_KEYS = ("vm", "disk", "image", "ds")
 
 
 def _check_vg_host(req):
-    try:
-        confine.storage_vg(req.vg)
-    except argparse.ArgumentTypeError as err:
-        raise NodeUsageError(str(err))
-    _need(naming.valid_host(req.host), "host", req.host)
+    check_vg_host(req)
     iqn_base = getattr(req, "iqn_base", None)
     if iqn_base is not None:
         _need(iscsi.valid_iqn(iqn_base) and ":" not in iqn_base, "iqn_base", iqn_base)
@@ -182,16 +177,15 @@ def _host_lost(req):
 
 
 def _guarded_disks(rep, host):
-    """The disks whose guard names `host`; a disk a stopped revert left as <lv>-prev only (its
-    old content, still guarded) is one of them too."""
+    """The disks whose guard names `host`; a disk whose revert stopped before its old content
+    (still guarded, as <lv>-prev) was removed is one of them too: the revert is redone."""
     names = set()
     for name, lv in rep.lvs.items():
         if tag_value(lv.tags, WB_HOST_TAG) != host:
             continue
         if naming.is_source_lv(name):
             names.add(name)
-        elif name.endswith("-prev") and naming.is_source_lv(name[:-5]) and \
-                rep.get(name[:-5]) is None:
+        elif name.endswith("-prev") and naming.is_source_lv(name[:-5]):
             names.add(name[:-5])
     return names
 
@@ -226,7 +220,9 @@ def _recover(rep, req, name, now):
         if rep.get(name) is None:
             raise NodeError(f"{req.vg}/{name} is only left as {naming.replaced_lv(name)}: run "
                             "host-lost again with its checkpoint")
-        lvm.change_tags(req.vg, name, [], [t for t in lv.tags if t.startswith(WB_HOST_TAG)])
+        guards = [t for t in lv.tags if t.startswith(WB_HOST_TAG)]
+        if guards:
+            lvm.change_tags(req.vg, name, [], guards)
         result.update(checkpoint=None, cut_at=None, age_seconds=None)
     return result
 

@@ -33,12 +33,17 @@ def _need(ok, what, value):
         raise NodeUsageError(f"{what} {str(value)[:80]!r} is not valid")
 
 
-def _check_common(req):
+def check_vg_host(req):
+    """The VG is one this storage node serves; the host is a host name."""
     try:
         confine.storage_vg(req.vg)
     except argparse.ArgumentTypeError as err:
         raise NodeUsageError(str(err))
     _need(naming.valid_host(req.host), "host", req.host)
+
+
+def _check_common(req):
+    check_vg_host(req)
     if getattr(req, "ds_id", None) is not None:
         _need(0 <= req.ds_id < 1 << 31, "ds_id", req.ds_id)
     if req.initiator is not None:
