@@ -149,6 +149,7 @@ def checkpoint(cloud, found):
         raise
     taken, failure = {}, None
     cut_started = time.monotonic()
+    storage_seconds = 0.0
     try:
         for (storage, vg), disks in sorted(found.groups().items()):
             answer = cloud.node(storage).call(protocol.CHECKPOINT_TAKE, "--request",
@@ -159,6 +160,7 @@ def checkpoint(cloud, found):
                                               timeout=HOLD_SECONDS if hold else
                                               settings.transaction_timeout)
             taken[(storage, vg)] = answer
+        storage_seconds += time.monotonic() - cut_started
     except DriverError as err:
         failure = err
     finally:
@@ -168,11 +170,13 @@ def checkpoint(cloud, found):
     valid = failure is None and resumed.get("valid") is True and (
         not hold or all(s.get("held") for s in resumed.get("stacks", [])))
     committed = {}
+    commit_started = time.monotonic()
     for (storage, vg), disks in sorted(found.groups().items()):
         committed[(storage, vg)] = cloud.node(storage).call(
             protocol.CHECKPOINT_COMMIT, "--request", protocol.encode(protocol.CheckpointCommit(
                 vg=vg, host=found.host, lvs=[d.volume.lv for d in disks], valid=valid)),
             timeout=settings.transaction_timeout)
+    storage_seconds += time.monotonic() - commit_started
     if failure is not None:
         raise failure
     if not valid:
@@ -187,6 +191,7 @@ def checkpoint(cloud, found):
         "stall_seconds": round(held_seconds, 3) if hold else max(
             (d.get("seconds", 0.0) for d in cut.values()), default=0.0),
         "seconds": round(time.monotonic() - started, 3),
+        "storage_seconds": round(storage_seconds, 3),
         "disks": [{"disk_id": d.disk_id, "lv": d.volume.lv,
                    "drained_mib": round(next((s["dirty_before_blocks"] * block[s["name"]]
                                               for s in flushed if s["name"] == d.volume.lv), 0)
