@@ -11,10 +11,10 @@ import re
 from dataclasses import dataclass, field
 from typing import List
 
-from . import naming
+from . import dsconf, naming, protocol
 
 DRIVER = "iscsi_lvm"
-CACHE_MODES = ("none", "read", "writeback", "read+writeback")
+CACHE_MODES = protocol.MODES
 VERSIONS = ("7.4", "6.10")
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
@@ -36,7 +36,8 @@ SCHEMA = {
     "storage": ("host", "portal", "vg", "thin_pool", "pool_percent", "devices"),
     "host": ("cache_vg", "devices", "initiator_prefix", "warm_every_minutes", "warm_seconds"),
     "datastore": ("image_name", "system_name", "cache_mode", "iqn_base", "bridge_list",
-                  "chap_user", "chap_password"),
+                  "chap_user", "chap_password", "writeback_checkpoint",
+                  "writeback_on_host_loss"),
     "lvm": ("system_devices",),
     "frontend": ("ssh_opts", "ssh_timeout", "attach_timeout", "copy_timeout",
                  "transaction_timeout", "max_pool_fill"),
@@ -71,6 +72,8 @@ class Site:
     image_name: str
     system_name: str
     cache_mode: str
+    writeback_checkpoint: int
+    writeback_on_host_loss: str
     iqn_base: str
     bridge_list: List[str]
     chap_user: str
@@ -185,6 +188,10 @@ def load_site(path):
     cache_mode = r.raw("datastore", "cache_mode", "none").lower()
     if cache_mode not in CACHE_MODES:
         r.fail("datastore", "cache_mode", f"{cache_mode!r} is not one of {', '.join(CACHE_MODES)}")
+    on_host_loss = r.raw("datastore", "writeback_on_host_loss", "refuse").lower()
+    if on_host_loss not in dsconf.HOST_LOSS_ACTIONS:
+        r.fail("datastore", "writeback_on_host_loss",
+               f"{on_host_loss!r} is not one of {', '.join(dsconf.HOST_LOSS_ACTIONS)}")
     chap_user = r.raw("datastore", "chap_user", "")
     if chap_user and not naming.valid_chap_user(chap_user):
         # The rule the driver and the nodes apply: a name they would refuse never gets rendered.
@@ -231,6 +238,10 @@ def load_site(path):
         system_name=r.text("datastore", "system_name", "iscsi_lvm_system", _DS_NAME_RE,
                            "a datastore name"),
         cache_mode=cache_mode,
+        writeback_checkpoint=r.integer("datastore", "writeback_checkpoint",
+                                       dsconf.CHECKPOINT_MIN_DEFAULT, 0,
+                                       dsconf.CHECKPOINT_MIN_MAX),
+        writeback_on_host_loss=on_host_loss,
         iqn_base=r.text("datastore", "iqn_base", "", _IQN_RE, "an IQN prefix"),
         bridge_list=r.items("datastore", "bridge_list", _HOST_RE, "a host name"),
         chap_user=chap_user,

@@ -160,3 +160,54 @@ def test_checkpoints_under_a_running_writer_and_a_hold_nobody_ends(cloud):
     late = cloud.lab.node_helper("host1", "checkpoint-resume", "--request", json.dumps(
         {"stacks": ["vm-0-disk-0"], "token": "00ff00ff00ff00ff"}))
     assert late["valid"] is False
+
+
+def _checkpoints_converged(cloud, lvs):
+    """Each disk has exactly its committed checkpoint, no half-made one; every stack on host1 is
+    in write-back again with its top running."""
+    names = set(_lv_state(cloud))
+    for lv in lvs:
+        assert f"{lv}-ckpt" in names, names
+        assert not {f"{lv}-ckpt-next", f"{lv}-ckpt-prev"} & names, names
+    for lv in lvs:
+        assert "writeback" in cloud.lab.sh("host1", f"dmsetup table tmi-wb-{lv}")
+    attrs = cloud.lab.sh("host1", "dmsetup info -c --noheadings -o name,attr | grep tmi- || true")
+    assert all(line.split()[1][2] != "s" for line in attrs.splitlines()), attrs
+
+
+def test_a_checkpoint_of_several_disks_converges_after_a_failure_at_every_call(cloud):
+    """The VM of 04-vm-deploy (a clone, a persistent image, a volatile disk: three write-back
+    disks, cut at one instant with their tops held), its checkpoint failed before and after each
+    of its four node calls and run again."""
+    mkfs = cloud.ds_action("mkfs", 1, cloud.ds_xml("02-image-create-datablock", "01-ds-mkfs",
+                                                   SIZE=64))
+    assert mkfs.success, mkfs.info
+    cloud.load_vm("04-vm-deploy", "01-tm-clone")
+    cloud.transfer("CLONE iscsi_lvm frontend:vg-one-100/img-0 "
+                   "host1:/var/lib/one//datastores/101/0/disk.0 0 100\n"
+                   "LN iscsi_lvm frontend:vg-one-100/img-1 "
+                   "host1:/var/lib/one//datastores/101/0/disk.1 0 100\n"
+                   "MKIMAGE iscsi_lvm 64 raw host1:/var/lib/one//datastores/101/0/disk.2 0 101\n")
+    lvs = ["vm-0-disk-0", "img-1", "vm-0-disk-2"]
+    first = _json(run_tool(cloud, "tm_iscsi.admin", "checkpoint", "0", "--json"))
+    (done,) = first["checkpoints"]
+    assert done["held"] is True and sorted(d["lv"] for d in done["disks"]) == sorted(lvs)
+    assert len({d["cut_at"] for d in done["disks"]}) == 3
+    _checkpoints_converged(cloud, lvs)
+    for when in ("before", "after"):
+        for call in range(1, 5):
+            env = {"TM_ISCSI_FAULT": f"{when}:{call}"}
+            failed = run_tool_env(cloud, env, "tm_iscsi.admin", "checkpoint", "0")
+            assert failed.returncode != 0 and "injected fault" in failed.stdout + failed.stderr
+            again = _json(run_tool(cloud, "tm_iscsi.admin", "checkpoint", "0", "--json"))
+            assert again["failed"] == [], (when, call, again)
+            _checkpoints_converged(cloud, lvs)
+
+
+def run_tool_env(cloud, env, module, *args):
+    import os
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", module, *args],
+                          env={**os.environ, **cloud.env, **env}, capture_output=True,
+                          text=True, timeout=300)
