@@ -9,7 +9,7 @@ import json
 import pytest
 
 from harness.cloud import IMAGE_VG, Cloud
-from harness.documents import host_xml
+from harness.documents import host_xml, vm_xml
 from tests.lab.test_hooks import deploy_clone, run_tool
 
 IMAGE_MIB = 64
@@ -188,6 +188,7 @@ def test_a_checkpoint_of_several_disks_converges_after_a_failure_at_every_call(c
                    "LN iscsi_lvm frontend:vg-one-100/img-1 "
                    "host1:/var/lib/one//datastores/101/0/disk.1 0 100\n"
                    "MKIMAGE iscsi_lvm 64 raw host1:/var/lib/one//datastores/101/0/disk.2 0 101\n")
+    cloud.oned.put_xml(vm_xml(0, disks=(0, 1, 2)))       # RUNNING now
     lvs = ["vm-0-disk-0", "img-1", "vm-0-disk-2"]
     first = _json(run_tool(cloud, "tm_iscsi.admin", "checkpoint", "0", "--json"))
     (done,) = first["checkpoints"]
