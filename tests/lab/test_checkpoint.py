@@ -171,7 +171,7 @@ def _checkpoints_converged(cloud, lvs):
         assert not {f"{lv}-ckpt-next", f"{lv}-ckpt-prev"} & names, names
     for lv in lvs:
         assert "writeback" in cloud.lab.sh("host1", f"dmsetup table tmi-wb-{lv}")
-    attrs = cloud.lab.sh("host1", "dmsetup info -c --noheadings -o name,attr | grep tmi- || true")
+    attrs = cloud.lab.sh("host1", "dmsetup info -c --noheadings --separator ' ' -o name,attr | grep tmi- || true")
     assert all(line.split()[1][2] != "s" for line in attrs.splitlines()), attrs
 
 
