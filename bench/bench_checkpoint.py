@@ -56,7 +56,9 @@ while not os.path.exists(stop):
         errors += 1
     rows.append((began, time.time() - began))
     time.sleep(0.005)
-json.dump({"rows": rows, "errors": errors}, open(out, "w"))
+with open(out + ".tmp", "w") as f:
+    json.dump({"rows": [(round(b, 4), round(l, 5)) for b, l in rows], "errors": errors}, f)
+os.rename(out + ".tmp", out)
 """
 
 

@@ -25,7 +25,7 @@ MINUTES = {
     "tests/lab/test_driver_lifecycle.py": 11,
     "tests/lab/test_driver_scenarios.py": 10,
     "tests/lab/test_backup.py": 13,
-    "tests/lab/test_checkpoint.py": 6,
+    "tests/lab/test_checkpoint.py": 12,
     "tests/lab/test_dmcache_stacks.py": 8,
     "tests/lab/test_demo.py": 6,
     "tests/lab/test_node_host.py": 3,
