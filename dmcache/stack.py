@@ -66,6 +66,7 @@ class Request:
     link: Optional[str] = None
     luns: Dict[str, state.Lun] = field(default_factory=dict)
     vg: str = localvg.DEFAULT_VG
+    wb_epoch: Optional[str] = None
 
     @property
     def devices(self):
@@ -80,7 +81,8 @@ def request_of(st, link=None):
                    base_key=st.base_key, base_dev=st.devices.get("base"),
                    map_dev=st.devices.get("map"),
                    wb_size_bytes=st.wb.size_bytes if st.wb else None,
-                   link=link if link is not None else st.link, luns=dict(st.luns), vg=st.vg)
+                   link=link if link is not None else st.link, luns=dict(st.luns), vg=st.vg,
+                   wb_epoch=st.wb_epoch)
 
 
 # -- checks ------------------------------------------------------------------------------------
@@ -234,10 +236,15 @@ def assemble(req):
                 name=req.name, mode=req.mode, devices=req.devices, vg=req.vg,
                 luns={k: v for k, v in req.luns.items() if req.devices.get(k)}, link=req.link,
                 base_key=req.base_key if has_read(req.mode) else None,
-                read_cache=readcache.cache_id(req.base_key) if has_read(req.mode) else None)
+                read_cache=readcache.cache_id(req.base_key) if has_read(req.mode) else None,
+                wb_epoch=req.wb_epoch)
         else:
             st.link = req.link or st.link
             st.luns = {k: v for k, v in req.luns.items() if req.devices.get(k)} or st.luns
+        if has_wb(req.mode) and st.wb_epoch != req.wb_epoch:
+            _drop_void_writeback(st, top, wbn)
+            st.wb_epoch = req.wb_epoch
+            kept = False
         st.phase = "assembling" if st.phase != "assembled" else st.phase
         # Recorded before any device exists: counted as a user of its read cache from now on.
         state.save_stack(st)
@@ -251,6 +258,27 @@ def assemble(req):
             raise
     return {"name": req.name, "mode": req.mode, "top": link_target(st), "layers": layers,
             "kept": kept, "degraded": st.degraded, "link": st.link}
+
+
+def _drop_void_writeback(st, top, wbn):
+    """The disk was given its last checkpoint's content after this host was declared lost
+    (host-lost): what this host's write-back cache holds of it belongs to the content that was
+    replaced, and is dropped, never written back."""
+    for name in (top, wbn):
+        dev = dmsetup.info(name)
+        if dev is not None and dev.open_count and not (name == wbn and dmsetup.exists(top)):
+            raise NodeError(f"{name} is in use, but its disk was recovered elsewhere after this "
+                            "host was declared lost; stop what uses it, then run the action "
+                            "again")
+    _run.info(f"{st.name}: dropping this host's write-back cache of it (written before the "
+              "host was declared lost; the disk was put back to its checkpoint since)")
+    for name in (top, wbn):
+        if dmsetup.exists(name):
+            dmsetup.remove(name)
+    if st.wb is not None:
+        writeback.free(st.wb)
+        st.wb = None
+    state.save_stack(st)
 
 
 def _rollback(req):

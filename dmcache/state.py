@@ -113,6 +113,8 @@ class StackState:
     degraded: Optional[str] = None
     # A checkpoint in progress (dmcache/checkpoint.py): its token, and whether the write-back
     # layer goes back to write-back at its end. Any other change of the layer's mode clears it.
+    # The disk's write-back epoch (protocol.WB_EPOCH_TAG) the write-back cache was made in.
+    wb_epoch: Optional[str] = None
     checkpoint: Optional[str] = None
     checkpoint_writeback: bool = False
     created: float = 0.0

@@ -118,6 +118,9 @@ def parse_portal(text):
 OWNER_TAG = "tm_iscsi"
 # A host holds unflushed write-back data of the LV: no other host may attach it.
 WB_HOST_TAG = "tm_iscsi.wb-host="
+# Set on a disk each time a lost host's write-back data of it is declared void (host-lost): a
+# host whose write-back cache of the disk is of another epoch drops it, never writes it back.
+WB_EPOCH_TAG = "tm_iscsi.wb-epoch="
 # The base generation a clone's region map was made against (on the clone, its map, the base).
 BASE_GEN_TAG = "tm_iscsi.base="
 # The image was written (attached persistent, reverted): its base serves no new clone.
@@ -381,9 +384,11 @@ class HostDisk(_Record):
     link: Optional[str] = None
     base_key: Optional[str] = None
     wb_size_mib: Optional[int] = None
+    wb_epoch: Optional[str] = None     # the disk's WB_EPOCH_TAG value (None: never recovered)
 
     _TYPES = {"name": (str, False), "mode": (str, False), "luns": (dict, False),
-              "link": (str, True), "base_key": (str, True), "wb_size_mib": (int, True)}
+              "link": (str, True), "base_key": (str, True), "wb_size_mib": (int, True),
+              "wb_epoch": (str, True)}
     _NESTED = {"luns": Lun}
 
     def check(self, where):
@@ -394,6 +399,8 @@ class HostDisk(_Record):
             raise ProtocolError(f"{where}: mode {self.mode} needs LUNs {', '.join(sorted(need))}")
         if has_read(self.mode) and not self.base_key:
             raise ProtocolError(f"{where}: mode {self.mode} needs base_key")
+        if self.wb_epoch is not None:
+            _check_token(where, self.wb_epoch)
 
 
 @dataclass

@@ -108,7 +108,21 @@ def test_a_lost_host_leaves_the_disk_at_its_checkpoint_whole_and_usable_elsewher
     assert not set(records) - set(range(40))
     fsck = cloud.lab.sh("host2", f"e2fsck -fn {disk2} >/dev/null 2>&1; echo $?").strip()
     assert fsck == "0"
+
+    # host1 comes back after all, its cache disk still holding records 20-39: its boot-time
+    # activation cannot reach the disk (fenced), and when the VM moves back to host1 its stale
+    # write-back cache is dropped, never written over the recovered disk.
     cloud.lab.api.boot("host1")
+    activated = cloud.lab.node_helper("host1", "activate", check=False)
+    assert activated.returncode != 0 or b'"flushed_blocks": 0' in activated.stdout or \
+        b"flushed_blocks" not in activated.stdout, activated.stdout
+    cloud.oned.put_xml(vm_xml(0, hosts=("host2", "host1"), disks=(0,)))
+    move = cloud.tm_action("MV iscsi_lvm host2:/var/lib/one//datastores/101/0/disk.0 "
+                           "host1:/var/lib/one//datastores/101/0/disk.0 0 100")
+    assert move.success, move.stderr
+    cloud.lab.sh("host1", f"mkdir -p {MOUNT} && mount {disk} {MOUNT}")
+    assert _records_on(cloud, "host1") == records
+    cloud.lab.sh("host1", f"umount {MOUNT}")
 
 
 def test_checkpoints_under_a_running_writer_and_a_hold_nobody_ends(cloud):

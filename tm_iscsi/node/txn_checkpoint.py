@@ -8,10 +8,11 @@ A checkpoint replaces the previous one by two renames (`-ckpt` -> `-ckpt-prev`, 
 checkpoint under `-ckpt` or `-ckpt-prev`; `-ckpt-next` alone is never one (its snapshot may not
 have been cut at a clean instant). Checkpoints are inactive LVs (nothing reads them until a host
 is lost), tagged with the host whose write-back data they bound and the time they were cut."""
+import secrets
 import time
 
 from .. import naming, protocol
-from ..protocol import CKPT_AT_TAG, CKPT_HOST_TAG, WB_HOST_TAG, tag_value
+from ..protocol import CKPT_AT_TAG, CKPT_HOST_TAG, WB_EPOCH_TAG, WB_HOST_TAG, tag_value
 from . import confine, iscsi, lio, locks, lvm, lvops
 from . import run as _run
 from .cli import checked_command as command, each_request
@@ -204,7 +205,10 @@ def _recover(rep, req, name, now):
                         naming.backstore_name(req.vg, export))
             _unexport_all(req.vg, export, req.iqn_base)
         lio.save_config(changed=changed)
-    keep_tags = [t for t in lv.tags if not t.startswith(WB_HOST_TAG)]
+    # A new epoch: the lost host's write-back cache of this disk, should the host come back,
+    # is dropped by its next assemble instead of written over the recovered content.
+    epoch = WB_EPOCH_TAG + secrets.token_hex(8)
+    keep_tags = [t for t in lv.tags if not t.startswith((WB_HOST_TAG, WB_EPOCH_TAG))] + [epoch]
     result = {"lv": name, "recovered": True}
     if ckpt is not None:
         cut_at = _cut_at(ckpt.tags)
@@ -220,9 +224,8 @@ def _recover(rep, req, name, now):
         if rep.get(name) is None:
             raise NodeError(f"{req.vg}/{name} is only left as {naming.replaced_lv(name)}: run "
                             "host-lost again with its checkpoint")
-        guards = [t for t in lv.tags if t.startswith(WB_HOST_TAG)]
-        if guards:
-            lvm.change_tags(req.vg, name, [], guards)
+        lvm.change_tags(req.vg, name, [epoch],
+                        [t for t in lv.tags if t.startswith((WB_HOST_TAG, WB_EPOCH_TAG))])
         result.update(checkpoint=None, cut_at=None, age_seconds=None)
     return result
 

@@ -86,6 +86,7 @@ def _assemble(req, disk, devices):
         base_key=disk.base_key if has_read(disk.mode) else None,
         base_dev=devices.get("base"), map_dev=devices.get("map"),
         wb_size_bytes=disk.wb_size_mib * MIB if disk.wb_size_mib else None, link=disk.link,
+        wb_epoch=disk.wb_epoch,
         luns={role: state.Lun(req.portal, lun.iqn, lun.serial)
               for role, lun in disk.luns.items()})
     if lvm.local_report(request.vg, missing_ok=True) is None:

@@ -123,6 +123,7 @@ class _Disk:
         self.add_tags = []
         self.delete_tags = []
         self.created_names = set()
+        self.wb_epoch = None
 
 
 def _refuse_before_changes(rep, req, disk):
@@ -279,6 +280,7 @@ def _bring_lv(rep, req, disk):
     if lv is None:
         disk.created_names.add(want.lv)
     clone_tags = tags if lv is None else lv.tags
+    disk.wb_epoch = tag_value(clone_tags, protocol.WB_EPOCH_TAG)
     if want.retire_base:
         _retire_base(rep, req, want.lv)
     if has_read(disk.mode):
@@ -358,7 +360,7 @@ def _attach(req):
                         "size_bytes": disk.size_bytes,
                         "luns": _export(rep, req, chap, disk, changed),
                         "base_key": protocol.base_key(req.vg, disk.want.image_lv, disk.gen)
-                        if disk.gen else None})
+                        if disk.gen else None, "wb_epoch": disk.wb_epoch})
         if changed:
             lio.save_config(changed=changed)
     return {"vg": req.vg, "disks": out}
