@@ -2,6 +2,7 @@
 helper's answers and the read-only probe's facts; a healthy node passes."""
 import json
 import os
+import xml.etree.ElementTree as ET
 
 import pytest
 
@@ -293,3 +294,30 @@ def test_the_saved_lio_config_is_compared_from_the_helper_when_oneadmin_cannot_r
     assert checks["lio-saved"].ok and "matches the 1 live targets" in checks["lio-saved"].detail
     helper["exports"]["saved"]["targets"] = {}
     assert not _judge(helper=helper, probe_facts=probe)["lio-saved"].ok
+
+
+@pytest.mark.parametrize("found, ok", [
+    ({"unit": "tm-iscsi-checkpoint.timer", "enabled": "disabled"}, False),
+    ({"unit": "tm-iscsi-checkpoint.timer", "enabled": "enabled"}, True),
+    ({"file": "/etc/cron.d/tm-iscsi-checkpoint", "present": False}, False),
+])
+def test_write_back_datastores_need_the_checkpoint_timer(cloud, oned, tmp_path, found, ok):
+    def mode(value):
+        def change(root):
+            node = root.find("TEMPLATE/CACHE_MODE")
+            if node is None:
+                node = ET.SubElement(root.find("TEMPLATE"), "CACHE_MODE")
+            node.text = value
+        return change
+    for ds_id in (100, 101):
+        oned.edit_with("datastore", ds_id, mode("read"))
+    checks = doctor.frontend_checks(cloud, str(tmp_path / "none"), str(tmp_path),
+                                    unit_state=lambda unit, fallback: found)
+    assert not [c for c in checks if c.check == "checkpoints"]     # no write-back: no need
+    oned.edit_with("datastore", 100, mode("read+writeback"))
+    cloud._cached.clear()
+    checks = doctor.frontend_checks(cloud, str(tmp_path / "none"), str(tmp_path),
+                                    unit_state=lambda unit, fallback: found)
+    (check,) = [c for c in checks if c.check == "checkpoints"]
+    assert check.ok is ok
+    assert ok or "install.sh" in check.fix

@@ -115,6 +115,9 @@ def test_host_lost_puts_the_disk_back_to_its_checkpoint_and_clears_the_guard(vg)
     assert clone.origin == CKPT and GUARD not in clone.tags and "tm_iscsi.vm=0" in clone.tags
     assert CKPT in vg.lvs and CLONE + "-prev" not in vg.lvs
     assert _lost()["disks"] == []
+    # A new write-back epoch: host1's cache of the disk, should it come back, is void.
+    epochs = [t for t in clone.tags if t.startswith(protocol.WB_EPOCH_TAG)]
+    assert len(epochs) == 1 and len(epochs[0]) == len(protocol.WB_EPOCH_TAG) + 16
 
 
 @pytest.mark.parametrize("crash_after", range(1, 4))
@@ -138,6 +141,7 @@ def test_host_lost_without_a_checkpoint_keeps_the_guard_unless_told(vg):
     (disk,) = _lost(without_checkpoint=True)["disks"]
     assert disk["recovered"] and disk["checkpoint"] is None
     assert GUARD not in vg.lvs[CLONE].tags and vg.lvs[CLONE].uuid == "clone"
+    assert any(t.startswith(protocol.WB_EPOCH_TAG) for t in vg.lvs[CLONE].tags)
 
 
 def test_a_checkpoint_of_another_host_bounds_nothing_of_this_one(vg):

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
+from .. import protocol
 from ..errors import DriverError
 from ..one.errors import OneError
 from ..remote import NodeUnreachable
@@ -45,7 +46,10 @@ def _fail(check, node, detail, fix):
 
 # -- the front-end ---------------------------------------------------------------------------
 
-def frontend_checks(cloud, oned_conf=ONED_CONF, remotes=REMOTES, which=shutil.which):
+def frontend_checks(cloud, oned_conf=ONED_CONF, remotes=REMOTES, which=shutil.which,
+                    unit_state=None):
+    if unit_state is None:
+        from .probe import unit_state
     from vmm_hooks.register import HOOK_NAMES
     checks = []
     where = "frontend"
@@ -89,6 +93,13 @@ def frontend_checks(cloud, oned_conf=ONED_CONF, remotes=REMOTES, which=shutil.wh
             cfg = entry.config
             checks.append(_ok("datastores", where, f"datastore {entry.id}: {cfg.storage_host} "
                               f"{cfg.vg}/{cfg.pool}"))
+    if any(e.config is not None and protocol.has_writeback(e.config.cache_mode)
+           for e in entries):
+        from . import probe
+        checks.append(_judge_unit(
+            "checkpoints", where, unit_state(*probe.CHECKPOINT_UNIT),
+            "write-back disks get no checkpoint: a host lost for good leaves them unusable",
+            f"{INSTALL.format(role='frontend')} installs and enables it"))
     names = {Hook.from_element(e).name for e in cloud.one.hook_pool()}
     missing = [n for n in HOOK_NAMES.values() if n not in names]
     checks.append(_fail("hooks", where, f"hooks not registered: {', '.join(missing)}",
@@ -333,22 +344,20 @@ _HOST_UNIT_TEXT = {"activate": ("boot-activation", "write-back caches are not fl
 def _judge_host_units(name, facts):
     if not facts:
         return []
-    checks = []
-    for key, (check, risk) in _HOST_UNIT_TEXT.items():
-        fact = facts.get(key) or {}
-        fix = f"on {name}: {INSTALL.format(role='host')} installs and enables it"
-        if "unit" in fact:
-            if fact.get("enabled") in ("enabled", "static", "enabled-runtime"):
-                checks.append(_ok(check, name, f"{fact['unit']} enabled"))
-            else:
-                checks.append(_fail(check, name, f"{fact['unit']} is {fact.get('enabled')}: "
-                                    f"{risk}", fix))
-        elif fact.get("present"):
-            checks.append(_ok(check, name, f"{fact['file']} present (no systemd)"))
-        else:
-            checks.append(_fail(check, name, f"{fact.get('file')} is missing (no systemd): "
-                                f"{risk}", fix))
-    return checks
+    return [_judge_unit(check, name, facts.get(key) or {}, risk,
+                        f"on {name}: {INSTALL.format(role='host')} installs and enables it")
+            for key, (check, risk) in _HOST_UNIT_TEXT.items()]
+
+
+def _judge_unit(check, name, fact, risk, fix):
+    """A job's unit enabled (probe.unit_state), or without systemd its file present."""
+    if "unit" in fact:
+        if fact.get("enabled") in ("enabled", "static", "enabled-runtime"):
+            return _ok(check, name, f"{fact['unit']} enabled")
+        return _fail(check, name, f"{fact['unit']} is {fact.get('enabled')}: {risk}", fix)
+    if fact.get("present"):
+        return _ok(check, name, f"{fact['file']} present (no systemd)")
+    return _fail(check, name, f"{fact.get('file')} is missing (no systemd): {risk}", fix)
 
 
 def _judge_lvm(name, role_text, facts):

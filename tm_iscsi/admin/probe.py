@@ -23,6 +23,7 @@ SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/
                                "/sbin"])
 HOST_UNITS = {"activate": ("tm-iscsi-activate.service", "/etc/tm_iscsi/boot.d/50-tm-iscsi-activate"),
               "warm": ("tm-iscsi-cache-warm.timer", "/etc/cron.d/tm-iscsi-cache-warm")}
+CHECKPOINT_UNIT = ("tm-iscsi-checkpoint.timer", "/etc/cron.d/tm-iscsi-checkpoint")
 
 
 def which(program):
@@ -184,18 +185,25 @@ def node_conf():
     return out
 
 
+def unit_state(unit, fallback):
+    """A periodic or boot-time job: its systemd unit's enablement, or without systemd whether
+    the file its init (boot.d) or cron runs is there."""
+    if os.path.isdir("/run/systemd/system") and which("systemctl"):
+        result = subprocess.run([which("systemctl"), "is-enabled", unit],
+                                capture_output=True, text=True, timeout=30)
+        return {"unit": unit, "enabled": result.stdout.strip() or "not-found"}
+    return {"file": fallback, "present": os.path.isfile(fallback)}
+
+
+def unit_ok(found):
+    return found.get("enabled") == "enabled" or found.get("present") is True
+
+
 def host_units():
-    """Boot-time activation and the read-cache warm-up: the systemd unit enabled, or without
-    systemd the file its init (boot.d) or cron runs."""
-    systemd = os.path.isdir("/run/systemd/system")
-    out = {"systemd": systemd}
+    """Boot-time activation and the read-cache warm-up."""
+    out = {"systemd": os.path.isdir("/run/systemd/system")}
     for key, (unit, fallback) in HOST_UNITS.items():
-        if systemd and which("systemctl"):
-            result = subprocess.run([which("systemctl"), "is-enabled", unit],
-                                    capture_output=True, text=True, timeout=30)
-            out[key] = {"unit": unit, "enabled": result.stdout.strip() or "not-found"}
-        else:
-            out[key] = {"file": fallback, "present": os.path.isfile(fallback)}
+        out[key] = unit_state(unit, fallback)
     return out
 
 
