@@ -1,8 +1,10 @@
 """The host's half of a write-back checkpoint (tm_iscsi.protocol, "write-back checkpoints").
 
-drain: each write-back layer is written back with the cleaner policy in writethrough mode while
-the VM runs (writes go through to the clone, so none waits), and stays so: from then on every
-write the VM sees completed is on the clone. The stack records the checkpoint's token and
+drain: each write-back layer is written back while the VM runs: first in write-back mode (the
+cleaner policy; the VM's writes to cached blocks still land locally) until little is left, then
+the rest in writethrough mode (the VM's writes go through to the clone: none waits for the
+drain, but each waits for the storage node), which it stays in: from then on every write the VM
+sees completed is on the clone. The stack records the checkpoint's token and
 whether it was in write-back before. With `hold`, the disks' top devices are then suspended
 (I/O queued, not failed), so that one instant cuts several disks; a detached watchdog resumes
 them after `hold_seconds` if nobody did.
@@ -42,9 +44,15 @@ def drain(names, token, flush_seconds, hold=False, hold_seconds=30):
             live = dmsetup.table(wbn)
             if live is None:
                 raise NodeError(f"write-back cache {wbn} of stack {name} does not exist")
-            was_writeback = writeback.is_writeback(live) or (
+            was_writeback = writeback.caches_writes(live) or (
                 st.checkpoint is not None and st.checkpoint_writeback)
+            dirty = writeback.read_status(wbn).dirty
+            predrain = writeback.predrain(wbn, max(1, (until - time.monotonic()) / 2))
             flushed = writeback.flush(wbn, max(1, int(until - time.monotonic())))
+            # What the whole drain wrote back; writethrough_seconds: how long the VM's writes
+            # waited for the storage node.
+            flushed.update(dirty_before_blocks=dirty, predrain_seconds=predrain,
+                           writethrough_seconds=flushed["seconds"])
             st.checkpoint, st.checkpoint_writeback = token, was_writeback
             state.save_stack(st)
         results.append(dict(flushed, name=name, was_writeback=was_writeback))

@@ -27,6 +27,10 @@ RUNNING_CORE_ARGS = {"migration_threshold": 0}
 # A flush may move this many sectors at once (1 MiB, the kernel's default, makes it crawl).
 FLUSH_MIGRATION_SECTORS = 65536
 MIN_SIZE_BYTES = 64 << 20
+# A checkpoint writes dirty blocks back in write-back mode until this much is left (or the
+# count stops falling for these many polls: the VM rewrites faster than the network takes).
+PREDRAIN_LEFT_BYTES = 16 << 20
+PREDRAIN_STALLED_POLLS = 8
 POLL_SECONDS = 0.25
 PROGRESS_SECONDS = 2.0
 
@@ -97,6 +101,12 @@ def matches(live_table, wb, origin, sectors):
             and t.block_sectors == wb.block_sectors)
 
 
+def caches_writes(live_table):
+    """Is the cache in writeback mode, whatever its policy (a checkpoint's predrain runs the
+    cleaner policy in writeback mode)?"""
+    return tables.cache_mode(tables.parse(live_table).features) == "writeback"
+
+
 def is_writeback(live_table):
     t = tables.parse(live_table)
     return (tables.cache_mode(t.features) == "writeback" and t.policy == "smq"
@@ -118,6 +128,28 @@ def _retable(name, mode, policy, core_args=None):
 
 def set_writeback(name):
     _retable(name, "writeback", "smq", core_args=RUNNING_CORE_ARGS)
+
+
+def predrain(name, timeout, left_bytes=PREDRAIN_LEFT_BYTES):
+    """Write most dirty blocks back while the cache stays in write-back (the cleaner policy in
+    writeback mode: writes to cached blocks still land locally): until at most `left_bytes`
+    are dirty, the count stops falling, or `timeout`. What is left is what flush() writes back
+    in writethrough, where the VM's writes wait for the storage node. Returns the seconds."""
+    st = read_status(name)
+    if st is None or not st.healthy or st.dirty * st.block_sectors * 512 <= left_bytes:
+        return 0.0
+    start = time.monotonic()
+    _retable(name, "writeback", "cleaner",
+             core_args={"migration_threshold": FLUSH_MIGRATION_SECTORS})
+    best, stalled = st.dirty, 0
+    while time.monotonic() - start < timeout and stalled < PREDRAIN_STALLED_POLLS:
+        time.sleep(POLL_SECONDS)
+        st = read_status(name)
+        if not st.healthy or st.dirty * st.block_sectors * 512 <= left_bytes:
+            break
+        stalled = stalled + 1 if st.dirty >= best else 0
+        best = min(best, st.dirty)
+    return round(time.monotonic() - start, 3)
 
 
 def flush(name, timeout, progress=_run.info):

@@ -63,7 +63,8 @@ def test_fence_json(cloud, failed_host1, capsys):
     assert cli.main(["fence", "--host", "0", "--json"], cloud=cloud) == 0
     data = json.loads(capsys.readouterr().out)
     assert data == {"host": "host1", "initiator": HOST1_IQN, "source": "acl", "recorded": True,
-                    "revoked": {"storage": [iqn("vm-0-disk-0"), iqn("img-1")]}, "errors": {}}
+                    "revoked": {"storage": [iqn("vm-0-disk-0"), iqn("img-1")]}, "errors": {},
+                    "host_lost": None}
 
 
 def test_a_storage_node_that_cannot_be_reached_leaves_the_host_not_fenced(
