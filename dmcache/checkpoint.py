@@ -89,13 +89,19 @@ def resume(names, token):
             top = dmsetup.info(_top_device(st))
             was_held = top is not None and top.suspended
             mine = st.checkpoint == token
-            if was_held and mine:
-                dmsetup.resume(top.name)
             wbn = writeback.dm_name(name)
             live = dmsetup.table(wbn)
             clean = live is not None and not writeback.is_writeback(live)
             if mine:
-                if st.checkpoint_writeback and live is not None:
+                restore = st.checkpoint_writeback and live is not None
+                # Under a held top (a dm-clone above the layer), back to write-back first: the
+                # VM's I/O goes on in write-back at once, and the reload stalls nothing more.
+                layered = top is not None and top.name != wbn
+                if restore and layered:
+                    writeback.set_writeback(wbn)
+                if was_held:
+                    dmsetup.resume(top.name)
+                if restore and not layered:
                     writeback.set_writeback(wbn)
                 st.checkpoint = None
                 state.save_stack(st)

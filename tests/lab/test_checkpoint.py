@@ -168,7 +168,9 @@ def test_checkpoints_under_a_running_writer_and_a_hold_nobody_ends(cloud):
     top = "tmi-top-vm-0-disk-0"
     assert "s" in cloud.lab.sh("host1", f"dmsetup info -c --noheadings -o attr {top}")[2]
     cloud.lab.sh("host1", f"for i in $(seq 50); do dmsetup info -c --noheadings -o attr {top} "
-                          "| grep -q '^..s' || break; sleep 0.2; done")
+                          "| grep -q '^..s' || break; sleep 0.2; done; "
+                          "for i in $(seq 50); do dmsetup table tmi-wb-vm-0-disk-0 | "
+                          "grep -q writeback && break; sleep 0.2; done")
     assert cloud.lab.sh("host1", f"dmsetup info -c --noheadings -o attr {top}")[2] != "s"
     assert "writeback" in cloud.lab.sh("host1", "dmsetup table tmi-wb-vm-0-disk-0")
     late = cloud.lab.node_helper("host1", "checkpoint-resume", "--request", json.dumps(

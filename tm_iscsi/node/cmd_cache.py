@@ -110,6 +110,10 @@ def stack_assemble(args):
         base_dev=args.base_dev, map_dev=args.map_dev,
         wb_size_bytes=args.wb_size_mib * MIB if args.wb_size_mib else None, link=link,
         luns=args.luns_json or {}, vg=args.vg)
+    # This command is not told the disk's write-back epoch (host-attach is): it keeps the one
+    # the stack was made in, never a reason to drop its cache.
+    recorded = state.load_stack(args.name)
+    req.wb_epoch = recorded.wb_epoch if recorded is not None else None
     _orphans.resume_orphans()
     if stack.has_wb(req.mode) or stack.has_read(req.mode):
         if lvm.local_report(req.vg, missing_ok=True) is None:
