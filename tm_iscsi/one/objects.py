@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from ..protocol import MODES
 from .errors import BadAttribute, BadXml, MissingAttribute
 from .states import (
     DatastoreType,
@@ -25,7 +26,7 @@ from .states import (
 )
 
 #: CACHE_MODE values the driver implements (datastore attribute, overridable per VM disk).
-CACHE_MODES = ("none", "read", "writeback", "read+writeback")
+CACHE_MODES = MODES
 
 _TRUE_WORDS = ("yes", "true", "1")
 _FALSE_WORDS = ("no", "false", "0")
