@@ -482,7 +482,7 @@ def describe(st):
     out = {"name": st.name, "mode": st.mode, "phase": st.phase, "degraded": st.degraded,
            "base_key": st.base_key, "dirty_blocks": None, "read_hits": None,
            "read_misses": None, "write_hits": None, "write_misses": None,
-           "written_regions": None}
+           "written_regions": None, "wb_epoch": st.wb_epoch}
     wb = writeback.read_status(writeback.dm_name(st.name)) if has_wb(st.mode) else None
     if wb is not None:
         out.update(dirty_blocks=wb.dirty, dirty_bytes=wb.dirty * wb.block_sectors * 512,

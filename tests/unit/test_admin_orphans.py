@@ -220,3 +220,23 @@ def test_a_host_whose_cache_status_fails_is_a_problem_not_a_verdict(cloud, live)
     found, _, problems = _found(cloud)
     assert found == []
     assert problems == ["host2: cache-status failed: host2: cache-status timed out"]
+
+
+def test_a_stack_older_than_its_disks_recovery_is_dropped_not_flushed(cloud, live):
+    """host2 was declared lost and came back: vm-0-disk-2 was recovered from its checkpoint
+    since (a new write-back epoch on the LV), so what host2 still caches of it is dropped."""
+    from tm_iscsi import protocol
+    rows = [dict(row, tags=row["tags"] + [protocol.WB_EPOCH_TAG + "0a0b0c0d0e0f0a0b"])
+            if row["lv"] == "vm-0-disk-2" else row for row in LIVE_LVS]
+    live.answers["lv-list"] = {"lvs": rows}
+    live.answers[("host2", "cache-status")] = {"stacks": [
+        {"name": "vm-0-disk-2", "mode": "writeback", "dirty_blocks": 9, "wb_epoch": None}]}
+    _found_, findings, _problems = _found(cloud)
+    (stack,) = [f for f in findings if f.kind == "stack"]
+    assert stack.detail["flush"] is False and "predates the disk's recovery" in stack.reason
+    live.answers[("host2", "cache-status")] = {"stacks": [
+        {"name": "vm-0-disk-2", "mode": "writeback", "dirty_blocks": 9,
+         "wb_epoch": "0a0b0c0d0e0f0a0b"}]}
+    _found_, findings, _problems = _found(cloud)
+    (stack,) = [f for f in findings if f.kind == "stack"]
+    assert stack.detail["flush"] is True

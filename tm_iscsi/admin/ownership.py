@@ -22,7 +22,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Set, Tuple
 
-from .. import naming
+from .. import naming, protocol
 from ..one.states import LcmState, VmState
 
 # Also the order --clean removes them in: a host's cache stack goes while its LUNs' sessions are
@@ -230,6 +230,10 @@ def find_orphans(own, storages, hosts):
         # None: cannot tell (no storage node answered with its VGs).
         return (lv in names) if complete_vgs else None
 
+    epochs = {row["lv"]: protocol.tag_value(row.get("tags"), protocol.WB_EPOCH_TAG)
+              for s in storages for rows in s.vgs.values() for row in rows}
+    lv_exists.epoch = epochs.get
+
     for storage in storages:
         lv_rows = {(vg, row["lv"]): row for vg, rows in storage.vgs.items() for row in rows}
         orphan_lvs = set()
@@ -349,10 +353,17 @@ def _stack_findings(own, host, lv_exists):
             reason = f"no VM has {name} attached on {host.name}"
         exists = lv_exists(name)
         dirty = int(stack.get("dirty_blocks") or 0)
+        # The disk was recovered from its checkpoint after this host was declared lost: what
+        # the host still caches of it is older than the disk and is never written back.
+        void = exists is True and lv_exists.epoch(name) != stack.get("wb_epoch") and \
+            protocol.has_writeback(stack.get("mode") or "")
         if exists is False and dirty:
             reason += f"; its LV is gone, {dirty} dirty blocks will be dropped"
+        elif void:
+            reason += "; its write-back data predates the disk's recovery (host-lost) and " \
+                      "will be dropped"
         yield Finding("stack", host.name, name, reason, vm, int(n.group(1)) if n else None,
-                      {"name": name, "flush": exists is not False})
+                      {"name": name, "flush": exists is not False and not void})
 
 
 def related_to_vm(findings, vm_id):
