@@ -87,6 +87,16 @@ def checkpoint_lv(lv):
     return f"{lv}-ckpt"
 
 
+def _stem(name, suffix):
+    """`name` without `suffix`, or None when it does not end with it."""
+    return name[:-len(suffix)] if name.endswith(suffix) and len(name) > len(suffix) else None
+
+
+def checkpoint_of(name):
+    """The disk whose checkpoint `name` is, or None."""
+    return _stem(name, checkpoint_lv(""))
+
+
 def checkpoints_among(lv, names):
     """The checkpoint of `lv` and the names it has while it is replaced, among LV `names`."""
     ckpt = checkpoint_lv(lv)
@@ -114,6 +124,11 @@ def replacement_lv(lv):
 def replaced_lv(lv):
     """The name an LV's old content has between the swap and its removal (lv-revert)."""
     return f"{lv}-prev"
+
+
+def replaced_of(name):
+    """The LV whose old content `name` holds during a revert, or None."""
+    return _stem(name, replaced_lv(""))
 
 
 def source(vg, lv):

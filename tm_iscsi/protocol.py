@@ -742,6 +742,12 @@ _TOKEN_RE = re.compile(r"[0-9a-f]{8,64}")
 MAX_HOLD_SECONDS = 120
 
 
+def checkpoint_cut_at(tags):
+    """When a checkpoint was cut (epoch seconds, from its CKPT_AT_TAG), or None."""
+    value = tag_value(tags, CKPT_AT_TAG)
+    return int(value) if value and value.isascii() and value.isdigit() else None
+
+
 def _check_token(where, token):
     if not isinstance(token, str) or not _TOKEN_RE.fullmatch(token):
         raise ProtocolError(f"{where}: token must be 8-64 lower-case hex digits")
@@ -815,13 +821,17 @@ class CheckpointCommit(_Record):
 class HostLost(_Record):
     vg: str
     host: str                          # the lost host: the disks whose guard names it
-    iqn_base: str = "iqn.2026-11.io.tm-iscsi"
+    # The IQN bases the VG's datastores export under: a disk's targets go under each.
+    iqn_bases: List[str] = field(default_factory=lambda: ["iqn.2026-11.io.tm-iscsi"])
     without_checkpoint: bool = False   # a guarded disk with no checkpoint is kept as it is
     max_fill: int = 90
 
-    _TYPES = {"vg": (str, False), "host": (str, False), "iqn_base": (str, False),
+    _TYPES = {"vg": (str, False), "host": (str, False), "iqn_bases": (list, False),
               "without_checkpoint": (bool, False), "max_fill": (int, False)}
 
     def check(self, where):
+        _check_strs(where, "iqn_bases", self.iqn_bases)
+        if not self.iqn_bases:
+            raise ProtocolError(f"{where}: iqn_bases is empty")
         if not 0 <= self.max_fill <= 100:
             raise ProtocolError(f"{where}: max_fill out of range")

@@ -95,10 +95,8 @@ def cmd_fence(cloud, args, out):
     else:
         fence_mod.report(result, out)
         for disk in lost.disks if lost else ():
-            state = (f"back to its checkpoint of {disk.get('age_seconds')} s ago"
-                     if disk.get("checkpoint") else "kept as it was") \
-                if disk.get("recovered") else f"NOT recovered: {disk.get('reason')}"
-            print(f"{disk['storage']}: {disk['vg']}/{disk['lv']}: {state}", file=out)
+            print(f"{disk['storage']}: {disk['vg']}/{disk['lv']}: "
+                  f"{checkpoint_mod.recovery_text(disk)}", file=out)
     if not result.ok:
         raise DriverError(f"host {result.host} is NOT fenced on "
                           f"{', '.join(sorted(result.errors))}: its VMs must not run elsewhere "

@@ -11,11 +11,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from .. import log, protocol, volumes
+from .. import log, naming, protocol, volumes
 from ..errors import DriverError
 from ..one.errors import OneError
 from ..one.states import LcmState, VmState
-from ..protocol import CKPT_AT_TAG, CKPT_HOST_TAG, tag_value
+from ..protocol import CKPT_HOST_TAG, tag_value
+from .views import Host
 
 # A host in one of these states is not running its VMs as far as oned knows.
 LOST_STATES = ("ERROR", "DISABLED", "OFFLINE", "MONITORING_ERROR")
@@ -72,12 +73,10 @@ def checkpoints(cloud, groups):
             "lv-list", "--vg", vg,
             "--tag", protocol.owner_tag("kind", protocol.CHECKPOINT_KIND)).get("lvs", [])
         for row in rows:
-            name = row.get("lv", "")
-            if not name.endswith("-ckpt"):
-                continue
-            at = tag_value(row.get("tags"), CKPT_AT_TAG)
-            out[(storage, vg, name[:-len("-ckpt")])] = (
-                tag_value(row.get("tags"), CKPT_HOST_TAG), int(at) if at and at.isdigit() else None)
+            disk = naming.checkpoint_of(row.get("lv", ""))
+            if disk is not None:
+                out[(storage, vg, disk)] = (tag_value(row.get("tags"), CKPT_HOST_TAG),
+                                            protocol.checkpoint_cut_at(row.get("tags")))
     return out
 
 
@@ -169,10 +168,9 @@ def checkpoint(cloud, found):
     held_seconds = time.monotonic() - cut_started
     valid = failure is None and resumed.get("valid") is True and (
         not hold or all(s.get("held") for s in resumed.get("stacks", [])))
-    committed = {}
     commit_started = time.monotonic()
     for (storage, vg), disks in sorted(found.groups().items()):
-        committed[(storage, vg)] = cloud.node(storage).call(
+        cloud.node(storage).call(
             protocol.CHECKPOINT_COMMIT, "--request", protocol.encode(protocol.CheckpointCommit(
                 vg=vg, host=found.host, lvs=[d.volume.lv for d in disks], valid=valid)),
             timeout=settings.transaction_timeout)
@@ -183,8 +181,8 @@ def checkpoint(cloud, found):
         raise DriverError(f"VM {found.vm.id}: the checkpoint was not cut at one clean instant "
                           "(another action changed its disks' caches meanwhile); the previous "
                           "checkpoint is kept: run it again")
-    flushed = drained.get("stacks", [])
-    block = {s["name"]: s.get("block_bytes") or 0 for s in flushed}
+    drained_bytes = {s["name"]: s["dirty_before_blocks"] * (s.get("block_bytes") or 0)
+                     for s in drained.get("stacks", [])}
     cut = {d["lv"]: d for answer in taken.values() for d in answer.get("disks", [])}
     return {
         "vm": found.vm.id, "host": found.host, "held": hold,
@@ -193,9 +191,7 @@ def checkpoint(cloud, found):
         "seconds": round(time.monotonic() - started, 3),
         "storage_seconds": round(storage_seconds, 3),
         "disks": [{"disk_id": d.disk_id, "lv": d.volume.lv,
-                   "drained_mib": round(next((s["dirty_before_blocks"] * block[s["name"]]
-                                              for s in flushed if s["name"] == d.volume.lv), 0)
-                                        / (1 << 20), 1),
+                   "drained_mib": round(drained_bytes.get(d.volume.lv, 0) / (1 << 20), 1),
                    "cut_at": cut.get(d.volume.lv, {}).get("cut_at")} for d in found.disks],
     }
 
@@ -235,9 +231,7 @@ def check_lost(cloud, host, force=False):
     """Refuse (DriverError) unless the host is fenced and oned does not run it, or `force`."""
     if force:
         return
-    current = cloud.one.host_info(host.id)
-    from .views import Host
-    state = Host.from_element(current).state
+    state = Host.from_element(cloud.one.host_info(host.id)).state
     if state not in LOST_STATES:
         raise DriverError(f"host {host.name} is {state} in OpenNebula, not ERROR or DISABLED: "
                           "not declaring a host lost that may still run its VMs (--force to do it "
@@ -262,28 +256,30 @@ def host_lost(cloud, host, force=False, without_checkpoint=False):
     check_lost(cloud, host, force)
     report = LostReport(host.name)
     for group in cloud.storage_groups():
-        for iqn_base in group.iqn_bases:
-            try:
-                answer = cloud.node(group.host).call(
-                    protocol.HOST_LOST, "--request", protocol.encode(protocol.HostLost(
-                        vg=group.vg, host=host.name, iqn_base=iqn_base,
-                        without_checkpoint=without_checkpoint)),
-                    timeout=cloud.settings.transaction_timeout)
-            except DriverError as err:
-                report.errors[f"{group.host}:{group.vg}"] = str(err)
-                continue
-            for disk in answer.get("disks", []):
-                report.disks.append(dict(disk, storage=group.host, vg=group.vg))
-    seen = set()
-    report.disks = [d for d in report.disks
-                    if (d["vg"], d["lv"]) not in seen and not seen.add((d["vg"], d["lv"]))]
+        try:
+            answer = cloud.node(group.host).call(
+                protocol.HOST_LOST, "--request", protocol.encode(protocol.HostLost(
+                    vg=group.vg, host=host.name, iqn_bases=list(group.iqn_bases),
+                    without_checkpoint=without_checkpoint)),
+                timeout=cloud.settings.transaction_timeout)
+        except DriverError as err:
+            report.errors[f"{group.host}:{group.vg}"] = str(err)
+            continue
+        for disk in answer.get("disks", []):
+            report.disks.append(dict(disk, storage=group.host, vg=group.vg))
     for disk in report.disks:
         if disk.get("recovered"):
-            age = disk.get("age_seconds")
-            log.info(f"{disk['vg']}/{disk['lv']}: "
-                     + (f"back to its checkpoint of {age} s ago" if age is not None else
-                        "kept as it was (no checkpoint)"))
+            log.info(f"{disk['vg']}/{disk['lv']}: {recovery_text(disk)}")
     return report
+
+
+def recovery_text(disk):
+    """What host-lost did to one disk (a row of its report), as a person reads it."""
+    if not disk.get("recovered"):
+        return f"NOT recovered: {disk.get('reason')}"
+    if disk.get("checkpoint"):
+        return f"back to its checkpoint of {disk.get('age_seconds')} s ago"
+    return "kept as it was (no checkpoint)"
 
 
 def age_text(seconds: Optional[float]):

@@ -13,25 +13,24 @@ import time
 
 from .. import naming, protocol
 from ..protocol import CKPT_AT_TAG, CKPT_HOST_TAG, WB_EPOCH_TAG, WB_HOST_TAG, tag_value
-from . import confine, iscsi, lio, locks, lvm, lvops
+from . import confine, lio, locks, lvm, lvops
 from . import run as _run
 from .cli import checked_command as command, each_request
 from .cli import request_option as _request_option
 from .errors import NodeError
-from .txn_storage import _need, _unexport_all, check_vg_host
+from .txn_storage import _need, _unexport_all, check_iqn_base, check_vg_host
 
 _CHECKPOINT_OWNER_KEYS = ("vm", "disk", "image", "ds")
 
 
-def _check_vg_host(req):
+def _check_lost(req):
     check_vg_host(req)
-    iqn_base = getattr(req, "iqn_base", None)
-    if iqn_base is not None:
-        _need(iscsi.valid_iqn(iqn_base) and ":" not in iqn_base, "iqn_base", iqn_base)
+    for iqn_base in req.iqn_bases:
+        check_iqn_base(iqn_base)
 
 
 def _check(req):
-    _check_vg_host(req)
+    check_vg_host(req)
     for lv in req.lvs:
         # A VM's disk or a persistent image, never a snapshot, base or map of tm_iscsi's.
         _need(naming.is_source_lv(lv), "LV to checkpoint", lv)
@@ -136,12 +135,8 @@ def _commit_one(rep, req, name):
         return {"lv": name, "committed": False, "removed": False}
     if found[old] is not None:
         lvm.remove(req.vg, old)
-    return {"lv": name, "committed": True, "checkpoint": ckpt, "cut_at": _cut_at(kept.tags)}
-
-
-def _cut_at(tags):
-    value = tag_value(tags, CKPT_AT_TAG)
-    return int(value) if value and value.isdigit() else None
+    return {"lv": name, "committed": True, "checkpoint": ckpt,
+            "cut_at": protocol.checkpoint_cut_at(kept.tags)}
 
 
 # -- host-lost ----------------------------------------------------------------------------------
@@ -160,7 +155,7 @@ def last_checkpoint(rep, name, host):
 
 @command(protocol.HOST_LOST, "give each disk a lost host held write-back data of its checkpoint")
 def host_lost(args):
-    return each_request(protocol.HostLost, args.request, _check_vg_host, _host_lost)
+    return each_request(protocol.HostLost, args.request, _check_lost, _host_lost)
 
 
 def _host_lost(req):
@@ -184,10 +179,9 @@ def _guarded_disks(rep, host):
     for name, lv in rep.lvs.items():
         if tag_value(lv.tags, WB_HOST_TAG) != host:
             continue
-        if naming.is_source_lv(name):
-            names.add(name)
-        elif name.endswith("-prev") and naming.is_source_lv(name[:-5]):
-            names.add(name[:-5])
+        disk = name if naming.is_source_lv(name) else naming.replaced_of(name)
+        if disk is not None and naming.is_source_lv(disk):
+            names.add(disk)
     return names
 
 
@@ -201,9 +195,10 @@ def _recover(rep, req, name, now):
     with lio.config_lock():
         changed = lio.Changed()
         for export in (name, protocol.map_lv(name)):
-            changed.add(naming.target_iqn(req.vg, export, req.iqn_base),
-                        naming.backstore_name(req.vg, export))
-            _unexport_all(req.vg, export, req.iqn_base)
+            for iqn_base in req.iqn_bases:
+                changed.add(naming.target_iqn(req.vg, export, iqn_base),
+                            naming.backstore_name(req.vg, export))
+                _unexport_all(req.vg, export, iqn_base)
         lio.save_config(changed=changed)
     # A new epoch: the lost host's write-back cache of this disk, should the host come back,
     # is dropped by its next assemble instead of written over the recovered content.
@@ -211,7 +206,7 @@ def _recover(rep, req, name, now):
     keep_tags = [t for t in lv.tags if not t.startswith((WB_HOST_TAG, WB_EPOCH_TAG))] + [epoch]
     result = {"lv": name, "recovered": True}
     if ckpt is not None:
-        cut_at = _cut_at(ckpt.tags)
+        cut_at = protocol.checkpoint_cut_at(ckpt.tags)
         _run.info(f"{req.vg}/{name}: back to its checkpoint {ckpt.name}")
         # The new content is made without the guard: once it has the disk's name, a re-run
         # finds nothing guarded; a run stopped before that redoes the revert to the same

@@ -42,13 +42,17 @@ def check_vg_host(req):
     _need(naming.valid_host(req.host), "host", req.host)
 
 
+def check_iqn_base(value):
+    _need(iscsi.valid_iqn(value) and ":" not in value, "iqn_base", value)
+
+
 def _check_common(req):
     check_vg_host(req)
     if getattr(req, "ds_id", None) is not None:
         _need(0 <= req.ds_id < 1 << 31, "ds_id", req.ds_id)
     if req.initiator is not None:
         _need(iscsi.valid_iqn(req.initiator), "initiator", req.initiator)
-    _need(iscsi.valid_iqn(req.iqn_base) and ":" not in req.iqn_base, "iqn_base", req.iqn_base)
+    check_iqn_base(req.iqn_base)
     for disk in req.disks:
         _need(naming.is_scheme_lv(disk.lv), "LV name", disk.lv)
 
