@@ -911,7 +911,25 @@ step_frontend() {
   done
   step_admin_tools
   step_checkpoints
+  step_host_probe
   step_oned
+}
+
+# The host probe: oned's monitord runs it on every KVM host once `onehost sync` has shipped it.
+PROBE_DIRS=(im/kvm-probes.d/host/system im/qemu-probes.d/host/system)
+PROBE_NAME=tm_iscsi-cache.sh
+step_host_probe() {
+  step "host probe (cache facts in onehost show)"
+  local dir before group shipped=0
+  group=$(id -gn "$E_ONEADMIN" 2>/dev/null || echo "$E_ONEADMIN")
+  for dir in "${PROBE_DIRS[@]}"; do
+    [ -d "$(path "$ONE_REMOTES/$dir")" ] || continue
+    before=$CHANGES
+    install_file "$CONF/probes/$PROBE_NAME" "$ONE_REMOTES/$dir/$PROBE_NAME" 755 "$E_ONEADMIN" "$group"
+    ((CHANGES > before)) && shipped=1
+  done
+  ((shipped)) && PENDING+=("ship the host probe to the hosts: onehost sync --force (as $E_ONEADMIN)")
+  return 0
 }
 
 # The write-back checkpoints (tm-iscsi checkpoint --due) every minute, as oneadmin.
@@ -1120,6 +1138,8 @@ uninstall_frontend() {
   systemd_running && change "reload systemd" systemctl daemon-reload
   remove_path /etc/cron.d/tm-iscsi-checkpoint
   for kind in tm datastore; do remove_path "$ONE_REMOTES/$kind/iscsi_lvm"; done
+  local dir
+  for dir in "${PROBE_DIRS[@]}"; do remove_path "$ONE_REMOTES/$dir/$PROBE_NAME"; done
   remove_path "$ONE_ETC/tm_iscsi"
   remove_path "$ONE_ETC/tm_iscsi.conf"
   remove_block "$ONE_ETC/defaultrc"

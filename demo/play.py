@@ -23,7 +23,7 @@ REPO = config.SOURCE_DIR
 sys.path.insert(0, str(REPO))
 
 from harness.cloud import IMAGE_VG, Cloud, pattern_file, sha_of_file  # noqa: E402
-from harness.oned import OnedStandIn  # noqa: E402
+from harness.oned import OnedStandIn, parse_probe_template  # noqa: E402
 from harness.documents import host_xml, image_xml, vm_xml  # noqa: E402
 
 SYS = "/var/lib/one//datastores/101"
@@ -196,6 +196,17 @@ class Demo:
         check(result.success, f"system datastore monitor failed: {result.info}")
         return base64.b64decode(result.info).decode().strip().splitlines()
 
+    def probe_hosts(self):
+        """What oned's monitord gets from tm_iscsi's host probe, as oned keeps it."""
+        from tm_iscsi import hostfacts
+        facts = {}
+        for host in ("host1", "host2"):
+            lines = self.cloud.host_probe(host)
+            facts[host] = dict(parse_probe_template("\n".join(lines)))
+            check(facts[host].get(hostfacts.STATE) == hostfacts.STATE_OK,
+                  f"the host probe on {host} says {facts[host].get(hostfacts.STATE)}")
+        return facts
+
     # -- the play --------------------------------------------------------------------------------
 
     def play(self):
@@ -256,8 +267,10 @@ class Demo:
                   self.live_migrate_under_load, 2, "host2", "host1")
         check(cloud.sha_on("host1", f"{SYS}/2/disk.0", 2) == written[2],
               "VM 2's earlier write is not on host1 after the migration")
-        self.monitor_lines = self.step("monitor the system datastore (pool + host caches)",
+        self.monitor_lines = self.step("monitor the system datastore (its thin pool)",
                                        self.monitor)
+        self.host_facts = self.step("run the host probe on each host (oned's host template)",
+                                    self.probe_hosts)
 
         def save_vm0():
             for disk, ds in ((0, 100), (1, 100)):
@@ -317,7 +330,8 @@ class Demo:
                           for w, s, c in self.steps],
                 "reads": [{"vm": v, "host": h, "iscsi_mib": round(o, 2), "read_mib": r}
                           for v, h, o, r in self.reads],
-                "monitor": self.monitor_lines, "notes": self.notes}
+                "monitor": self.monitor_lines, "host_facts": self.host_facts,
+                "notes": self.notes}
 
     def report(self):
         print()
@@ -339,35 +353,29 @@ class Demo:
         for vm_id, host, over, read in self.reads:
             print(f"{vm_id:<6} {host:<7} {read:11.1f} MiB {over:8.1f} MiB {100 * over / read:17.1f}%")
         print()
-        print("The system datastore's monitor after the migration: the thin pool's figures (what")
-        print("oned keeps), then what each host's caches hold (read requests are counted since")
-        print("the host's last read-cache warm-up; a dirty block is 64 KiB written on the host and")
-        print("not yet on the storage node).")
+        print("After the migration: the system datastore's monitor (the thin pool, what oned")
+        print("keeps of a datastore), then what the host probe put in each host's template")
+        print("(onehost show; the scheduler's SCHED_RANK can add up the TM_ISCSI_IMAGE_<id>_MB).")
         print("-" * 88)
-        for line in self.monitor_lines:
-            if line.startswith("TM_ISCSI_CACHE"):
-                print(_cache_line(line))
-            else:
-                print(f"thin pool: {line}")
+        print(f"thin pool: {' '.join(self.monitor_lines)}")
+        for host, facts in sorted(self.host_facts.items()):
+            print(_facts_line(host, facts))
         for note in self.notes:
             print(f"- {note}")
         print()
         print(f"demo: done in {sum(s for _, s, _ in self.steps):.0f} s, every check passed")
 
 
-def _cache_line(line):
-    """One TM_ISCSI_CACHE=[...] vector as a sentence with its units."""
-    fields = dict(f.split("=", 1) for f in line[len("TM_ISCSI_CACHE=["):-1]
-                  .replace('"', "").split(","))
-    if fields.get("STATE") != "ok":
-        return f"{fields.get('HOST')}: {fields.get('STATE')}"
-    dirty = int(fields.get("DIRTY_BLOCKS") or 0)
-    return (f"{fields['HOST']}: {fields.get('READ_CACHES')} read cache(s) holding "
-            f"{fields.get('READ_CACHE_MB')} MiB; read requests {fields.get('READ_HITS')} served "
-            f"locally, {fields.get('READ_MISSES')} from the storage node; "
-            f"{fields.get('WRITEBACK_STACKS')} write-back stack(s) with {dirty} dirty blocks "
-            f"({dirty * 64 / 1024:.1f} MiB); cache VG {fields.get('CACHE_FREE_MB')} MiB free of "
-            f"{fields.get('CACHE_TOTAL_MB')} MiB")
+def _facts_line(host, facts):
+    """One host's probe attributes as a sentence with its units."""
+    from tm_iscsi import hostfacts
+    images = ", ".join(f"image {i}: {facts.get(hostfacts.image_attr(i))} MiB"
+                       for i in facts.get(hostfacts.IMAGES, "").split()) or "no image"
+    return (f"{host}: {images} held locally; read requests {facts.get(hostfacts.READ_HITS)} "
+            f"served locally, {facts.get(hostfacts.READ_MISSES)} from the storage node; "
+            f"{facts.get(hostfacts.WRITEBACK_STACKS)} write-back stack(s), "
+            f"{facts.get(hostfacts.DIRTY_MB)} MiB dirty; cache VG "
+            f"{facts.get(hostfacts.FREE_MB)} MiB free of {facts.get(hostfacts.TOTAL_MB)} MiB")
 
 
 def _with_user_template(xml, attrs, name):

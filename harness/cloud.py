@@ -160,11 +160,39 @@ class Cloud:
         return self.raw
 
     def ds_action(self, action, object_id, xml, fault=None):
-        if fault is None:
-            return self.ds.run(action, object_id, xml)
-        manager = DatastoreManager(REMOTES, ds_drivers=["iscsi_lvm"], system_tms=["iscsi_lvm"],
-                                   env=dict(self.env, TM_ISCSI_FAULT=fault), timeout=900)
-        return manager.run(action, object_id, xml)
+        manager = self.ds if fault is None else DatastoreManager(
+            REMOTES, ds_drivers=["iscsi_lvm"], system_tms=["iscsi_lvm"],
+            env=dict(self.env, TM_ISCSI_FAULT=fault), timeout=900)
+        result = manager.run(action, object_id, xml)
+        if action == "monitor" and result.success and object_id in self.oned.ids("datastore"):
+            # What oned keeps of it; the stand-in refuses a figure oned would drop.
+            self.oned.datastore_monitored(object_id, base64.b64decode(result.info).decode())
+        return result
+
+    def host_id(self, name):
+        """The stand-in's id of host `name`, registered (MONITORED, with its initiator) if it
+        has none yet."""
+        from harness.documents import host_xml
+        for host_id in self.oned.ids("host"):
+            if ET.fromstring(self.oned.xml("host", host_id)).findtext("NAME") == name:
+                return host_id
+        host_id = max(self.oned.ids("host"), default=-1) + 1
+        self.oned.put_document(host_xml(host_id, name,
+                                        initiator=f"iqn.2026-11.lab.tm-iscsi:{name}"))
+        return host_id
+
+    def host_probe(self, host):
+        """The host probe run on `host` as monitord runs it (as oneadmin, the helper through its
+        sudo rule), its output kept as oned keeps a SYSTEM_HOST message; returns the lines."""
+        from lab.session import NODE_PYTHON, NODE_SRC
+        result = self.lab.api.exec_(host, ["su", "-s", "/bin/sh", "oneadmin", "-c",
+                                           f"PYTHONPATH={NODE_SRC} {NODE_PYTHON} -m "
+                                           "tm_iscsi.hostfacts --helper tm-iscsi-node"],
+                                    timeout=120)
+        assert result.returncode == 0, result.stderr.decode(errors="replace")
+        text = result.stdout.decode()
+        self.oned.host_system_info(self.host_id(host), text)
+        return text.splitlines()
 
     def converge_ds(self, action, object_id, xml, max_steps=20):
         """converge() for a DS action: failed before its first node call, then after each in

@@ -51,6 +51,29 @@ _KIND_OF_ROOT = {root: kind for kind, (root, _noun) in _KINDS.items() if kind in
 _ANY_KIND_OF_ROOT = {root: kind for kind, (root, _noun) in _KINDS.items()}
 
 _TEMPLATE_LINE = re.compile(r'^\s*([A-Za-z0-9_]+)\s*=\s*"?(.*?)"?\s*$')
+_DS_MONITOR_KEPT = ("TOTAL_MB", "FREE_MB", "USED_MB")
+HOST_MONITORED = 2
+# One attribute of oned's template syntax on a line: NAME = "value" (no unescaped quote inside)
+# or NAME = word; vectors NAME = [ ... ] on one line.
+_PROBE_LINE = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|'
+                         r'([^\s"\[\]=,]+)|(\[.*\]))\s*$')
+
+
+def parse_probe_template(payload):
+    """[(NAME, value)] of the single attributes of a probe's output; a line oned's template
+    parser would refuse makes oned drop the whole payload, so it raises ValueError here."""
+    attributes = []
+    for number, line in enumerate(payload.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = _PROBE_LINE.match(line)
+        if not match:
+            raise ValueError(f"line {number} is not oned template syntax: {line[:80]!r}")
+        if match.group(4) is not None:
+            continue   # a vector: kept by oned, not modelled here
+        value = match.group(2) if match.group(2) is not None else match.group(3)
+        attributes.append((match.group(1).upper(), re.sub(r'\\(.)', r'\1', value)))
+    return attributes
 
 
 class _QuietHandler(SimpleXMLRPCRequestHandler):
@@ -209,6 +232,82 @@ class OnedStandIn:
             change(root)
             self._documents[kind][object_id] = ET.tostring(root, encoding="unicode")
 
+    # -- what oned does with its drivers' reports -----------------------------------------------
+
+    def host_system_info(self, host_id, payload):
+        """A host's system probes' output as oned keeps it (InformationManager::_host_system,
+        Host::update_info, Template::merge in 7.4): the whole payload parsed as one template, or
+        nothing of it kept (ValueError); each attribute replaces the host template's attributes
+        of its name and none is ever removed."""
+        attributes = parse_probe_template(payload)
+        names = {name for name, _value in attributes}
+
+        def change(root):
+            template = root.find("TEMPLATE")
+            if template is None:
+                template = ET.SubElement(root, "TEMPLATE")
+            for child in list(template):
+                if child.tag in names:
+                    template.remove(child)
+            for name, value in attributes:
+                ET.SubElement(template, name).text = value
+
+        self.edit_with("host", host_id, change)
+
+    def datastore_monitored(self, ds_id, payload):
+        """A datastore monitor's output as oned keeps it (Datastore::update_monitor): TOTAL_MB,
+        FREE_MB and USED_MB on the datastore. Anything else oned drops without a word; here it is
+        refused (ValueError), so a driver cannot rely on a figure oned never records."""
+        kept = {}
+        for line in payload.splitlines():
+            if not line.strip():
+                continue
+            match = _TEMPLATE_LINE.match(line)
+            name = match.group(1) if match else line.strip()[:40]
+            if not match or name not in _DS_MONITOR_KEPT:
+                raise ValueError(f"oned keeps only {', '.join(_DS_MONITOR_KEPT)} of a datastore "
+                                 f"monitor; it would drop {name!r}")
+            kept[name] = match.group(2)
+
+        def change(root):
+            for name, value in kept.items():
+                node = root.find(name)
+                if node is None:
+                    node = ET.SubElement(root, name)
+                node.text = value
+
+        self.edit_with("datastore", ds_id, change)
+
+    def place(self, vm_id):
+        """The rank scheduler's choice for a pending VM: among the hosts oned monitors (STATE
+        MONITORED), the one with the highest USER_TEMPLATE/SCHED_RANK (harness.rank); the stand-in
+        breaks ties by the lower host id. A HISTORY record for the host is added to the VM, as
+        oned does when it dispatches the deployment; returns the host's name."""
+        from harness import rank
+        with self._lock:
+            vm = ET.fromstring(self._documents["vm"][vm_id])
+            hosts = [ET.fromstring(xml) for _id, xml in sorted(self._documents["host"].items())]
+        expression = vm.findtext("USER_TEMPLATE/SCHED_RANK") or ""
+        usable = [h for h in hosts if h.findtext("STATE") == str(HOST_MONITORED)]
+        if not usable:
+            raise ValueError(f"no host to place VM {vm_id} on")
+        ranked = sorted(usable, key=lambda h: (-rank.evaluate(expression, h),
+                                               int(h.findtext("ID"))))
+        chosen = ranked[0]
+
+        def change(root):
+            records = root.find("HISTORY_RECORDS")
+            if records is None:
+                records = ET.SubElement(root, "HISTORY_RECORDS")
+            history = ET.SubElement(records, "HISTORY")
+            for tag, value in (("OID", vm_id), ("SEQ", len(records) - 1),
+                               ("HOSTNAME", chosen.findtext("NAME")),
+                               ("HID", chosen.findtext("ID"))):
+                ET.SubElement(history, tag).text = str(value)
+
+        self.edit_with("vm", vm_id, change)
+        return chosen.findtext("NAME")
+
     # -- fault injection -----------------------------------------------------------------------
 
     def fail(self, method, code, message, times=1):
@@ -236,6 +335,8 @@ class OnedStandIn:
             "one.hook.allocate": self._guarded("one.hook.allocate", self._hook_allocate),
             "one.hook.update": self._guarded("one.hook.update", self._hook_update),
             "one.host.update": self._guarded("one.host.update", self._update_for("host", "one.host.update")),
+            "one.vm.update": self._guarded("one.vm.update",
+                                           self._update_for("vm", "one.vm.update", "USER_TEMPLATE")),
             "one.vmpool.infoextended": self._guarded(
                 "one.vmpool.infoextended", self._pool_for("vm", "one.vmpool.infoextended")),
             "one.template.instantiate": self._guarded("one.template.instantiate", self._template_instantiate),
@@ -322,7 +423,9 @@ class OnedStandIn:
 
         return pool
 
-    def _update_for(self, kind, method):
+    def _update_for(self, kind, method, section="TEMPLATE"):
+        """one.<kind>.update: replace (merge=0) or merge the template; a VM's is its
+        USER_TEMPLATE (oned's one.vm.update)."""
         noun = _KINDS[kind][1]
 
         def update(object_id, template, merge=0):
@@ -334,9 +437,9 @@ class OnedStandIn:
                 attributes = _template_attributes(template)
 
                 def change(root):
-                    node = root.find("TEMPLATE")
+                    node = root.find(section)
                     if node is None:
-                        node = ET.SubElement(root, "TEMPLATE")
+                        node = ET.SubElement(root, section)
                     if not merge:
                         for child in list(node):
                             node.remove(child)

@@ -563,6 +563,7 @@ def _outputs(site):
         ("cron/tm-iscsi-checkpoint.j2", "cron/tm-iscsi-checkpoint", {}),
         ("boot/tm-iscsi-activate.j2", "boot/50-tm-iscsi-activate", {}),
         ("node/tm-iscsi-node.j2", "node/tm-iscsi-node", {}),
+        ("probes/tm_iscsi-cache.sh.j2", "probes/tm_iscsi-cache.sh", {}),
         ("node/node.conf.j2", "node/storage.conf", {"roles": ["storage"]}),
         ("node/node.conf.j2", "node/host.conf", {"roles": ["host"]}),
         ("node/node.conf.j2", "node/storage-host.conf", {"roles": ["storage", "host"]}),
@@ -691,7 +692,8 @@ def write(out, directory):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)
-        mode = (0o755 if name in ("node/tm-iscsi-node", "boot/50-tm-iscsi-activate") else
+        mode = (0o755 if name in ("node/tm-iscsi-node", "boot/50-tm-iscsi-activate",
+                                 "probes/tm_iscsi-cache.sh") else
                 0o600 if name in SECRET_FILES else 0o644)
         os.chmod(tmp, mode)
         os.replace(tmp, path)

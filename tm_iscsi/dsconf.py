@@ -29,6 +29,7 @@ WRITEBACK_MIB_RANGE = (64, 1 << 20)
 CHECKPOINT_MIN_DEFAULT = 5
 CHECKPOINT_MIN_MAX = 1440
 HOST_LOSS_ACTIONS = ("refuse", "checkpoint")
+YES_NO = {"yes": True, "no": False}
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class DatastoreConfig:
     # to its write-back disks (tm_iscsi.admin.checkpoint).
     writeback_checkpoint_min: int = 5
     on_host_loss: str = "refuse"
+    # The placement hook gives the VMs of this datastore's images a SCHED_RANK that prefers the
+    # hosts caching them (tm_iscsi.admin.placement).
+    cache_aware_placement: bool = False
 
     def chap_args(self):
         return ["--chap-user", self.chap_user] if self.chap_user else []
@@ -123,10 +127,15 @@ def from_datastore(ds, settings):
     if on_host_loss not in HOST_LOSS_ACTIONS:
         raise DriverError(f"datastore {ds_id}: WRITEBACK_ON_HOST_LOSS={on_host_loss[:40]!r} is "
                           f"not one of {', '.join(HOST_LOSS_ACTIONS)}")
+    placement = str(attr("CACHE_AWARE_PLACEMENT", "no")).strip().lower()
+    if placement not in YES_NO:
+        raise DriverError(f"datastore {ds_id}: CACHE_AWARE_PLACEMENT={placement[:40]!r} must be "
+                          "YES or NO")
     return DatastoreConfig(
         ds_id=ds_id, storage_host=host, portal=portal, vg=vg, pool=pool, iqn_base=iqn_base,
         chap_user=chap_user, chap_password=chap_password, max_fill=max_fill,
         cache_mode=cache_mode,
         writeback_mib=int(writeback_mib),
         writeback_checkpoint_min=int(checkpoint_min), on_host_loss=on_host_loss,
+        cache_aware_placement=YES_NO[placement],
     )

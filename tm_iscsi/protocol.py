@@ -178,6 +178,15 @@ def base_key_prefix(vg, image_lv):
     return f"{vg}.{base_lv(image_lv)}."
 
 
+_BASE_KEY_IMAGE = re.compile(r"\.img-(\d{1,12})-base\.")
+
+
+def image_id_of_base_key(key):
+    """The oned image id a read cache's key names (None: not an image's base)."""
+    found = _BASE_KEY_IMAGE.search(str(key or ""))
+    return int(found.group(1)) if found else None
+
+
 # -- commands -----------------------------------------------------------------------------------
 
 STORAGE_ATTACH = "storage-attach"

@@ -2,15 +2,16 @@
 
     tm-iscsi-hook fence [TEMPLATE | --host NAME] [--force] [--json]
     tm-iscsi-hook leftovers [TEMPLATE | --vm ID] [--clean] [--json]
+    tm-iscsi-hook place [TEMPLATE | --vm ID] [--json]
     tm-iscsi-hook register [--command PATH] [--clean-leftovers] [--no-initiators] [--dry-run]
     tm-iscsi-hook record-initiators [HOST ...] [--dry-run]
 
-oned runs the first two with the base64 XML of the host or VM ($TEMPLATE); an administrator
+oned runs the first three with the base64 XML of the host or VM ($TEMPLATE); an administrator
 can run them by name. Output goes to stdout (oned keeps it in the hook's HOOKLOG); a failure is
 one line on stderr and a non-zero exit."""
 import sys
 
-from tm_iscsi.admin import checkpoint as checkpoint_mod, inventory, output
+from tm_iscsi.admin import checkpoint as checkpoint_mod, inventory, output, placement
 from tm_iscsi.admin.cliutil import Parser as _Parser, run
 from tm_iscsi.admin.views import Host
 from tm_iscsi.errors import DriverError
@@ -37,7 +38,12 @@ def parser():
     lo.add_argument("--vm", type=int, help="the VM's id, instead of $TEMPLATE")
     lo.add_argument("--clean", action="store_true", help="remove what was found")
     lo.add_argument("--json", action="store_true")
-    r = sub.add_parser("register", help="register both hooks with oned (once) and record the "
+    pl = sub.add_parser("place", help="VM PENDING: a SCHED_RANK preferring the hosts that cache "
+                        "its images, when their datastore sets CACHE_AWARE_PLACEMENT = YES")
+    pl.add_argument("template", nargs="?", help="$TEMPLATE: base64 VM XML ('-': stdin)")
+    pl.add_argument("--vm", type=int, help="the VM's id, instead of $TEMPLATE")
+    pl.add_argument("--json", action="store_true")
+    r = sub.add_parser("register", help="register the hooks with oned (once) and record the "
                        "hosts' initiator names")
     r.add_argument("--command", dest="hook_command",
                    help="absolute path of the installed tm-iscsi-hook (default: found)")
@@ -127,6 +133,19 @@ def cmd_leftovers(cloud, args, out):
     return 1 if problems else 0
 
 
+def cmd_place(cloud, args, out):
+    done = placement.place(cloud, _vm(cloud, args))
+    if args.json:
+        output.emit_json({"vm": done.vm_id, "action": done.action, "sched_rank": done.sched_rank,
+                          "images": list(done.images)}, out)
+    elif done.action == "not asked":
+        print(f"VM {done.vm_id}: no image of a datastore with CACHE_AWARE_PLACEMENT = YES and a "
+              "read cache: placement left to the scheduler's default", file=out)
+    else:
+        print(f"VM {done.vm_id}: SCHED_RANK {done.action}: {done.sched_rank}", file=out)
+    return 0
+
+
 def cmd_register(cloud, args, out):
     command = args.hook_command or register_mod.hook_command()
     if not command:
@@ -165,7 +184,8 @@ def _report_register(hooks, initiators, args, out):
         print("(dry run: nothing was changed)", file=out)
 
 
-COMMANDS = {"fence": cmd_fence, "leftovers": cmd_leftovers, "register": cmd_register,
+COMMANDS = {"fence": cmd_fence, "leftovers": cmd_leftovers, "place": cmd_place,
+            "register": cmd_register,
             "record-initiators": cmd_record_initiators}
 
 

@@ -7,9 +7,13 @@ import sys
 
 from tm_iscsi.admin.views import INITIATOR_ATTR, Hook, one_template as render
 
-HOOK_NAMES = {"fence": "tm_iscsi-fence", "leftovers": "tm_iscsi-leftovers"}
+HOOK_NAMES = {"fence": "tm_iscsi-fence", "leftovers": "tm_iscsi-leftovers",
+              "place": "tm_iscsi-place"}
 FENCE_TIMEOUT = 300
 LEFTOVERS_TIMEOUT = 600
+# The scheduler places a new VM within SCHED_MAX_WND_TIME (10 s in oned.conf): the hook has to
+# be quicker than that to count for the first placement, and it only reads oned.
+PLACE_TIMEOUT = 30
 # Compared without case: oned and onehook users write YES/yes, ERROR/error alike.
 _NOCASE = {"TYPE", "RESOURCE", "STATE", "LCM_STATE", "REMOTE"}
 
@@ -25,7 +29,7 @@ def hook_command():
 
 def templates(command, clean_leftovers=False, fence_timeout=FENCE_TIMEOUT,
               leftovers_timeout=LEFTOVERS_TIMEOUT):
-    """NAME -> attributes of both hooks."""
+    """NAME -> attributes of every hook."""
     leftovers_args = "leftovers $TEMPLATE" + (" --clean" if clean_leftovers else "")
     return {
         HOOK_NAMES["fence"]: {
@@ -37,6 +41,13 @@ def templates(command, clean_leftovers=False, fence_timeout=FENCE_TIMEOUT,
             "NAME": HOOK_NAMES["leftovers"], "TYPE": "state", "COMMAND": command,
             "ARGUMENTS": leftovers_args, "RESOURCE": "VM", "STATE": "DONE",
             "LCM_STATE": "LCM_INIT", "REMOTE": "NO", "TIMEOUT": str(leftovers_timeout),
+        },
+        # PENDING/LCM_INIT: a VM just created, released from hold or resumed after an undeploy
+        # or a stop, i.e. every time the scheduler is about to place it.
+        HOOK_NAMES["place"]: {
+            "NAME": HOOK_NAMES["place"], "TYPE": "state", "COMMAND": command,
+            "ARGUMENTS": "place $TEMPLATE", "RESOURCE": "VM", "STATE": "PENDING",
+            "LCM_STATE": "LCM_INIT", "REMOTE": "NO", "TIMEOUT": str(PLACE_TIMEOUT),
         },
     }
 

@@ -1,4 +1,4 @@
-"""Registering both hooks with oned through pyone, once; and recording the hosts' initiator
+"""Registering the three hooks with oned through pyone, once; and recording the hosts' initiator
 names (ISCSI_INITIATOR) that fencing needs when a host is down."""
 import json
 
@@ -31,26 +31,38 @@ LCM_STATE = "LCM_INIT"
 REMOTE = "NO"
 TIMEOUT = "600"
 '''
+PLACE = '''NAME = "tm_iscsi-place"
+TYPE = "state"
+COMMAND = "/opt/tm_iscsi-venv/bin/tm-iscsi-hook"
+ARGUMENTS = "place $TEMPLATE"
+RESOURCE = "VM"
+STATE = "PENDING"
+LCM_STATE = "LCM_INIT"
+REMOTE = "NO"
+TIMEOUT = "30"
+'''
 # one.hook.allocate reads a VM hook's condition from ON only (CUSTOM: STATE and LCM_STATE).
 LEFTOVERS_ALLOCATE = LEFTOVERS + 'ON = "CUSTOM"\n'
+PLACE_ALLOCATE = PLACE + 'ON = "CUSTOM"\n'
 
 
 def test_the_hook_templates_oned_gets():
     rendered = {name: register.render(attrs)
                 for name, attrs in register.templates(COMMAND).items()}
-    assert rendered == {"tm_iscsi-fence": FENCE, "tm_iscsi-leftovers": LEFTOVERS}
+    assert rendered == {"tm_iscsi-fence": FENCE, "tm_iscsi-leftovers": LEFTOVERS,
+                        "tm_iscsi-place": PLACE}
     cleaning = register.templates(COMMAND, clean_leftovers=True)["tm_iscsi-leftovers"]
     assert cleaning["ARGUMENTS"] == "leftovers $TEMPLATE --clean"
 
 
-def test_register_allocates_both_hooks_once(cloud, oned, capsys):
+def test_register_allocates_every_hook_once(cloud, oned, capsys):
     assert cli.main(["register", "--command", COMMAND, "--no-initiators"], cloud=cloud) == 0
-    assert [t for _i, t in oned.allocated_hooks] == [FENCE, LEFTOVERS_ALLOCATE]
+    assert [t for _i, t in oned.allocated_hooks] == [FENCE, LEFTOVERS_ALLOCATE, PLACE_ALLOCATE]
     assert capsys.readouterr().out.split() == [
         "HOOK", "ID", "ACTION", "tm_iscsi-fence", "0", "created",
-        "tm_iscsi-leftovers", "1", "created"]
+        "tm_iscsi-leftovers", "1", "created", "tm_iscsi-place", "2", "created"]
     assert cli.main(["register", "--command", COMMAND, "--no-initiators"], cloud=cloud) == 0
-    assert len(oned.allocated_hooks) == 2
+    assert len(oned.allocated_hooks) == 3
     assert "unchanged" in capsys.readouterr().out
     assert [m for m, _p in oned.calls].count("one.hook.update") == 0
 
@@ -64,7 +76,8 @@ def test_a_hook_registered_by_hand_with_other_values_is_updated_in_place(cloud, 
                     cloud=cloud) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["hooks"] == [{"name": "tm_iscsi-fence", "action": "updated", "id": 7},
-                             {"name": "tm_iscsi-leftovers", "action": "created", "id": 8}]
+                             {"name": "tm_iscsi-leftovers", "action": "created", "id": 8},
+                             {"name": "tm_iscsi-place", "action": "created", "id": 9}]
     assert ("one.hook.update", (7, FENCE, 0)) in oned.calls
     assert f"<COMMAND>{COMMAND}</COMMAND>" in oned.xml("hook", 7)
     # lower-case values oned users write count as the same
@@ -130,15 +143,15 @@ def test_a_second_register_is_accepted_as_oned_7_4_stores_hooks(cloud, oned, cap
     stored = oned.xml("hook", 1)
     assert "<STATE>DONE</STATE>" in stored and "<LCM_STATE>LCM_INIT</LCM_STATE>" in stored
     assert "<ON>" not in stored
-    # A changed command: both are updated, and oned accepts both templates.
+    # A changed command: all are updated, and oned accepts every template.
     assert cli.main(["register", "--command", "/usr/bin/tm-iscsi-hook", "--no-initiators"],
                     cloud=cloud) == 0
     out = capsys.readouterr().out
-    assert out.count("updated") == 2, out
+    assert out.count("updated") == 3, out
     assert "<COMMAND>/usr/bin/tm-iscsi-hook</COMMAND>" in oned.xml("hook", 1)
     assert cli.main(["register", "--command", "/usr/bin/tm-iscsi-hook", "--no-initiators"],
                     cloud=cloud) == 0
-    assert capsys.readouterr().out.count("unchanged") == 2
+    assert capsys.readouterr().out.count("unchanged") == 3
 
 
 def test_the_stand_in_refuses_what_oned_refuses_of_a_hook_update(oned):

@@ -10,6 +10,8 @@
     tm-iscsi checkpoint [VM ...] [--due]   checkpoint running VMs' write-back disks
     tm-iscsi host-lost HOST                a fenced host's write-back disks back to their
                                            checkpoints, usable elsewhere
+    tm-iscsi estimate --template ID|--image ID   per host, what placing the VM there would
+                                           cost given what the host's caches hold
 
 Every command takes --json (the data, for scripts) instead of tables. A failure is one line on
 stderr and a non-zero exit."""
@@ -17,7 +19,7 @@ import argparse
 import sys
 
 from ..errors import DriverError
-from . import checkpoint, doctor, images, inventory, output, smoke, status
+from . import checkpoint, doctor, images, inventory, output, placement, smoke, status
 from .cliutil import Parser as _Parser, run
 
 PROG = "tm-iscsi"
@@ -99,6 +101,13 @@ def parser():
                    "in ERROR or DISABLED, or its fencing cannot be checked")
     h.add_argument("--without-checkpoint", action="store_true", help="a disk with no checkpoint "
                    "is used as the storage node has it (NOT crash-consistent)")
+    e = sub.add_parser("estimate", parents=[common], help="per host, the cost of placing a VM "
+                       "there given what its caches hold, best first")
+    what = e.add_mutually_exclusive_group(required=True)
+    what.add_argument("--template", type=_positive, metavar="ID", help="a VM template")
+    what.add_argument("--image", type=_positive, metavar="ID", help="one image (a VM of it)")
+    e.add_argument("--live", action="store_true", help="ask each host now, not the figures "
+                   "its probe last gave oned (what the scheduler sees)")
     return p
 
 
@@ -321,9 +330,36 @@ def cmd_host_lost(cloud, args, out):
     return 0 if report.ok else 1
 
 
+def cmd_estimate(cloud, args, out):
+    disks = placement.disks_of_template(cloud, args.template) if args.template is not None \
+        else placement.disks_of_image(cloud, args.image)
+    if not disks:
+        raise DriverError("no disk of an iscsi_lvm image to estimate for")
+    data = placement.estimate(cloud, disks, live=args.live)
+    if args.json:
+        output.emit_json(data, out)
+        return 0
+    print("; ".join(f"image {d.image_id} ({d.name}, {d.size_mib} MiB, {d.mode})" for d in disks),
+          file=out)
+    output.table(["RANK", "HOST", "HOLDS", "OVER ISCSI", "CACHE NEEDED", "CACHE FREE AFTER",
+                  "FITS", "FIGURES"],
+                 [[r["rank"], r["host"], f"{r['cached_mib']} MiB", f"{r['iscsi_read_mib']} MiB",
+                   f"{r['cache_need_mib']} MiB",
+                   "?" if r["cache_free_after_mib"] is None else
+                   f"{r['cache_free_after_mib']} MiB", r["fits"],
+                   r["state"] if r["age_s"] is None else
+                   f"{r['state']}, {checkpoint.age_text(r['age_s'])} old"]
+                  for r in data["hosts"]], out)
+    if data["sched_rank"]:
+        print(f'to have the scheduler prefer these hosts: SCHED_RANK = "{data["sched_rank"]}" '
+              "(in the VM template, or CACHE_AWARE_PLACEMENT = YES on the image datastore)",
+              file=out)
+    return 0
+
+
 COMMANDS = {"status": cmd_status, "doctor": cmd_doctor, "orphans": cmd_orphans,
             "cache-stats": cmd_cache_stats, "image": cmd_image, "smoke-test": cmd_smoke_test,
-            "checkpoint": cmd_checkpoint, "host-lost": cmd_host_lost}
+            "checkpoint": cmd_checkpoint, "host-lost": cmd_host_lost, "estimate": cmd_estimate}
 
 
 def main(argv=None, cloud=None, out=None):

@@ -1,6 +1,5 @@
 """`tm-iscsi status` and `tm-iscsi cache-stats`: what the datastores, storage nodes and hosts hold
 now. Read-only; a node that does not answer is shown as such, the rest is still reported."""
-import re
 import time
 
 from .. import protocol
@@ -8,7 +7,6 @@ from ..errors import DriverError
 
 # The node helper of a host without the cache layers has no cache-status command.
 _UNKNOWN_COMMAND = "invalid choice"
-_IMAGE_KEY = re.compile(r"img-(\d+)")
 # A status must come back even when a host hangs (a fenced host's LVM scan blocks on its failed
 # sessions until the replacement timeout): a short limit per question.
 QUERY_TIMEOUT = 20
@@ -98,11 +96,10 @@ def cache_rows(host, answer):
     reads, stacks = [], []
     for cache in answer.get("read_caches") or []:
         key = str(cache.get("key") or cache.get("id") or "")
-        m = _IMAGE_KEY.search(key)
         hits, misses = cache.get("read_hits"), cache.get("read_misses")
         regions = cache.get("regions") or 0
         reads.append({
-            "host": host, "image": int(m.group(1)) if m else None, "key": key,
+            "host": host, "image": protocol.image_id_of_base_key(key), "key": key,
             "size_bytes": cache.get("size_bytes"), "active": cache.get("active"),
             "refs": cache.get("refs"), "regions": regions,
             "hydrated_regions": cache.get("hydrated_regions"),

@@ -25,14 +25,18 @@ class Host:
     state: str
     initiator: Optional[str]
     vm_ids: Tuple[int, ...] = ()
+    # What the host probe last reported of its caches (tm_iscsi.hostfacts.of_host).
+    cache: Dict[str, object] = field(default_factory=dict, compare=False, hash=False)
 
     @classmethod
     def from_element(cls, element):
+        from .. import hostfacts
         number = int(_text(element, "STATE") or -1)
         state = HOST_STATES[number] if 0 <= number < len(HOST_STATES) else f"STATE-{number}"
         return cls(id=int(_text(element, "ID")), name=_text(element, "NAME") or "",
                    state=state, initiator=_text(element, f"TEMPLATE/{INITIATOR_ATTR}"),
-                   vm_ids=tuple(int(n.text) for n in element.findall("VMS/ID") if n.text))
+                   vm_ids=tuple(int(n.text) for n in element.findall("VMS/ID") if n.text),
+                   cache=hostfacts.of_host(element.find("TEMPLATE")))
 
     @classmethod
     def from_xml(cls, xml):

@@ -267,6 +267,14 @@ class OneClient:
         """Set host template attributes (text or flat dict); merge keeps the others."""
         return _as_id(self.call("host.update", int(host_id), template, 1 if merge else 0), "host.update")
 
+    def vm_update(self, vm_id, template, merge=True):
+        """Set attributes of the VM's USER_TEMPLATE (what one.vm.update changes)."""
+        return _as_id(self.call("vm.update", int(vm_id), template, 1 if merge else 0), "vm.update")
+
+    def template_info(self, template_id):
+        """The VMTEMPLATE element (there is no typed view of templates)."""
+        return self._element("template.info", template_id, "VMTEMPLATE")
+
     def hook_pool(self):
         return self._pool("hookpool.info", "HOOK", -2, -1, -1)
 

@@ -37,22 +37,12 @@ def _monitor(ctx, args):
     from ..one.ds_action import read_ds_action
     from .monitor import monitor_lines
     from ..entry import stdin_bytes
+    from .. import dsconf
     stdin = None if args.legacy_payload else stdin_bytes()
     action = read_ds_action("monitor", [a for a in (args.legacy_payload, str(args.dsid)) if a],
                             stdin)
-    from .. import dsconf
-    from .monitor import cache_hosts, cache_lines
     ds = dsconf.from_datastore(action.datastore, ctx.settings)
-    lines = monitor_lines(ctx, ds)
-    clusters = [c.text for c in action.datastore.element.findall("CLUSTERS/ID") if c.text]
-    try:
-        hosts = cache_hosts(ctx, clusters)
-    except (DriverError, OneError) as err:
-        # The pool figures matter to oned's scheduler; the cache figures are for people.
-        log.info(f"no cache figures: cannot list the hosts: {err}")
-        hosts = []
-    lines += cache_lines(ctx, hosts)
-    print("\n".join(lines))
+    print("\n".join(monitor_lines(ctx, ds)))
 
 
 def run(action, argv, stdin=None, ctx=None):
