@@ -57,7 +57,8 @@ local {
 @pytest.fixture
 def root(tmp_path):
     r = tmp_path / "root"
-    for d in ("var/lib/one/remotes", "etc/one", "etc/lvm", "etc/iscsi"):
+    for d in ("var/lib/one/remotes/im/kvm-probes.d/host/system", "etc/one", "etc/lvm",
+              "etc/iscsi"):
         (r / d).mkdir(parents=True)
     (r / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
     (r / "etc/one/defaultrc").write_text("PRIORITY=19\n")
@@ -209,6 +210,12 @@ def test_frontend_install_is_idempotent(root, site):
     for kind in ("tm", "datastore"):
         action = remotes / kind / "iscsi_lvm" / "monitor"
         assert action.is_file() and os.access(action, os.X_OK)
+    # The host probe, where oned's KVM system probes are (no qemu-probes.d here: none made).
+    probe = remotes / "im/kvm-probes.d/host/system/tm_iscsi-cache.sh"
+    assert os.access(probe, os.X_OK)
+    assert "-m tm_iscsi.hostfacts --helper /usr/sbin/tm-iscsi-node" in probe.read_text()
+    assert not (remotes / "im/qemu-probes.d").exists()
+    assert "onehost sync --force" in first
     # onecfg (upgrade, patch) refuses to run when /etc/one or the remotes tree holds a symlink
     # (OpenNebula's src/onecfg/lib/transaction.rb, check_symlinks): install.sh puts none there.
     for top in ("etc/one", "var/lib/one/remotes"):
@@ -484,6 +491,8 @@ def test_uninstall_of_the_front_end_removes_what_install_put_there(root, site):
     run("--role", "frontend", "--site", site, "--root", root, "--skip", "python")
     dry = run("--role", "frontend", "--site", site, "--root", root, "--uninstall", "--dry-run")
     assert "would: remove /var/lib/one/remotes/tm/iscsi_lvm" in dry.stdout
+    assert "would: remove /var/lib/one/remotes/im/kvm-probes.d/host/system/tm_iscsi-cache.sh" \
+        in dry.stdout
     assert "would: remove the tm_iscsi block from /etc/one/defaultrc" in dry.stdout
     installed = snapshot(root)
     out = run("--role", "frontend", "--site", site, "--root", root, "--uninstall").stdout
