@@ -56,6 +56,7 @@ HOSTILE_DS_ATTRS = {
     "MAX_POOL_FILL": ("x", "150", "-5", "9" * 5000, "50%", "1e2"),
     "WRITEBACK_CACHE_MB": ("x", "1", "9" * 50, "-64"),
     "ISCSI_CHAP_USER": ("a b", "x" * 300, "user;id"),
+    "CACHE_AWARE_PLACEMENT": ("maybe", "YES;id", "1", "x" * 300),
 }
 # Image attributes of DS driver actions, with the actions that read each.
 IMAGE_ATTR_USERS = {

@@ -59,6 +59,16 @@ _PROBE_LINE = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?:"((?:[^"\\]|\\.
                          r'([^\s"\[\]=,]+)|(\[.*\]))\s*$')
 
 
+def _add_history(root, vm_id, host_name, host_id):
+    records = root.find("HISTORY_RECORDS")
+    if records is None:
+        records = ET.SubElement(root, "HISTORY_RECORDS")
+    history = ET.SubElement(records, "HISTORY")
+    for tag, value in (("OID", vm_id), ("SEQ", len(records) - 1), ("HOSTNAME", host_name),
+                       ("HID", host_id)):
+        ET.SubElement(history, tag).text = str(value)
+
+
 def parse_probe_template(payload):
     """[(NAME, value)] of the single attributes of a probe's output; a line oned's template
     parser would refuse makes oned drop the whole payload, so it raises ValueError here."""
@@ -294,18 +304,8 @@ class OnedStandIn:
         ranked = sorted(usable, key=lambda h: (-rank.evaluate(expression, h),
                                                int(h.findtext("ID"))))
         chosen = ranked[0]
-
-        def change(root):
-            records = root.find("HISTORY_RECORDS")
-            if records is None:
-                records = ET.SubElement(root, "HISTORY_RECORDS")
-            history = ET.SubElement(records, "HISTORY")
-            for tag, value in (("OID", vm_id), ("SEQ", len(records) - 1),
-                               ("HOSTNAME", chosen.findtext("NAME")),
-                               ("HID", chosen.findtext("ID"))):
-                ET.SubElement(history, tag).text = str(value)
-
-        self.edit_with("vm", vm_id, change)
+        self.edit_with("vm", vm_id, lambda root: _add_history(
+            root, vm_id, chosen.findtext("NAME"), chosen.findtext("ID")))
         return chosen.findtext("NAME")
 
     # -- fault injection -----------------------------------------------------------------------
@@ -341,6 +341,8 @@ class OnedStandIn:
                 "one.vmpool.infoextended", self._pool_for("vm", "one.vmpool.infoextended")),
             "one.template.instantiate": self._guarded("one.template.instantiate", self._template_instantiate),
             "one.vm.action": self._guarded("one.vm.action", self._vm_action),
+            "one.vm.allocate": self._guarded("one.vm.allocate", self._vm_allocate),
+            "one.vm.deploy": self._guarded("one.vm.deploy", self._vm_deploy),
         }
         for kind in _KINDS:
             method = "one.%s.info" % kind
@@ -478,6 +480,51 @@ class OnedStandIn:
             ET.SubElement(vm, "HISTORY_RECORDS")
             self._documents["vm"][vm_id] = ET.tostring(vm, encoding="unicode")
             self.instantiated.append((vm_id, template_id, name))
+        return [True, vm_id, 0]
+
+    def _vm_allocate(self, template, hold=False):
+        """onevm create: a VM whose TEMPLATE holds the template's single attributes and DISKs
+        (the vectors the stand-in models), PENDING or HOLD."""
+        if not isinstance(template, str) or not isinstance(hold, bool):
+            raise TypeError(template)
+        attributes = _template_attributes(template)
+        disks = [dict(re.findall(r'([A-Za-z_]+)\s*=\s*"([^"]*)"', body))
+                 for body in re.findall(r'^\s*DISK\s*=\s*\[(.*?)\]', template, re.M | re.S)]
+        if not disks:
+            return [False, "[one.vm.allocate] No DISK in template.", INTERNAL]
+        with self._lock:
+            vm_id = max(self._documents["vm"], default=-1) + 1
+            vm = ET.Element("VM")
+            for tag, value in (("ID", vm_id), ("NAME", attributes.get("NAME", "one-%d" % vm_id)),
+                               ("STATE", 2 if hold else 1), ("LCM_STATE", 0), ("PREV_STATE", 0),
+                               ("PREV_LCM_STATE", 0), ("DEPLOY_ID", "")):
+                ET.SubElement(vm, tag).text = str(value)
+            node = ET.SubElement(vm, "TEMPLATE")
+            for disk_id, disk in enumerate(disks):
+                element = ET.SubElement(node, "DISK")
+                for key, value in dict(disk, DISK_ID=str(disk_id)).items():
+                    ET.SubElement(element, key.upper()).text = value
+            ET.SubElement(vm, "USER_TEMPLATE")
+            ET.SubElement(vm, "HISTORY_RECORDS")
+            self._documents["vm"][vm_id] = ET.tostring(vm, encoding="unicode")
+        return [True, vm_id, 0]
+
+    def _vm_deploy(self, vm_id, host_id, enforce=False, ds_id=-1, *_extra):
+        """onevm deploy: a PENDING or HOLD VM onto a host (a HISTORY record; the deployment
+        itself is played by whoever registered an `after` callback)."""
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in (vm_id, host_id)):
+            raise TypeError(vm_id)
+        with self._lock:
+            if vm_id not in self._documents["vm"]:
+                return [False, "[one.vm.deploy] Error getting virtual machine [%d]." % vm_id, NO_EXISTS]
+            host = self._documents["host"].get(host_id)
+            if host is None:
+                return [False, "[one.vm.deploy] Error getting host [%d]." % host_id, NO_EXISTS]
+            vm = ET.fromstring(self._documents["vm"][vm_id])
+            if vm.findtext("STATE") not in ("1", "2"):
+                return [False, "[one.vm.deploy] Wrong state to perform action", ACTION]
+        name = ET.fromstring(host).findtext("NAME")
+        self.edit_with("vm", vm_id, lambda root: _add_history(root, vm_id, name, host_id))
         return [True, vm_id, 0]
 
     def _vm_action(self, action, vm_id):

@@ -27,6 +27,7 @@ MINUTES = {
     "tests/lab/test_backup.py": 13,
     "tests/lab/test_checkpoint.py": 15,
     "tests/lab/test_driver_concurrency.py": 6,
+    "tests/lab/test_mass_deploy.py": 9,
     "tests/lab/test_dmcache_stacks.py": 8,
     "tests/lab/test_demo.py": 6,
     "tests/lab/test_node_host.py": 3,

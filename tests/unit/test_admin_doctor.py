@@ -164,6 +164,12 @@ def test_the_front_end_checks(cloud, oned, nodes, runner, tmp_path, capsys):
     assert code == 1
     assert "cannot read" in checks[("oned-conf", "frontend")]["detail"]
     assert checks[("remotes", "frontend")]["ok"]
+    assert ("host-probe", "frontend") not in checks   # no KVM probes tree: nothing to check
+    (remotes / "im/kvm-probes.d/host/system").mkdir(parents=True)
+    cli.main(["doctor", "--json", "--oned-conf", str(tmp_path / "oned.conf"),
+              "--remotes", str(remotes)], cloud=cloud)
+    again = {(c["check"], c["node"]): c for c in json.loads(capsys.readouterr().out)["checks"]}
+    assert "onehost sync --force" in again[("host-probe", "frontend")]["fix"]
     assert checks[("oned", "frontend")]["ok"]
     assert not checks[("hooks", "frontend")]["ok"]
     assert checks[("hooks", "frontend")]["fix"] == "tm-iscsi-hook register"

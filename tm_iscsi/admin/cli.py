@@ -12,6 +12,8 @@
                                            checkpoints, usable elsewhere
     tm-iscsi estimate --template ID|--image ID   per host, what placing the VM there would
                                            cost given what the host's caches hold
+    tm-iscsi deploy --template ID|--image ID --count N [--hosts H1,H2] [--terminate-after]
+                                           N VMs at once, followed to RUNNING
 
 Every command takes --json (the data, for scripts) instead of tables. A failure is one line on
 stderr and a non-zero exit."""
@@ -19,7 +21,8 @@ import argparse
 import sys
 
 from ..errors import DriverError
-from . import checkpoint, doctor, images, inventory, output, placement, smoke, status
+from . import (checkpoint, doctor, images, inventory, massdeploy, output, placement, smoke,
+               status)
 from .cliutil import Parser as _Parser, run
 
 PROG = "tm-iscsi"
@@ -108,6 +111,22 @@ def parser():
     what.add_argument("--image", type=_positive, metavar="ID", help="one image (a VM of it)")
     e.add_argument("--live", action="store_true", help="ask each host now, not the figures "
                    "its probe last gave oned (what the scheduler sees)")
+    m = sub.add_parser("deploy", parents=[common], help="N VMs of a template or an image at "
+                       "once, followed to RUNNING, with their times and the cache figures")
+    what = m.add_mutually_exclusive_group(required=True)
+    what.add_argument("--template", type=_positive, metavar="ID", help="a VM template")
+    what.add_argument("--image", type=_positive, metavar="ID", help="VMs of one image (128 MiB, "
+                      "one VCPU, the image as their only disk)")
+    m.add_argument("--count", type=_positive, required=True, metavar="N")
+    m.add_argument("--hosts", type=lambda v: [h for h in v.split(",") if h], default=[],
+                   metavar="H1,H2", help="deploy round-robin on these hosts instead of letting "
+                   "the scheduler place them")
+    m.add_argument("--no-wait", dest="wait", action="store_false",
+                   help="return once oned has the VMs")
+    m.add_argument("--terminate-after", action="store_true",
+                   help="terminate them once all are RUNNING or failed (a benchmark's run)")
+    m.add_argument("--timeout", type=_positive, default=1800,
+                   help="seconds to wait for RUNNING, and again for DONE (default 1800)")
     return p
 
 
@@ -357,9 +376,43 @@ def cmd_estimate(cloud, args, out):
     return 0
 
 
+def cmd_deploy(cloud, args, out):
+    def progress(running, failed, total):
+        line = f"deploy: {running}/{total} running, {failed} failed"
+        if line != getattr(progress, "last", None):
+            progress.last = line
+            print(line, file=sys.stderr, flush=True)
+
+    report = massdeploy.deploy(cloud, args.count, args.template, args.image, args.hosts,
+                               wait=args.wait, terminate_after=args.terminate_after,
+                               timeout=args.timeout, progress=progress)
+    if args.json:
+        output.emit_json(report.as_json(), out)
+        return 1 if report.failed else 0
+    output.table(["VM", "NAME", "HOST", "STATE", "SECONDS", "ERROR"],
+                 [[t.vm_id, t.name, t.host or "-", t.state,
+                   "-" if t.seconds is None else t.seconds, t.error or ""]
+                  for t in report.vms], out)
+    summary = report.as_json()
+    if args.wait or args.terminate_after:
+        print(f"{summary['running']} of {len(report.vms)} RUNNING, {summary['failed']} failed; "
+              f"seconds to RUNNING: first {summary['seconds']['first']}, median "
+              f"{summary['seconds']['median']}, last {summary['seconds']['last']}", file=out)
+    if report.caches:
+        output.heading("CACHES OF THE HOSTS USED", out)
+        output.table(["HOST", "READ CACHES", "READ HITS", "MISSES", "HIT%", "CACHE FREE"],
+                     [[c["host"], c["read_caches"], c["read_hits"], c["read_misses"],
+                       output.percent(c["hit_percent"]), f"{c['free_mib']} MiB"]
+                      for c in report.caches], out)
+    if report.terminated:
+        print(f"terminated: all {len(report.vms)} VMs are DONE", file=out)
+    return 1 if report.failed else 0
+
+
 COMMANDS = {"status": cmd_status, "doctor": cmd_doctor, "orphans": cmd_orphans,
             "cache-stats": cmd_cache_stats, "image": cmd_image, "smoke-test": cmd_smoke_test,
-            "checkpoint": cmd_checkpoint, "host-lost": cmd_host_lost, "estimate": cmd_estimate}
+            "checkpoint": cmd_checkpoint, "host-lost": cmd_host_lost, "estimate": cmd_estimate,
+            "deploy": cmd_deploy}
 
 
 def main(argv=None, cloud=None, out=None):

@@ -72,6 +72,14 @@ def frontend_checks(cloud, oned_conf=ONED_CONF, remotes=REMOTES, which=shutil.wh
                         f"{INSTALL.format(role='frontend')} (installs the driver scripts), "
                         "then `onehost sync --force`") if missing else
                   _ok("remotes", where, f"driver scripts in {remotes}"))
+    probes = os.path.join(remotes, "im", "kvm-probes.d", "host", "system")
+    if os.path.isdir(probes):
+        probe = os.path.join(probes, "tm_iscsi-cache.sh")
+        checks.append(_ok("host-probe", where, f"{probe} (the hosts' cache facts for oned)")
+                      if os.access(probe, os.X_OK) else
+                      _fail("host-probe", where, f"no {probe}: oned's scheduler and `onehost "
+                            "show` know nothing of the hosts' caches",
+                            f"{INSTALL.format(role='frontend')}, then `onehost sync --force`"))
     try:
         version = cloud.one.system_version()
     except OneError as err:

@@ -286,6 +286,14 @@ class OneClient:
         return _as_id(self.call("template.instantiate", int(template_id), name, bool(hold), extra, False),
                       "template.instantiate")
 
+    def vm_allocate(self, template, hold=False):
+        """``onevm create``: a new VM from a template text; its id."""
+        return _as_id(self.call("vm.allocate", template, bool(hold)), "vm.allocate")
+
+    def vm_deploy(self, vm_id, host_id):
+        """``onevm deploy``: a pending or held VM onto this host (the scheduler not asked)."""
+        return _as_id(self.call("vm.deploy", int(vm_id), int(host_id), False, -1), "vm.deploy")
+
     def vm_action(self, action, vm_id):
         """``onevm <action>`` (terminate, terminate-hard, ...)."""
         return self.call("vm.action", action, int(vm_id))
