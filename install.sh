@@ -409,8 +409,10 @@ wanted_packages() {
     rpm+=(sudo lvm2 device-mapper-persistent-data util-linux)
   fi
   if ((HAS_STORAGE)); then
-    deb+=(targetcli-fb python3-rtslib-fb qemu-utils)
-    rpm+=(targetcli python3-rtslib qemu-img)
+    # fdisk (sfdisk), e2fsprogs, xfsprogs: image extract / overlay read partition tables and
+    # mount ext4 and xfs.
+    deb+=(targetcli-fb python3-rtslib-fb qemu-utils fdisk e2fsprogs xfsprogs)
+    rpm+=(targetcli python3-rtslib qemu-img e2fsprogs xfsprogs)
   fi
   # qemu-img / qemu-io write a backup's qcow2 files on the host (prebackup).
   if ((HAS_HOST)); then deb+=(open-iscsi qemu-utils); rpm+=(iscsi-initiator-utils qemu-img); fi

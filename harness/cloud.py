@@ -159,6 +159,18 @@ class Cloud:
         assert cp.success, cp.info
         return self.raw
 
+    def register_image(self, mib, seed, hosts=("host1", "host2")):
+        """import_image, and image 0 and the hosts known to oned as the admin tools read them
+        (the image's SIZE what was imported)."""
+        from harness.documents import image_xml
+        self.import_image(mib, seed)
+        image = ET.fromstring(image_xml(0))
+        image.find("SIZE").text = str(mib)
+        self.oned.put_xml(ET.tostring(image, encoding="unicode"))
+        for host in hosts:
+            self.host_id(host)
+        return self.raw
+
     def ds_action(self, action, object_id, xml, fault=None):
         manager = self.ds if fault is None else DatastoreManager(
             REMOTES, ds_drivers=["iscsi_lvm"], system_tms=["iscsi_lvm"],

@@ -93,7 +93,15 @@ BASES = {
     "stack-flush": ["--name", "vm-0-disk-0"],
     "stack-teardown": ["--name", "vm-0-disk-0", "--flush"],
     "stack-writeback": ["--name", "vm-0-disk-0"],
+    "image-extract": ["--vg", "vg-one-100", "--lv", "img-2", "--inner", "/srv", "--partition",
+                      "1"],
+    "image-overlay": ["--vg", "vg-one-100", "--lv", "img-2", "--at", "/srv", "--partition", "0"],
 }
+# Values of an option that look hostile elsewhere but are fine in it: an absolute path inside an
+# image's own filesystem may well be /etc/passwd.
+LEGITIMATE_BY_OPTION = {"--inner": {"/etc/passwd", "/dev/sda"},
+                        "--at": {"/etc/passwd", "/dev/sda"}}
+IMAGE_PATHS = ("relative", "/a/../b", "/a\nb", "", "/" + "x" * 5000, "-x")
 
 HOSTILE_VALUES = (
     "", " ", "a b", "x;id", "$(id)", "`id`", "a\nb", "-x", "--help", "\u00fc", "x" * 5000,
@@ -118,6 +126,8 @@ HOSTILE_BY_OPTION = {
     "--iqn": ("not-an-iqn",), "--serial": ("x;id", "a b"), "--portal": ("storage;id", "x:99999"),
     "--fs": ("ntfs", "ext4;id"), "--format": ("vmdk",), "--name": ("../x", "a b", "tpool"),
     "--path": HOSTILE_PATHS,
+    "--inner": IMAGE_PATHS, "--at": IMAGE_PATHS,
+    "--partition": ("-1", "x", "129", "1e2", "0x1"),
 }
 HOSTILE_JSON = (
     "", "{", "[]", "null", "1", '"x"', "{}", '{"vg": NaN}', "[" * 5000 + "]" * 5000,
@@ -204,6 +214,8 @@ def cases(seed):
                 continue
             pool = list(HOSTILE_BY_OPTION.get(option, ())) + rng.sample(HOSTILE_VALUES, 6)
             for value in pool:
+                if value in LEGITIMATE_BY_OPTION.get(option, ()):
+                    continue
                 words = list(options)
                 words[i + 1] = value
                 yield NodeCase([command, *words], None, f"{command} {option}={value[:30]!r}")

@@ -117,6 +117,7 @@ class OnedStandIn:
         self.encrypted_attrs = {"ISCSI_CHAP_PASSWORD"}
         self.instantiated = []  # (vm id, template id, name)
         self.vm_actions = []  # (action, vm id)
+        self.deleted_images = []  # (image id, its document)
         self._after = {}  # method -> callback(standin, *params), run after the reply is made
         self._documents = {kind: {} for kind in _KINDS}
         self._failures = {}  # method -> [code, message, remaining count or None]
@@ -332,6 +333,8 @@ class OnedStandIn:
         handlers = {
             "one.system.version": self._guarded("one.system.version", lambda: [True, self.version, 0]),
             "one.image.allocate": self._guarded("one.image.allocate", self._image_allocate),
+            "one.image.clone": self._guarded("one.image.clone", self._image_clone),
+            "one.image.delete": self._guarded("one.image.delete", self._image_delete),
             "one.hook.allocate": self._guarded("one.hook.allocate", self._hook_allocate),
             "one.hook.update": self._guarded("one.hook.update", self._hook_update),
             "one.host.update": self._guarded("one.host.update", self._update_for("host", "one.host.update")),
@@ -557,6 +560,42 @@ class OnedStandIn:
             ds_name = ET.fromstring(ds_xml).findtext("NAME") or ""
             self._documents["image"][image_id] = _new_image_xml(image_id, attributes, ds_id, ds_name)
             self.allocated_images.append((image_id, template, ds_id))
+        return [True, image_id, 0]
+
+    def _image_clone(self, image_id, name, ds_id=-1, *_no_capacity_check):
+        """oneimage clone: a new image LOCKED until the datastore's clone answered (whoever
+        registered an `after` callback plays that), PATH the origin's SOURCE."""
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in (image_id, ds_id)) or \
+                not isinstance(name, str):
+            raise TypeError(image_id)
+        with self._lock:
+            xml = self._documents["image"].get(image_id)
+            if xml is None:
+                return [False, "[one.image.clone] Error getting image [%d]." % image_id, NO_EXISTS]
+            origin = ET.fromstring(xml)
+            for other in self._documents["image"].values():
+                if ET.fromstring(other).findtext("NAME") == name:
+                    return [False, "[one.image.clone] NAME is already taken.", INTERNAL]
+            new_id = max(self._documents["image"], default=-1) + 1
+            clone = ET.fromstring(xml)
+            clone.find("ID").text = str(new_id)
+            clone.find("NAME").text = name
+            clone.find("STATE").text = "4"
+            clone.find("SOURCE").text = ""
+            path = clone.find("PATH")
+            if path is None:
+                path = ET.SubElement(clone, "PATH")
+            path.text = origin.findtext("SOURCE")
+            self._documents["image"][new_id] = ET.tostring(clone, encoding="unicode")
+        return [True, new_id, 0]
+
+    def _image_delete(self, image_id, force=False):
+        if isinstance(image_id, bool) or not isinstance(image_id, int):
+            raise TypeError(image_id)
+        with self._lock:
+            if image_id not in self._documents["image"]:
+                return [False, "[one.image.delete] Error getting image [%d]." % image_id, NO_EXISTS]
+            self.deleted_images.append((image_id, self._documents["image"].pop(image_id)))
         return [True, image_id, 0]
 
     def _hook_allocate(self, template):

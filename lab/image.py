@@ -19,7 +19,7 @@ PACKAGES = (
     "targetcli-fb", "python3-rtslib-fb",
     "open-iscsi",
     "python3", "python3-venv",
-    "kmod", "iproute2", "procps", "util-linux", "e2fsprogs", "xfsprogs", "udev",
+    "kmod", "iproute2", "procps", "util-linux", "fdisk", "e2fsprogs", "xfsprogs", "udev",
     "openssh-server", "openssh-client", "sudo",
     "qemu-utils", "fio",
 )

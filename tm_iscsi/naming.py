@@ -23,10 +23,11 @@ _CHAP_SECRET_RE = re.compile(r"[\x21-\x7e]{1,255}")
 # LVs from anybody else's; and has a name of this scheme: an image, a VM's own disk, a snapshot
 # of either, a backup's point of a VM disk, a write-back disk's checkpoint, an image's read-cache
 # base, a clone's region map, the two names an LV's content has while it is replaced (the replacement being made, the content
-# being replaced), and where a backup being restored onto a disk is written first.
+# being replaced), where a backup being restored onto a disk is written first, and the snapshot
+# an image's directory is read out of (image-extract).
 _LV_SCHEME_RE = re.compile(r"^(img-\d{1,12}|vm-\d{1,12}-disk-\d{1,6})"
                            r"(-snap-\d{1,12}|-backup-\d{1,12}|-ckpt)?"
-                           r"(-base|-map|-next|-prev|-restore)?$")
+                           r"(-base|-map|-next|-prev|-restore|-extract)?$")
 _DEFAULT_VG_RE = re.compile(r"^vg-one-\d{1,12}$")
 
 

@@ -178,6 +178,23 @@ def base_key_prefix(vg, image_lv):
     return f"{vg}.{base_lv(image_lv)}."
 
 
+IMAGE_PATH_MAX = 4096
+
+
+def image_path(path):
+    """An absolute path inside an image's filesystem (image extract / overlay), normalized:
+    printable, no '..'. ValueError otherwise."""
+    if not isinstance(path, str) or not path.startswith("/") or len(path) > IMAGE_PATH_MAX:
+        raise ValueError(f"{str(path)[:80]!r}: give an absolute path inside the image (/etc, "
+                         "/var/www)")
+    if not path.isprintable():
+        raise ValueError(f"{path[:80]!r}: the path holds control characters")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ValueError(f"{path[:80]}: '..' is not allowed in a path inside the image")
+    return "/" + "/".join(parts)
+
+
 _BASE_KEY_IMAGE = re.compile(r"\.img-(\d{1,12})-base\.")
 
 

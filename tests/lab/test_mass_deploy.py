@@ -8,7 +8,6 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from harness.cloud import Cloud, sha_of_file, SYSDIR
-from harness.documents import image_xml
 from harness.lifecycle import Lifecycle
 from tests.lab.test_hooks import run_tool
 
@@ -21,15 +20,10 @@ def cloud(lab, tmp_path):
     with Cloud.ready(lab, tmp_path) as c:
         c.set_cache_mode("read+writeback")
         c.set_template_attr("datastore", 100, "WRITEBACK_CACHE_MB", "64")
-        c.import_image(IMAGE_MIB, "mass")
-        image = ET.fromstring(image_xml(0))
-        image.find("SIZE").text = str(IMAGE_MIB)
-        c.oned.put_xml(ET.tostring(image, encoding="unicode"))
+        c.register_image(IMAGE_MIB, "mass")
         c.oned.put_document("<VMTEMPLATE><ID>0</ID><NAME>mass</NAME><TEMPLATE><CPU>0.1</CPU>"
                             "<MEMORY>128</MEMORY><DISK><IMAGE_ID>0</IMAGE_ID></DISK></TEMPLATE>"
                             "</VMTEMPLATE>")
-        for host in ("host1", "host2"):
-            c.host_id(host)
         yield c
 
 

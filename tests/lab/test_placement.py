@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from harness.cloud import IMAGE_VG, SYSDIR, Cloud, sha_of_file
-from harness.documents import image_xml, vm_xml
+from harness.documents import vm_xml
 from tests.lab.test_hooks import run_tool
 
 IMAGE_MIB = 16
@@ -20,12 +20,7 @@ def cloud(lab, tmp_path):
     with Cloud.ready(lab, tmp_path) as c:
         c.set_cache_mode("read+writeback")
         c.set_template_attr("datastore", 100, "CACHE_AWARE_PLACEMENT", "YES")
-        c.import_image(IMAGE_MIB, "placement")
-        image = ET.fromstring(image_xml(0))
-        image.find("SIZE").text = str(IMAGE_MIB)
-        c.oned.put_xml(ET.tostring(image, encoding="unicode"))
-        for host in ("host1", "host2"):
-            c.host_id(host)
+        c.register_image(IMAGE_MIB, "placement")
         yield c
 
 

@@ -6,6 +6,8 @@
     tm-iscsi cache-stats [--host HOST]     read caches and write-back stacks per host
     tm-iscsi image import FILE|URL --datastore ID [--name N]
     tm-iscsi image export IMAGE_ID FILE [--format raw|qcow2|tar.gz]
+    tm-iscsi image extract IMAGE_ID PATH --out FILE.tar.gz [--partition N]
+    tm-iscsi image overlay IMAGE_ID DIR|FILE.tar.gz --at PATH --as NAME [--partition N]
     tm-iscsi smoke-test --template ID      a VM through its life, checked on its host
     tm-iscsi checkpoint [VM ...] [--due]   checkpoint running VMs' write-back disks
     tm-iscsi host-lost HOST                a fenced host's write-back disks back to their
@@ -21,8 +23,8 @@ import argparse
 import sys
 
 from ..errors import DriverError
-from . import (checkpoint, doctor, images, inventory, massdeploy, output, placement, smoke,
-               status)
+from . import (checkpoint, doctor, fsimages, images, inventory, massdeploy, output, placement,
+               smoke, status)
 from .cliutil import Parser as _Parser, run
 
 PROG = "tm-iscsi"
@@ -36,6 +38,12 @@ def _positive(value):
     if number < 0:
         raise argparse.ArgumentTypeError(f"{value} is negative")
     return number
+
+
+def _vm_source(sub_parser, image_help):
+    what = sub_parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--template", type=_positive, metavar="ID", help="a VM template")
+    what.add_argument("--image", type=_positive, metavar="ID", help=image_help)
 
 
 def parser():
@@ -65,7 +73,8 @@ def parser():
     c = sub.add_parser("cache-stats", parents=[common], help="read caches and write-back "
                        "stacks per host and image")
     c.add_argument("--host", action="append", help="only this host (repeatable)")
-    i = sub.add_parser("image", parents=[common], help="import or export an image")
+    i = sub.add_parser("image", parents=[common], help="import, export, extract from or "
+                       "overlay onto an image")
     isub = i.add_subparsers(dest="image_command", required=True, parser_class=_Parser)
     imp = isub.add_parser("import", parents=[common], help="register FILE or URL as an image "
                           "(oned copies it with the datastore's cp)")
@@ -85,6 +94,25 @@ def parser():
     exp.add_argument("file", metavar="FILE")
     exp.add_argument("--format", default="raw", choices=images.FORMATS)
     exp.add_argument("--force", action="store_true", help="overwrite FILE")
+    ext = isub.add_parser("extract", parents=[common], help="a directory of an image's "
+                          "filesystem as FILE.tar.gz (read from a thin snapshot, offline)")
+    ext.add_argument("image", type=_positive, metavar="IMAGE_ID")
+    ext.add_argument("path", metavar="PATH", help="absolute path inside the image")
+    ext.add_argument("--out", required=True, metavar="FILE.tar.gz")
+    ext.add_argument("--partition", type=_positive, default=0, metavar="N",
+                     help="the partition holding the filesystem (default: the whole disk)")
+    ext.add_argument("--force", action="store_true", help="overwrite FILE")
+    ovl = isub.add_parser("overlay", parents=[common], help="a new image: IMAGE with a "
+                          "directory or tar.gz written under PATH (offline)")
+    ovl.add_argument("image", type=_positive, metavar="IMAGE_ID")
+    ovl.add_argument("source", metavar="DIR|FILE.tar.gz")
+    ovl.add_argument("--at", required=True, metavar="PATH", help="where, inside the image")
+    ovl.add_argument("--as", dest="new_name", required=True, metavar="NAME",
+                     help="the new image's name in oned")
+    ovl.add_argument("--partition", type=_positive, default=0, metavar="N",
+                     help="the partition holding the filesystem (default: the whole disk)")
+    ovl.add_argument("--timeout", type=_positive, default=3600,
+                     help="seconds to wait for oned's clone (default 3600)")
     s = sub.add_parser("smoke-test", parents=[common], help="instantiate a VM, check its disks "
                        "on its host, terminate it")
     s.add_argument("--template", required=True, type=_positive, help="VM template id")
@@ -106,17 +134,12 @@ def parser():
                    "is used as the storage node has it (NOT crash-consistent)")
     e = sub.add_parser("estimate", parents=[common], help="per host, the cost of placing a VM "
                        "there given what its caches hold, best first")
-    what = e.add_mutually_exclusive_group(required=True)
-    what.add_argument("--template", type=_positive, metavar="ID", help="a VM template")
-    what.add_argument("--image", type=_positive, metavar="ID", help="one image (a VM of it)")
+    _vm_source(e, "one image (a VM of it)")
     e.add_argument("--live", action="store_true", help="ask each host now, not the figures "
                    "its probe last gave oned (what the scheduler sees)")
     m = sub.add_parser("deploy", parents=[common], help="N VMs of a template or an image at "
                        "once, followed to RUNNING, with their times and the cache figures")
-    what = m.add_mutually_exclusive_group(required=True)
-    what.add_argument("--template", type=_positive, metavar="ID", help="a VM template")
-    what.add_argument("--image", type=_positive, metavar="ID", help="VMs of one image (128 MiB, "
-                      "one VCPU, the image as their only disk)")
+    _vm_source(m, "VMs of one image (128 MiB, one VCPU, the image as their only disk)")
     m.add_argument("--count", type=_positive, required=True, metavar="N")
     m.add_argument("--hosts", type=lambda v: [h for h in v.split(",") if h], default=[],
                    metavar="H1,H2", help="deploy round-robin on these hosts instead of letting "
@@ -268,6 +291,25 @@ def cmd_image(cloud, args, out):
             print(f"image {result['id']} ({result['name']}) in datastore {result['datastore']}: "
                   f"{result['state']}" + (f", {result['source']}" if result["source"] else ""),
                   file=out)
+        return 0
+    if args.image_command == "extract":
+        result = fsimages.extract(cloud, args.image, args.path, args.out, args.partition,
+                                  args.force)
+        if args.json:
+            output.emit_json(result, out)
+        else:
+            print(f"image {result['image']}: {result['path']} -> {result['file']} "
+                  f"({result['bytes']} bytes)", file=out)
+        return 0
+    if args.image_command == "overlay":
+        result = fsimages.overlay(cloud, args.image, args.source, args.at, args.new_name,
+                                  args.partition, timeout=args.timeout)
+        if args.json:
+            output.emit_json(result, out)
+        else:
+            print(f"image {result['image']} ({result['name']}): image {result['from']} with "
+                  f"{result['files']} file(s), {result['bytes']} bytes written at "
+                  f"{result['at']} ({result['fs']})", file=out)
         return 0
     result = images.export_image(cloud, args.image, args.file, args.format, args.force)
     if args.json:

@@ -92,6 +92,7 @@ MODULE_OF = {
     **dict.fromkeys(("checkpoint-take", "checkpoint-commit", "host-lost"), "txn_checkpoint"),
     **dict.fromkeys(("checkpoint-drain", "checkpoint-resume"), "cmd_checkpoint"),
     **dict.fromkeys(("dir-pack", "dir-unpack", "file-put", "path-remove"), "cmd_vmdir"),
+    **dict.fromkeys(("image-extract", "image-overlay"), "cmd_fsimage"),
 }
 
 

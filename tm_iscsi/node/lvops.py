@@ -176,7 +176,7 @@ def remove(rep, name, verb="remove"):
     if lv.is_thin_pool:
         raise NodeError(f"{rep.name}/{name} is the thin pool; tm_iscsi removes volumes, not pools")
     confine.require_owned(lv, verb)
-    _require_unexported(rep, lv)
+    require_unexported(rep, lv)
     _run.info(f"removing {rep.name}/{name}")
     lvm.remove(rep.name, name)
     return True
@@ -197,7 +197,7 @@ def replace_with_snapshot(rep, name, snap_name, tags, max_fill):
     current = rep.get(name)
     if current is not None:
         confine.require_owned(current, "revert")
-        _require_unexported(rep, current)
+        require_unexported(rep, current)
     elif rep.get(previous) is None:
         raise NodeError(f"{vg}/{name} does not exist; nothing to revert")
     # A run that stopped half-way: its old content back under the LV's name, its scratch gone.
@@ -218,7 +218,7 @@ def replace_with_snapshot(rep, name, snap_name, tags, max_fill):
     return snap.size_bytes
 
 
-def _require_unexported(rep, lv):
+def require_unexported(rep, lv):
     from . import lio
     with lio.config_lock():
         users = lio.users_of_device(lv.path, naming.backstore_name(rep.name, lv.name))

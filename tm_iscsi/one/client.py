@@ -286,6 +286,14 @@ class OneClient:
         return _as_id(self.call("template.instantiate", int(template_id), name, bool(hold), extra, False),
                       "template.instantiate")
 
+    def image_clone(self, image_id, name, ds_id=-1):
+        """``oneimage clone``: a new image of the same content (the datastore's clone); its id."""
+        return _as_id(self.call("image.clone", int(image_id), name, int(ds_id)), "image.clone")
+
+    def image_delete(self, image_id):
+        """``oneimage delete`` (the datastore's rm)."""
+        return self.call("image.delete", int(image_id), False)
+
     def vm_allocate(self, template, hold=False):
         """``onevm create``: a new VM from a template text; its id."""
         return _as_id(self.call("vm.allocate", template, bool(hold)), "vm.allocate")
