@@ -28,6 +28,8 @@ MINUTES = {
     "tests/lab/test_checkpoint.py": 15,
     "tests/lab/test_driver_concurrency.py": 6,
     "tests/lab/test_mass_deploy.py": 9,
+    "tests/lab/test_image_fs.py": 3,
+    "tests/lab/test_placement.py": 2,
     "tests/lab/test_dmcache_stacks.py": 8,
     "tests/lab/test_demo.py": 6,
     "tests/lab/test_node_host.py": 3,

@@ -39,7 +39,7 @@ def vg(mocker, monkeypatch, tmp_path):
     for name in ("create_snapshot", "rename", "remove", "change_tags"):
         mocker.patch.object(lvm, name, side_effect=getattr(fake, name))
     mocker.patch.object(lvm, "report", side_effect=fake.report)
-    mocker.patch.object(lvops, "_require_unexported")
+    mocker.patch.object(lvops, "require_unexported")
     for name in ("unexport", "save_config"):
         mocker.patch.object(lio, name)
     monkeypatch.setattr(locks, "LOCK_DIR", str(tmp_path / "locks"))

@@ -67,7 +67,7 @@ def vg(mocker):
     fake = FakeVG()
     for name in ("create_snapshot", "rename", "remove"):
         mocker.patch.object(lvm, name, side_effect=getattr(fake, name))
-    mocker.patch.object(lvops, "_require_unexported")
+    mocker.patch.object(lvops, "require_unexported")
     return fake
 
 

@@ -56,8 +56,9 @@ def image_extract(args):
         with locks.lock("lv", f"{args.vg}/{args.lv}"):
             origin = _image_lv(args.vg, args.lv, "read")
             rep = lvm.report(args.vg)
-            if rep.get(snapshot) is not None:
-                lvops.remove(rep, snapshot)     # an extract that died half-way
+            if rep.get(snapshot) is not None:     # an extract that died half-way
+                fsimage.release_stale(lvm.lv_path(args.vg, snapshot))
+                lvops.remove(rep, snapshot)
             _run.info(f"thin snapshot {args.vg}/{snapshot} of {origin.name} to read from")
             lvm.create_snapshot(args.vg, origin.name, snapshot,
                                 lvops.stamped(naming.lv_tags(kind="extract")), active=True)
@@ -93,10 +94,11 @@ def image_overlay(args):
         if users:
             raise NodeError(f"{where} is the origin of {', '.join(users[:5])}: VMs or snapshots "
                             "use it, overlay a new image (a clone) instead")
-        if len(lv.attr) > 5 and lv.attr[5] == "o":
-            raise NodeError(f"{where} is open (in use on the storage node): refusing to write it")
         lvops.require_unexported(rep, lv)
         lvops.ensure_active(lv)
+        fsimage.release_stale(lv.path)             # an overlay that died half-way
+        if lvm.report(args.vg).get(lv.name).attr[5:6] == "o":
+            raise NodeError(f"{where} is open (in use on the storage node): refusing to write it")
         with fsimage.block_device(lv.path, args.partition, read_only=False) as device:
             fs = fsimage.filesystem_of(device, where + (f" partition {args.partition}"
                                                         if args.partition else ""))

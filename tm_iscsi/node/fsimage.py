@@ -74,6 +74,34 @@ def block_device(device, partition, read_only):
                  what=f"detaching {loop}")
 
 
+def release_stale(device):
+    """What a killed extract or overlay left on `device`: its mounts under MOUNT_ROOT and its
+    loop devices, so the re-run can remove or write the LV."""
+    real = os.path.realpath(device)
+    listed = _run.run(["losetup", "--noheadings", "--output", "NAME", "--associated", real],
+                      timeout=60, check=False, what=f"listing loop devices of {device}")
+    loops = listed.stdout.split() if listed.returncode == 0 else []
+    sources = {real, *loops}
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as mounts:
+            points = [line.split()[1] for line in mounts
+                      if line.split()[0] in sources or
+                      os.path.realpath(line.split()[0]) in sources]
+    except OSError:
+        points = []
+    for point in reversed(points):
+        if point.startswith(MOUNT_ROOT + "/"):
+            _run.info(f"unmounting {point}, left by an earlier run")
+            _run.run(["umount", point], timeout=300, what=f"unmounting {point}")
+            with contextlib.suppress(OSError):
+                os.rmdir(point)
+        else:
+            raise NodeError(f"{device} is mounted on {point}: unmount it first")
+    for loop in loops:
+        _run.run(["losetup", "--detach", loop], timeout=60, check=False,
+                 what=f"detaching {loop}")
+
+
 def filesystem_of(device, where):
     found = fs_type(device)
     if found not in MOUNT_OPTIONS:
