@@ -42,7 +42,7 @@ def test_twenty_vms_at_once_run_and_go(cloud):
     assert data["running"] == COUNT and data["failed"] == 0, data
     assert {v["host"] for v in data["vms"]} == {"host1", "host2"}
     assert all(v["seconds"] > 0 for v in data["vms"])
-    assert "deploy: 20/20 running, 0 failed" in result.stderr
+    assert "deploy [#########################] 20/20 running, 0 failed" in result.stderr
     print(f"mass deploy of {COUNT}: seconds to RUNNING {data['seconds']}")
     # Every VM's disk holds the image; one read cache of it per host, however many VMs.
     expected = sha_of_file(cloud.raw, 3)

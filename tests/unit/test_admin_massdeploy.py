@@ -109,7 +109,9 @@ def test_the_cli_reports_json_and_terminates(cloud, oned, template, capsys, monk
     monkeypatch.setattr(massdeploy.time, "sleep", lambda s: None)
     assert cli.main(["deploy", "--template", "4", "--count", "2", "--terminate-after",
                      "--json"], cloud=cloud) == 0
-    data = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
     assert data["running"] == 2 and data["terminated"] is True
+    assert "deploy [#########################] 2/2 running, 0 failed" in captured.err
     assert [c["host"] for c in data["caches"]] == ["host1"]
     assert ("terminate-hard", 1) in oned.vm_actions

@@ -420,7 +420,8 @@ def cmd_estimate(cloud, args, out):
 
 def cmd_deploy(cloud, args, out):
     def progress(running, failed, total):
-        line = f"deploy: {running}/{total} running, {failed} failed"
+        done = (running + failed) * 25 // max(total, 1)
+        line = f"deploy [{'#' * done}{'.' * (25 - done)}] {running}/{total} running, {failed} failed"
         if line != getattr(progress, "last", None):
             progress.last = line
             print(line, file=sys.stderr, flush=True)
