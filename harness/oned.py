@@ -524,8 +524,10 @@ class OnedStandIn:
             if host is None:
                 return [False, "[one.vm.deploy] Error getting host [%d]." % host_id, NO_EXISTS]
             vm = ET.fromstring(self._documents["vm"][vm_id])
-            if vm.findtext("STATE") not in ("1", "2"):
-                return [False, "[one.vm.deploy] Wrong state to perform action", ACTION]
+            # VirtualMachineAPI::deploy (7.4): PENDING, HOLD, STOPPED or UNDEPLOYED.
+            if vm.findtext("STATE") not in ("1", "2", "4", "9"):
+                return [False, "[one.vm.deploy] Deploy action is not available for state %s"
+                        % _vm_state_name(vm.findtext("STATE")), ACTION]
         name = ET.fromstring(host).findtext("NAME")
         self.edit_with("vm", vm_id, lambda root: _add_history(root, vm_id, name, host_id))
         return [True, vm_id, 0]
@@ -640,6 +642,11 @@ _VM_HOOK_ON = {"PROLOG": ("ACTIVE", "PROLOG"), "RUNNING": ("ACTIVE", "RUNNING"),
                "DONE": ("DONE", "LCM_INIT"), "UNKNOWN": ("ACTIVE", "UNKNOWN")}
 _HOST_STATES = {"INIT", "MONITORING_MONITORED", "MONITORED", "ERROR", "DISABLED",
                 "MONITORING_ERROR", "MONITORING_INIT", "MONITORING_DISABLED", "OFFLINE"}
+
+
+def _vm_state_name(number):
+    from tm_iscsi.one.states import VmState
+    return VmState(int(number)).name
 
 
 def _vm_states():

@@ -115,3 +115,11 @@ def test_the_cli_reports_json_and_terminates(cloud, oned, template, capsys, monk
     assert "deploy [#########################] 2/2 running, 0 failed" in captured.err
     assert [c["host"] for c in data["caches"]] == ["host1"]
     assert ("terminate-hard", 1) in oned.vm_actions
+
+
+def test_a_running_vm_cannot_be_deployed_again(oned, cloud, template):
+    from tm_iscsi.one.errors import OneError
+    vm_id = cloud.one.template_instantiate(4, "x")
+    _running(oned, vm_id)
+    with pytest.raises(OneError, match="Deploy action is not available for state ACTIVE"):
+        cloud.one.vm_deploy(vm_id, 0)

@@ -144,6 +144,8 @@ def parser():
     m.add_argument("--hosts", type=lambda v: [h for h in v.split(",") if h], default=[],
                    metavar="H1,H2", help="deploy round-robin on these hosts instead of letting "
                    "the scheduler place them")
+    m.add_argument("--wait", dest="wait", action="store_true", default=True,
+                   help="follow them to RUNNING (the default)")
     m.add_argument("--no-wait", dest="wait", action="store_false",
                    help="return once oned has the VMs")
     m.add_argument("--terminate-after", action="store_true",
