@@ -13,7 +13,7 @@ import stat
 import sys
 import tempfile
 
-from .. import naming
+from .. import naming, protocol
 from . import confine, iscsi, lio, locks, lvm, lvops
 from . import run as _run
 from .progress import Progress as _Progress, convert_with_progress
@@ -39,8 +39,8 @@ mkfs_argv = lvops.mkfs_argv
 
 NAME = _checked(naming.valid_name, "name (letters, digits and +_.- only)")
 IQN = _checked(iscsi.valid_iqn, "iSCSI name (iqn.YYYY-MM.domain[:name])")
-IQN_BASE = _checked(lambda v: iscsi.valid_iqn(v) and ":" not in v,
-                    "IQN base (iqn.YYYY-MM.domain, without ':')")
+IQN_BASE = _checked(protocol.valid_iqn_base, "IQN base (iqn.YYYY-MM.domain, without ':', at "
+                    f"most {protocol.IQN_BASE_MAX} characters)")
 
 
 

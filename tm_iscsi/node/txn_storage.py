@@ -43,7 +43,7 @@ def check_vg_host(req):
 
 
 def check_iqn_base(value):
-    _need(iscsi.valid_iqn(value) and ":" not in value, "iqn_base", value)
+    _need(protocol.valid_iqn_base(value), "iqn_base", value)
 
 
 def _check_common(req):
