@@ -287,38 +287,27 @@ def cmd_image(cloud, args, out):
         result = images.import_image(cloud, args.source, args.datastore, args.name, args.type,
                                      args.persistent, wait=not args.no_wait,
                                      timeout=args.timeout)
-        if args.json:
-            output.emit_json(result, out)
-        else:
-            print(f"image {result['id']} ({result['name']}) in datastore {result['datastore']}: "
-                  f"{result['state']}" + (f", {result['source']}" if result["source"] else ""),
-                  file=out)
-        return 0
-    if args.image_command == "extract":
+        text = (f"image {result['id']} ({result['name']}) in datastore {result['datastore']}: "
+                f"{result['state']}" + (f", {result['source']}" if result["source"] else ""))
+    elif args.image_command == "extract":
         result = fsimages.extract(cloud, args.image, args.path, args.out, args.partition,
                                   args.force)
-        if args.json:
-            output.emit_json(result, out)
-        else:
-            print(f"image {result['image']}: {result['path']} -> {result['file']} "
-                  f"({result['bytes']} bytes)", file=out)
-        return 0
-    if args.image_command == "overlay":
+        text = (f"image {result['image']}: {result['path']} -> {result['file']} "
+                f"({result['bytes']} bytes)")
+    elif args.image_command == "overlay":
         result = fsimages.overlay(cloud, args.image, args.source, args.at, args.new_name,
                                   args.partition, timeout=args.timeout)
-        if args.json:
-            output.emit_json(result, out)
-        else:
-            print(f"image {result['image']} ({result['name']}): image {result['from']} with "
-                  f"{result['files']} file(s), {result['bytes']} bytes written at "
-                  f"{result['at']} ({result['fs']})", file=out)
-        return 0
-    result = images.export_image(cloud, args.image, args.file, args.format, args.force)
+        text = (f"image {result['image']} ({result['name']}): image {result['from']} with "
+                f"{result['files']} file(s), {result['bytes']} bytes written at "
+                f"{result['at']} ({result['fs']})")
+    else:
+        result = images.export_image(cloud, args.image, args.file, args.format, args.force)
+        text = (f"image {result['image']} ({result['lv']}, {result['image_bytes']} bytes) -> "
+                f"{result['file']} ({result['format']}, {result['file_bytes']} bytes)")
     if args.json:
         output.emit_json(result, out)
     else:
-        print(f"image {result['image']} ({result['lv']}, {result['image_bytes']} bytes) -> "
-              f"{result['file']} ({result['format']}, {result['file_bytes']} bytes)", file=out)
+        print(text, file=out)
     return 0
 
 

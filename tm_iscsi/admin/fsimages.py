@@ -17,7 +17,7 @@ from .. import naming, protocol
 from ..errors import DriverError
 from ..one.errors import OneError
 from ..one.states import ImageState
-from .images import _Counting, _partial, _watch
+from .images import _Counting, _partial, _watch, checked_dest, image_lv
 from .progress import Progress
 
 
@@ -28,26 +28,10 @@ def _checked_path(path):
         raise DriverError(str(err))
 
 
-def _image_lv(cloud, image_id):
-    image = cloud.one.image_info(image_id)
-    try:
-        vg, lv = naming.parse_source(image.require_source())
-    except ValueError as err:
-        raise DriverError(f"image {image_id}: {err}")
-    ds = cloud.datastore(image.datastore_id)
-    return image, ds, vg, lv
-
-
 def extract(cloud, image_id, path, dest, partition=0, force=False, out=None):
     inner = _checked_path(path)
-    dest = os.path.abspath(dest)
-    if os.path.isdir(dest):
-        raise DriverError(f"{dest} is a directory; give the file to write (.tar.gz)")
-    if os.path.exists(dest) and not force:
-        raise DriverError(f"{dest} exists; remove it or add --force")
-    if not os.access(os.path.dirname(dest), os.W_OK):
-        raise DriverError(f"cannot write into {os.path.dirname(dest)}")
-    _image, ds, vg, lv = _image_lv(cloud, image_id)
+    dest = checked_dest(dest, force, " (.tar.gz)")
+    _image, ds, vg, lv = image_lv(cloud, image_id)
     partial = _partial(dest)
     progress = Progress(f"extracting {inner} of image {image_id}", 0, out)
     stop = threading.Event()
@@ -110,7 +94,7 @@ def overlay(cloud, image_id, source, at, name, partition=0, timeout=3600, poll=2
     inner = _checked_path(at)
     if not name or not name.isprintable() or len(name) > 128:
         raise DriverError("--as NAME: the new image's name (printable, at most 128 characters)")
-    original, ds, _vg, _lv = _image_lv(cloud, image_id)
+    original, ds, _vg, _lv = image_lv(cloud, image_id)
     workdir = tempfile.mkdtemp(prefix="tm-iscsi-overlay-")
     try:
         archive = _archive(source, workdir)

@@ -120,26 +120,38 @@ def _partial(dest):
     return os.path.join(os.path.dirname(dest) or ".", f".{os.path.basename(dest)}.partial")
 
 
+def checked_dest(dest, force, kind=""):
+    """The absolute path of a file the command is to write, refused before anything is read:
+    a directory, an existing file without --force, a directory it cannot write into."""
+    dest = os.path.abspath(dest)
+    if os.path.isdir(dest):
+        raise DriverError(f"{dest} is a directory; give the file to write{kind}")
+    if os.path.exists(dest) and not force:
+        raise DriverError(f"{dest} exists; remove it or add --force")
+    if not os.access(os.path.dirname(dest), os.W_OK):
+        raise DriverError(f"cannot write into {os.path.dirname(dest)}")
+    return dest
+
+
+def image_lv(cloud, image_id):
+    """(image, its datastore's config, vg, lv) of an iscsi_lvm image."""
+    image = cloud.one.image_info(image_id)
+    try:
+        vg, lv = naming.parse_source(image.require_source())
+    except ValueError as err:
+        raise DriverError(f"image {image_id}: {err}")
+    return image, cloud.datastore(image.datastore_id), vg, lv
+
+
 def export_image(cloud, image_id, dest, fmt="raw", force=False, out=None, which=shutil.which):
     if fmt not in FORMATS:
         raise DriverError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     if fmt == "qcow2" and not which("qemu-img"):
         raise DriverError("qcow2 export needs qemu-img on the front-end: apt-get install "
                           "qemu-utils (RHEL: dnf install qemu-img), or export raw")
-    dest = os.path.abspath(dest)
-    if os.path.isdir(dest):
-        raise DriverError(f"{dest} is a directory; give the file to write")
-    if os.path.exists(dest) and not force:
-        raise DriverError(f"{dest} exists; remove it or add --force")
+    dest = checked_dest(dest, force)
     directory = os.path.dirname(dest)
-    if not os.access(directory, os.W_OK):
-        raise DriverError(f"cannot write into {directory}")
-    image = cloud.one.image_info(image_id)
-    try:
-        vg, lv = naming.parse_source(image.require_source())
-    except ValueError as err:
-        raise DriverError(f"image {image_id}: {err}")
-    ds = cloud.datastore(image.datastore_id)
+    image, ds, vg, lv = image_lv(cloud, image_id)
     node = cloud.node(ds.storage_host)
     info = node.call("lv-info", "--vg", vg, "--lv", lv)
     if not info.get("exists"):

@@ -34,10 +34,10 @@ def _partition(value):
     return int(value)
 
 
-def _image_lv(vg, name, verb):
+def _image_lv(rep, name, verb):
     if not naming.is_source_lv(name):
-        raise NodeError(f"{vg}/{name} is not an image's LV (img-<id>)")
-    return lvops.require_lv(lvm.report(vg), name, verb)
+        raise NodeError(f"{rep.name}/{name} is not an image's LV (img-<id>)")
+    return lvops.require_lv(rep, name, verb)
 
 
 def _options(p, path_flag):
@@ -54,8 +54,8 @@ def image_extract(args):
     snapshot = args.lv + EXTRACT_SUFFIX
     with locks.lock("extract", f"{args.vg}/{args.lv}"):
         with locks.lock("lv", f"{args.vg}/{args.lv}"):
-            origin = _image_lv(args.vg, args.lv, "read")
             rep = lvm.report(args.vg)
+            origin = _image_lv(rep, args.lv, "read")
             if rep.get(snapshot) is not None:     # an extract that died half-way
                 fsimage.release_stale(lvm.lv_path(args.vg, snapshot))
                 lvops.remove(rep, snapshot)
@@ -89,15 +89,16 @@ def image_overlay(args):
     where = f"{args.vg}/{args.lv}"
     with locks.lock("lv", where):
         rep = lvm.report(args.vg)
-        lv = _image_lv(args.vg, args.lv, "write")
+        lv = _image_lv(rep, args.lv, "write")
         users = sorted(other.name for other in rep.lvs.values() if other.origin == lv.name)
         if users:
             raise NodeError(f"{where} is the origin of {', '.join(users[:5])}: VMs or snapshots "
                             "use it, overlay a new image (a clone) instead")
         lvops.require_unexported(rep, lv)
         lvops.ensure_active(lv)
-        fsimage.release_stale(lv.path)             # an overlay that died half-way
-        if lvm.report(args.vg).get(lv.name).attr[5:6] == "o":
+        if fsimage.release_stale(lv.path):         # an overlay that died half-way
+            lv = lvm.report(args.vg).get(lv.name)
+        if lv.attr[5:6] == "o":
             raise NodeError(f"{where} is open (in use on the storage node): refusing to write it")
         with fsimage.block_device(lv.path, args.partition, read_only=False) as device:
             fs = fsimage.filesystem_of(device, where + (f" partition {args.partition}"

@@ -76,7 +76,7 @@ def block_device(device, partition, read_only):
 
 def release_stale(device):
     """What a killed extract or overlay left on `device`: its mounts under MOUNT_ROOT and its
-    loop devices, so the re-run can remove or write the LV."""
+    loop devices, so the re-run can remove or write the LV. True when there was any."""
     real = os.path.realpath(device)
     listed = _run.run(["losetup", "--noheadings", "--output", "NAME", "--associated", real],
                       timeout=60, check=False, what=f"listing loop devices of {device}")
@@ -100,6 +100,7 @@ def release_stale(device):
     for loop in loops:
         _run.run(["losetup", "--detach", loop], timeout=60, check=False,
                  what=f"detaching {loop}")
+    return bool(points or loops)
 
 
 def filesystem_of(device, where):
