@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from .. import hostfacts, protocol
+from .. import cachemode, hostfacts, protocol
 from ..errors import DriverError
 from ..one.errors import OneError
 from . import status as status_mod
@@ -182,9 +182,9 @@ def place(cloud, vm):
             continue
         try:
             config = cloud.datastore(disk.datastore_id)
+            mode = cachemode.requested(disk, config)
         except (DriverError, OneError):
-            continue
-        mode = (disk.attr("CACHE_MODE") or config.cache_mode or "none").strip().lower()
+            continue   # another driver's disk, or one its deploy will refuse
         if config.cache_aware_placement and protocol.has_read(mode):
             asking.append(disk.image_id)
     images = tuple(sorted(set(asking)))
