@@ -59,6 +59,19 @@ _PROBE_LINE = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?:"((?:[^"\\]|\\.
                          r'([^\s"\[\]=,]+)|(\[.*\]))\s*$')
 
 
+def _new_vm_xml(vm_id, name, hold, template):
+    """A VM as oned has it right after it was created: PENDING (or HOLD), never placed."""
+    vm = ET.Element("VM")
+    for tag, value in (("ID", vm_id), ("NAME", name), ("STATE", 2 if hold else 1),
+                       ("LCM_STATE", 0), ("PREV_STATE", 0), ("PREV_LCM_STATE", 0),
+                       ("DEPLOY_ID", "")):
+        ET.SubElement(vm, tag).text = str(value)
+    vm.append(template)
+    ET.SubElement(vm, "USER_TEMPLATE")
+    ET.SubElement(vm, "HISTORY_RECORDS")
+    return ET.tostring(vm, encoding="unicode")
+
+
 def _add_history(root, vm_id, host_name, host_id):
     records = root.find("HISTORY_RECORDS")
     if records is None:
@@ -468,20 +481,13 @@ class OnedStandIn:
                 return [False, "[one.template.instantiate] Error getting template [%d]." % template_id, NO_EXISTS]
             vm_id = max(self._documents["vm"], default=-1) + 1
             source = ET.fromstring(xml)
-            vm = ET.Element("VM")
-            for tag, value in (("ID", vm_id), ("NAME", name or "%s-%d" % (source.findtext("NAME"), vm_id)),
-                               ("STATE", 2 if hold else 1), ("LCM_STATE", 0), ("PREV_STATE", 0),
-                               ("PREV_LCM_STATE", 0), ("DEPLOY_ID", "")):
-                ET.SubElement(vm, tag).text = str(value)
             template = source.find("TEMPLATE")
             template = ET.fromstring(ET.tostring(template)) if template is not None else ET.Element("TEMPLATE")
             for disk_id, disk in enumerate(template.findall("DISK")):
                 if disk.find("DISK_ID") is None:
                     ET.SubElement(disk, "DISK_ID").text = str(disk_id)
-            vm.append(template)
-            ET.SubElement(vm, "USER_TEMPLATE")
-            ET.SubElement(vm, "HISTORY_RECORDS")
-            self._documents["vm"][vm_id] = ET.tostring(vm, encoding="unicode")
+            self._documents["vm"][vm_id] = _new_vm_xml(
+                vm_id, name or "%s-%d" % (source.findtext("NAME"), vm_id), hold, template)
             self.instantiated.append((vm_id, template_id, name))
         return [True, vm_id, 0]
 
@@ -497,19 +503,13 @@ class OnedStandIn:
             return [False, "[one.vm.allocate] No DISK in template.", INTERNAL]
         with self._lock:
             vm_id = max(self._documents["vm"], default=-1) + 1
-            vm = ET.Element("VM")
-            for tag, value in (("ID", vm_id), ("NAME", attributes.get("NAME", "one-%d" % vm_id)),
-                               ("STATE", 2 if hold else 1), ("LCM_STATE", 0), ("PREV_STATE", 0),
-                               ("PREV_LCM_STATE", 0), ("DEPLOY_ID", "")):
-                ET.SubElement(vm, tag).text = str(value)
-            node = ET.SubElement(vm, "TEMPLATE")
+            node = ET.Element("TEMPLATE")
             for disk_id, disk in enumerate(disks):
                 element = ET.SubElement(node, "DISK")
                 for key, value in dict(disk, DISK_ID=str(disk_id)).items():
                     ET.SubElement(element, key.upper()).text = value
-            ET.SubElement(vm, "USER_TEMPLATE")
-            ET.SubElement(vm, "HISTORY_RECORDS")
-            self._documents["vm"][vm_id] = ET.tostring(vm, encoding="unicode")
+            self._documents["vm"][vm_id] = _new_vm_xml(
+                vm_id, attributes.get("NAME", "one-%d" % vm_id), hold, node)
         return [True, vm_id, 0]
 
     def _vm_deploy(self, vm_id, host_id, enforce=False, ds_id=-1, *_extra):
