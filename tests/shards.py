@@ -27,7 +27,7 @@ MINUTES = {
     "tests/lab/test_backup.py": 13,
     "tests/lab/test_checkpoint.py": 15,
     "tests/lab/test_driver_concurrency.py": 6,
-    "tests/lab/test_mass_deploy.py": 9,
+    "tests/lab/test_mass_deploy.py": 1,   # skipped for now (its test says why); 9 when it runs
     "tests/lab/test_image_fs.py": 3,
     "tests/lab/test_placement.py": 2,
     "tests/lab/test_dmcache_stacks.py": 8,
