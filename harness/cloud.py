@@ -4,7 +4,9 @@ remotes/ scripts on this machine (the front-end), and the nodes reached over the
 import base64
 import contextlib
 import hashlib
+import json
 import os
+import random
 import re
 import sys
 import time
@@ -58,6 +60,13 @@ class Cloud:
         self.tm = TransferManager(REMOTES, drivers=["iscsi_lvm"], env=self.env, timeout=600)
         self.ds = DatastoreManager(REMOTES, ds_drivers=["iscsi_lvm"], system_tms=["iscsi_lvm"],
                                    env=self.env, timeout=900)
+        self.mode = "none"
+        # Kill trials per converge() (0 in CI), their moments seeded per test (workdir's name).
+        self.converge_kills = int(os.environ.get("TM_ISCSI_CONVERGE_KILLS", "0"))
+        self._kill_rng = random.Random(
+            f"{os.environ.get('TM_ISCSI_KILL_SEED', 'kill')}-{self.workdir.name}")
+        # (action, whether the kill cut it) of each kill trial of this cloud's converge() calls.
+        self.kills = []
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -68,6 +77,7 @@ class Cloud:
             self.lab.node_helper(host, "cache-init", "--device", "/dev/ubdb")
 
     def set_cache_mode(self, mode):
+        self.mode = mode
         self.set_template_attr("datastore", 100, "CACHE_MODE", mode)
         self.set_template_attr("datastore", 101, "CACHE_MODE", mode)
 
@@ -118,29 +128,80 @@ class Cloud:
         On the nodes, a failure before call N leaves what a failure after call N-1 leaves (they
         differ only by the front-end's own work in between, which every re-run redoes), so only
         the first `before` is run: each re-run replays the whole action, and a call in the lab
-        takes about a second."""
+        takes about a second.
+
+        With TM_ISCSI_CONVERGE_KILLS=K (the soak, bench/soak_converge.py), the first K failures
+        are each followed by a run whose node helpers are killed -9 at a seeded random moment
+        (inside a node call, between two, or after the last): the first from the state before
+        the action, the others from what the failures and kills before them left."""
+        return self._converge(line.split()[0],
+                              lambda fault: self.tm_action(line, stdin=stdin, fault=fault),
+                              ("storage", "host1", "host2"), max_steps, window_key=line)[0]
+
+    def converge_ds(self, action, object_id, xml, max_steps=20):
+        """converge() for a DS action: failed before its first node call, then after each in
+        turn, each re-run from what the failure left; then run clean. Returns (node calls,
+        the clean run's result)."""
+        return self._converge(f"ds-{action}",
+                              lambda fault: self.ds_action(action, object_id, xml, fault=fault),
+                              ("storage",), max_steps)
+
+    # Per action (its whole line: MV stop and resume differ) and cache mode, the longest whole
+    # run seen, in seconds: the window a kill's moment is drawn from.
+    _seconds = {}
+
+    def _converge(self, name, run, nodes, max_steps, window_key=None):
+        window_key = (window_key or name, self.mode)
         faults = ["before:1"] + [f"after:{step}" for step in range(1, max_steps + 1)]
-        for fault in faults:
-            result = self.tm_action(line, stdin=stdin, fault=fault)
+        for index, fault in enumerate(faults):
+            started = time.monotonic()
+            result = run(fault)
             if result.success:
-                assert fault.startswith("after:"), f"{line}: fault {fault} was not hit"
+                assert fault.startswith("after:"), f"{name}: fault {fault} was not hit"
                 calls = int(fault.split(":")[1]) - 1
-                assert calls > 0, f"{line}: no node call at all"
-                final = self.tm_action(line, stdin=stdin)
+                assert calls > 0, f"{name}: no node call at all"
+                self._ran_whole(window_key, started)
+                started = time.monotonic()
+                final = run(None)
                 assert final.success, final.info
-                return calls
+                self._ran_whole(window_key, started)
+                return calls, final
             plain = plain_lines(result)
             assert len(plain) == 1 and "injected fault" in plain[0], result.stderr
-        raise AssertionError(f"{line}: more than {max_steps} node calls")
+            if index < self.converge_kills:
+                window = self._seconds.get(window_key, self.FIRST_KILL_WINDOW_S)
+                delay, killed = self._killed_during(lambda: run(None),
+                                                    self._kill_rng.uniform(0.0, window), nodes)
+                self.kills.append((name, not killed.success))
+                self._log_kill(name, delay, window, killed)
+        raise AssertionError(f"{name}: more than {max_steps} node calls")
+
+    def _ran_whole(self, key, started):
+        self._seconds[key] = max(self._seconds.get(key, 0.0), time.monotonic() - started)
+
+    # The window of the first kill of an action not yet run clean: most take 3-15 s in the lab.
+    FIRST_KILL_WINDOW_S = 10.0
+
+    def _log_kill(self, name, delay, window, result):
+        path = os.environ.get("TM_ISCSI_KILL_LOG")
+        if path:
+            with open(path, "a") as log:
+                log.write(json.dumps({"test": self.workdir.name, "mode": self.mode,
+                                      "action": name, "delay_s": round(delay, 2),
+                                      "window_s": round(window, 2),
+                                      "cut": not result.success}) + "\n")
 
     def killed_at_random(self, line, rng, max_delay, stdin=None,
                          nodes=("storage", "host1", "host2")):
         """Run the action and kill -9 every node helper process at a random moment of it (inside
         whichever transaction runs then, or between two). Returns (seconds the kill came at,
         the action's result)."""
-        delay = rng.uniform(0.0, max_delay)
+        return self._killed_during(lambda: self.tm_action(line, stdin),
+                                   rng.uniform(0.0, max_delay), nodes)
+
+    def _killed_during(self, run, delay, nodes):
         with ThreadPoolExecutor(1) as pool:
-            running = pool.submit(self.tm_action, line, stdin)
+            running = pool.submit(run)
             time.sleep(delay)
             for node in nodes:
                 # [e]: the pattern must not match this shell's own command line.
@@ -205,21 +266,6 @@ class Cloud:
         text = result.stdout.decode()
         self.oned.host_system_info(self.host_id(host), text)
         return text.splitlines()
-
-    def converge_ds(self, action, object_id, xml, max_steps=20):
-        """converge() for a DS action: failed before its first node call, then after each in
-        turn, each re-run from what the failure left; then run clean. Returns (node calls,
-        the clean run's result)."""
-        for fault in ["before:1"] + [f"after:{step}" for step in range(1, max_steps + 1)]:
-            result = self.ds_action(action, object_id, xml, fault=fault)
-            if result.success:
-                assert fault.startswith("after:"), f"{action}: fault {fault} was not hit"
-                final = self.ds_action(action, object_id, xml)
-                assert final.success, final.info
-                return int(fault.split(":")[1]) - 1, final
-            plain = plain_lines(result)
-            assert len(plain) == 1 and "injected fault" in plain[0], result.stderr
-        raise AssertionError(f"{action}: more than {max_steps} node calls")
 
     def ds_xml(self, folder, capture, **image_fields):
         """The captured driver action, with IMAGE fields replaced (e.g. PATH)."""

@@ -62,13 +62,18 @@ def balance(paths, shards=SHARDS):
     return [sorted(files) for _, files in loads]
 
 
-def _shard_command(index, files, pytest_args):
-    # A private tmpfs on /var/lib/one for this shard's front-end side; the lab's netns mounts
-    # made inside stay inside too.
+def with_private_var_lib_one(argv):
+    """argv run with a private tmpfs on /var/lib/one for its front-end side (a shard's, a soak
+    run's beside another lab's); the lab's netns mounts made inside stay inside too."""
     script = ('mkdir -p /var/lib/one && mount -t tmpfs -o mode=0755 tm-iscsi-shard /var/lib/one '
               '&& exec "$@"')
     return ["unshare", "--mount", "--propagation", "private", "bash", "-c", script, "shard",
-            sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *pytest_args, *files]
+            *argv]
+
+
+def _shard_command(index, files, pytest_args):
+    return with_private_var_lib_one([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                                     *pytest_args, *files])
 
 
 _COUNT = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)")

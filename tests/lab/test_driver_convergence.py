@@ -3,7 +3,11 @@
 
 Each action is failed at its 1st, 2nd, ... node call, before the call is sent and after it has
 done its work, each re-run starting from what the previous failure left; then it runs clean and
-the result must be the same as an undisturbed run's."""
+the result must be the same as an undisturbed run's.
+
+In CI each test runs in the cache modes it names below (`none` and `read+writeback` between them
+run every layer's code); bench/soak_converge.py runs them in every mode, with node helpers killed
+-9 inside the actions as well (TM_ISCSI_CONVERGE_MODES, TM_ISCSI_CONVERGE_KILLS)."""
 import hashlib
 import os
 import random
@@ -13,6 +17,7 @@ import pytest
 
 from harness.cloud import IMAGE_VG, SYSDIR, Cloud, sha_of_file
 from harness import fixtures
+from tm_iscsi.protocol import MODES
 
 DISK0 = f"{SYSDIR}/0/disk.0"
 CLONE = f"CLONE iscsi_lvm frontend:{IMAGE_VG}/img-0 host1:/var/lib/one//datastores/101/0/disk.0 0 100"
@@ -20,6 +25,17 @@ MKIMAGE = "MKIMAGE iscsi_lvm 512 raw host1:/var/lib/one//datastores/101/0/disk.2
 MIGRATE = ("MV iscsi_lvm host1:/var/lib/one//datastores/101/0/disk.0 "
            "host2:/var/lib/one//datastores/101/0/disk.0 0 100")
 DELETE = "DELETE iscsi_lvm host2:/var/lib/one//datastores/101/0/disk.0 0 100"
+HOST1_DISK0 = "host1:/var/lib/one//datastores/101/0/disk.0"
+FRONTEND_DISK0 = "frontend:/var/lib/one//datastores/101/0/disk.0"
+
+
+def modes(*in_ci):
+    """The cache modes a test runs in: those it names in CI, more when the soak asks
+    (TM_ISCSI_CONVERGE_MODES: `all` or a comma-separated list)."""
+    chosen = os.environ.get("TM_ISCSI_CONVERGE_MODES", "")
+    if not chosen:
+        return list(in_ci)
+    return [mode for mode in MODES if chosen == "all" or mode in chosen.split(",")]
 
 
 @pytest.fixture
@@ -31,13 +47,15 @@ def cloud(lab, tmp_path):
         yield c
 
 
-def test_clone_migrate_delete_converge_from_any_failed_step(cloud):
+@pytest.mark.parametrize("mode", modes("none"))
+def test_clone_migrate_delete_converge_from_any_failed_step(cloud, mode):
+    cloud.set_cache_mode(mode)
     calls = cloud.converge(CLONE)
-    # The initiator, one storage-node transaction, one host transaction.
+    # The initiator, one storage-node transaction, one host transaction, whatever the mode.
     assert calls == 3
     assert cloud.sha_on("host1", DISK0, 2) == sha_of_file(cloud.raw, 2)
-    assert len(cloud.sessions("host1")) == 1
-    assert [t["initiators"] for t in cloud.exports()] == [["iqn.2026-11.lab.tm-iscsi:host1"]]
+    assert len(_sessions_of(cloud, "host1", "vm-0-disk-0")) == 1
+    assert _initiators_of(cloud, "vm-0-disk-0") == [["iqn.2026-11.lab.tm-iscsi:host1"]]
 
     cloud.converge(MKIMAGE)
     assert cloud.lab.sh("host1", f"blockdev --getsize64 {SYSDIR}/0/disk.2").strip() == \
@@ -46,9 +64,9 @@ def test_clone_migrate_delete_converge_from_any_failed_step(cloud):
     written = cloud.write_on("host1", DISK0, b"converge-")
     cloud.converge(MIGRATE)
     assert cloud.sha_on("host2", DISK0, 0) == written
-    assert all(s["iqn"].endswith("vm-0-disk-2") for s in cloud.sessions("host1"))
-    clone_target = [t for t in cloud.exports() if t["iqn"].endswith("vm-0-disk-0")]
-    assert [t["initiators"] for t in clone_target] == [["iqn.2026-11.lab.tm-iscsi:host2"]]
+    # host1 keeps the volatile disk only (a read layer's base is released with its last user).
+    assert all("vm-0-disk-2" in s["iqn"] for s in cloud.sessions("host1"))
+    assert _initiators_of(cloud, "vm-0-disk-0") == [["iqn.2026-11.lab.tm-iscsi:host2"]]
 
     cloud.converge(DELETE)
     assert "vm-0-disk-0" not in cloud.lvs()
@@ -57,27 +75,40 @@ def test_clone_migrate_delete_converge_from_any_failed_step(cloud):
     assert cloud.sha_on("storage", f"/dev/{IMAGE_VG}/img-0", 2) == sha_of_file(cloud.raw, 2)
 
 
-def test_cached_clone_and_delete_converge_from_any_failed_step(cloud):
-    """read+writeback: base, map, three LUNs, the stack and the guard tags, each step failed."""
-    cloud.set_cache_mode("read+writeback")
+@pytest.mark.parametrize("mode", modes("read+writeback"))
+def test_clone_stop_resume_and_delete_converge_from_any_failed_step(cloud, mode):
+    """read+writeback: base, map, three LUNs, the stack and the guard tags, each step failed;
+    the stop flushes the write-back layer to the storage node, the resume builds it again."""
+    cloud.set_cache_mode(mode)
     calls = cloud.converge(CLONE)
     # The same three calls as mode none: base, map, guards and three LUNs are inside them.
     assert calls == 3
     assert cloud.sha_on("host1", DISK0, 2) == sha_of_file(cloud.raw, 2)
     written = cloud.write_on("host1", DISK0, b"cached-converge-", offset_mib=1)
-    cloud.converge("MV iscsi_lvm host1:/var/lib/one//datastores/101/0/disk.0 "
-                   "frontend:/var/lib/one//datastores/101/0/disk.0 0 100")
+    cloud.converge(f"MV iscsi_lvm {HOST1_DISK0} {FRONTEND_DISK0} 0 100")
     assert cloud.sha_on("storage", f"/dev/{IMAGE_VG}/vm-0-disk-0", 1) == written
-    cloud.converge("DELETE iscsi_lvm frontend:/var/lib/one//datastores/101/0/disk.0 0 100")
+    assert cloud.leftovers_on_hosts() == {}
+    cloud.converge(f"MV iscsi_lvm {FRONTEND_DISK0} {HOST1_DISK0} 0 100")
+    assert cloud.sha_on("host1", DISK0, 1) == written
+    assert cloud.sha_on("host1", DISK0, 2) == sha_of_file(cloud.raw, 2)
+    cloud.converge(DELETE.replace("host2", "host1"))
     assert [lv for lv in cloud.lvs() if lv.startswith("vm-0")] == []
     assert cloud.leftovers_on_hosts() == {}
+
+
+def _sessions_of(cloud, host, disk):
+    return [s for s in cloud.sessions(host) if s["iqn"].endswith(disk)]
+
+
+def _initiators_of(cloud, disk):
+    return [t["initiators"] for t in cloud.exports() if t["iqn"].endswith(disk)]
 
 
 LN = f"LN iscsi_lvm frontend:{IMAGE_VG}/img-1 host1:/var/lib/one//datastores/101/0/disk.1 0 100"
 SNAP = "iscsi_lvm host1:/var/lib/one//datastores/101/0/disk.0 {snap} 0 100"
 
 
-@pytest.mark.parametrize("mode", ["none", "read+writeback"])
+@pytest.mark.parametrize("mode", modes("none", "read+writeback"))
 def test_snapshot_saveas_resize_migrate_and_mvds_converge(cloud, mode):
     cloud.set_cache_mode(mode)
     mkfs = cloud.ds_action("mkfs", 1, cloud.ds_xml("02-image-create-datablock", "01-ds-mkfs"))
@@ -126,7 +157,7 @@ KILL_TRIALS = int(os.environ.get("TM_ISCSI_KILL_TRIALS", "3"))
 KILL_SEED = os.environ.get("TM_ISCSI_KILL_SEED", "kill")
 
 
-@pytest.mark.parametrize("mode", ["none", "read+writeback"])
+@pytest.mark.parametrize("mode", modes("none", "read+writeback"))
 def test_a_helper_killed_inside_a_transaction_converges_on_the_re_run(cloud, mode):
     """kill -9 of the node helper at seeded random moments of a deploy and of a terminate: the
     re-run converges, the disk holds the image's bytes, and the terminate leaves nothing."""
@@ -181,13 +212,14 @@ def test_every_ds_action_converges_and_a_failed_one_leaves_nothing(cloud):
     started = time.time() - 1
     _, exported = cloud.converge_ds("export", 1, cloud.ds_xml(folder, "01-ds-snap_revert"))
     path = exported.info.split("<IMPORT_SOURCE><![CDATA[")[1].split("]]>")[0]
-    # Only the two runs that succeeded (the first past the last fault, and the clean one) left
-    # a file for the market driver in the spool (where the driver says it is): every failed
-    # export removed its own.
+    # Only the runs that succeeded (the first past the last fault, the clean one, and a killed
+    # run the kill came too late for) left a file for the market driver in the spool (where the
+    # driver says it is): every failed export removed its own.
     spool = os.path.dirname(path)
     left = {name for name in os.listdir(spool) if name.startswith("img-1-") and
             os.path.getmtime(os.path.join(spool, name)) >= started}
-    assert len(left) == 2 and os.path.basename(path) in left, left
+    uncut = sum(1 for action, cut in cloud.kills if action == "ds-export" and not cut)
+    assert len(left) == 2 + uncut and os.path.basename(path) in left, left
     md5 = exported.info.split("<MD5><![CDATA[")[1].split("]]>")[0]
     assert hashlib.md5(open(path, "rb").read()).hexdigest() == md5
     for name in left:
@@ -198,10 +230,12 @@ def test_every_ds_action_converges_and_a_failed_one_leaves_nothing(cloud):
     assert [lv for lv in cloud.lvs() if lv.endswith(("-next", "-prev"))] == []
 
 
-def test_volatile_context_and_a_failed_live_migration_converge_with_caches(cloud, tmp_path):
-    """read+writeback: mkswap, context, premigrate then failmigrate (the migration given up
-    after the destination was prepared), each failed at every step and re-run."""
-    cloud.set_cache_mode("read+writeback")
+@pytest.mark.parametrize("mode", modes("read+writeback"))
+def test_volatile_context_and_a_failed_live_migration_converge_with_caches(cloud, tmp_path,
+                                                                           mode):
+    """mkswap, context, premigrate then failmigrate (the migration given up after the
+    destination was prepared), each failed at every step and re-run."""
+    cloud.set_cache_mode(mode)
     mkfs = cloud.ds_action("mkfs", 1, cloud.ds_xml("02-image-create-datablock", "01-ds-mkfs"))
     assert mkfs.success, mkfs.info
     for line in (CLONE, MKIMAGE, LN):
