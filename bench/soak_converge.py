@@ -11,6 +11,7 @@ tests without kills, each in the modes it names (none and read+writeback between
 One lab (TM_ISCSI_LAB_ID, default 0) and a private /var/lib/one, so a second part can run beside
 it on another lab; each run is added to the file's "runs", with the totals over all of them."""
 import argparse
+import fcntl
 import json
 import os
 import subprocess
@@ -82,17 +83,21 @@ def main():
         doc["output"] = [line for line in lines if line.startswith(("E ", "FAILED"))][:40] or \
             (result.stdout + result.stderr).splitlines()[-20:]
     out = Path(args.out)
-    try:
-        runs = json.loads(out.read_text()).get("runs", []) if out.exists() else []
-    except ValueError:
-        runs = []
-    runs.append(doc)
-    total = {"passed": all(r["passed"] for r in runs),
-             "tests_passed": sum(t["outcome"] == "passed" for r in runs for t in r["tests"]),
-             "kills": sum(r["kills"].get("kills", 0) for r in runs),
-             "kills_that_cut_an_action": sum(r["kills"].get("cut", 0) for r in runs),
-             "runs": runs}
-    out.write_text(json.dumps(total, indent=2) + "\n")
+    # Two parts on two labs may end together: one read-modify-write of the file at a time.
+    with open(out.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            runs = json.loads(out.read_text()).get("runs", []) if out.exists() else []
+        except ValueError:
+            runs = []
+        runs.append(doc)
+        total = {"passed": all(r["passed"] for r in runs),
+                 "tests_passed": sum(t["outcome"] == "passed" for r in runs for t in r["tests"]),
+                 "kills": sum(r["kills"].get("kills", 0) for r in runs),
+                 "kills_that_cut_an_action": sum(r["kills"].get("cut", 0) for r in runs),
+                 "runs": runs}
+        out.write_text(json.dumps(total, indent=2) + "\n")
+    out.with_suffix(".lock").unlink(missing_ok=True)
     print(json.dumps({k: v for k, v in doc.items() if k != "tests"}, indent=2))
     return 0 if doc["passed"] else 1
 
