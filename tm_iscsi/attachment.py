@@ -47,6 +47,7 @@ class Release:
     keep_wb_guard: bool = False
     map: str = "keep"
     wb_host: Optional[str] = None       # the write-back guard moves back here (failed migration)
+    keep: bool = False                  # kept as a new image: its size and tags are answered
 
 
 def planned(ctx, vm, disk_id, volume, link=None, **extra):
@@ -210,13 +211,16 @@ def _storage_release(ctx, host, initiator, groups, torn=None, reachable=True):
             disks.append(protocol.ReleaseDisk(
                 lv=r.volume.lv, unexport=r.unexport, remove=r.remove,
                 wb_clear=reachable and not r.keep_wb_guard, map=r.map, wb_host=r.wb_host,
-                release_base_of=r.image_lv if released else None))
+                release_base_of=r.image_lv if released else None, keep=r.keep))
         return protocol.StorageRelease(vg=ds.vg, host=host, initiator=initiator,
                                        iqn_base=ds.iqn_base, disks=disks)
 
+    released = {}
     for node, items in _per_storage_node(groups, request).items():
-        _call(ctx, node, protocol.STORAGE_RELEASE, [r for _, r in items], [],
-              ctx.settings.transaction_timeout)
+        for answer in _call(ctx, node, protocol.STORAGE_RELEASE, [r for _, r in items], [],
+                            ctx.settings.transaction_timeout):
+            released.update({d["lv"]: d for d in answer.get("disks", []) if "lv" in d})
+    return released
 
 
 def detach(ctx, host, releases, remove_dir=None):
@@ -224,10 +228,16 @@ def detach(ctx, host, releases, remove_dir=None):
     per storage node: its stack first (write-back data flushed to the storage node, or dropped
     when `flush` is False), then the LUNs; and the VM directory `remove_dir` with the last of
     them. Returns whether the directory went."""
+    return detach_and_report(ctx, host, releases, remove_dir)[0]
+
+
+def detach_and_report(ctx, host, releases, remove_dir=None):
+    """detach(), returning (whether the directory went, {LV: the storage node's answer for
+    it}): a kept disk's answer carries its size and tags."""
     groups = _by_datastore(releases)
     if not groups:
-        return False
-    torn, initiator, reachable, dir_removed = {}, None, True, False
+        return False, {}
+    torn, initiator, reachable, dir_removed, released = {}, None, True, False, {}
     if ctx.is_frontend(host):
         # The front-end holds no session: nothing of a host's to revoke (a shared CD-ROM's ACLs
         # are other hosts'); only what the VM owned goes.
@@ -247,8 +257,8 @@ def detach(ctx, host, releases, remove_dir=None):
             log.info(f"{err}; its cache stacks stay until it boots, and every ACL of "
                      f"{', '.join(r.volume.lv for g in groups for r in g)} is revoked")
     if groups:
-        _storage_release(ctx, host, initiator, groups, torn, reachable)
-    return dir_removed
+        released = _storage_release(ctx, host, initiator, groups, torn, reachable)
+    return dir_removed, released
 
 
 def detach_one(ctx, host, volume, link=None, **extra):

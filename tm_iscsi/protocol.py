@@ -493,15 +493,20 @@ class ReleaseDisk(_Record):
     wb_host: Optional[str] = None      # ... or is set to this host (a failed migration)
     map: str = "keep"                  # keep | stale | fresh | forget
     release_base_of: Optional[str] = None   # image whose base the host no longer uses
+    # Kept as a new image (TM_ISCSI_SYNC): marked SYNC_PENDING_TAG unless it is registered
+    # already, and answered with "exists", "size_bytes" and "tags" (what the registration needs).
+    keep: bool = False
 
     _TYPES = {"lv": (str, False), "unexport": (bool, False), "remove": (bool, False),
               "wb_clear": (bool, False), "wb_host": (str, True), "map": (str, False),
-              "release_base_of": (str, True)}
+              "release_base_of": (str, True), "keep": (bool, False)}
 
     def check(self, where):
         if self.map not in MAP_ACTIONS:
             raise ProtocolError(f"{where}: map {self.map!r} is not one of "
                                 f"{', '.join(MAP_ACTIONS)}")
+        if self.keep and self.remove:
+            raise ProtocolError(f"{where}: {self.lv} cannot be both kept and removed")
 
 
 StorageRelease._NESTED = {"disks": ReleaseDisk}

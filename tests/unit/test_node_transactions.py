@@ -257,6 +257,34 @@ def test_release_revokes_removes_the_vm_s_own_and_keeps_the_image(vg, capsys):
     assert again[0] == 0 and again[1]["disks"][0]["removed"] is False
 
 
+def test_release_of_a_kept_disk_marks_it_pending_once_and_answers_its_size_and_tags(vg, capsys):
+    run(capsys, "storage-attach", clone_request())
+    keep = protocol.StorageRelease(vg="vgt", host="host1", initiator=HOST1, disks=[
+        protocol.ReleaseDisk(lv="vm-7-disk-0", map="forget", keep=True),
+        protocol.ReleaseDisk(lv="vm-7-disk-9", keep=True)])
+    code, out, err = run(capsys, "storage-release", keep)
+    assert code == 0, err
+    kept, missing = out["disks"]
+    assert kept["exists"] is True and kept["size_bytes"] == vg.lvs["vm-7-disk-0"].size_bytes
+    assert protocol.SYNC_PENDING_TAG in kept["tags"]
+    assert set(kept["tags"]) == vg.tags("vm-7-disk-0")
+    assert missing == {"lv": "vm-7-disk-9", "removed": False, "exists": False}
+    # Registered meanwhile: a re-run marks nothing again.
+    vg._tags("vgt", "vm-7-disk-0", [protocol.SYNC_IMAGE_TAG + "42"], [protocol.SYNC_PENDING_TAG])
+    code, out, err = run(capsys, "storage-release", keep)
+    assert code == 0 and protocol.SYNC_PENDING_TAG not in out["disks"][0]["tags"]
+    assert protocol.SYNC_PENDING_TAG not in vg.tags("vm-7-disk-0")
+
+
+def test_a_disk_both_kept_and_removed_is_refused_before_any_change(vg, capsys):
+    run(capsys, "storage-attach", clone_request())
+    calls = len(vg.calls)
+    both = protocol.StorageRelease(vg="vgt", host="host1", initiator=HOST1, disks=[
+        protocol.ReleaseDisk(lv="vm-7-disk-0", remove=True, keep=True)])
+    code, _, err = run(capsys, "storage-release", both)
+    assert code == 2 and "both kept and removed" in err and len(vg.calls) == calls
+
+
 def test_release_clears_only_this_host_s_guard(vg, capsys):
     run(capsys, "storage-attach", clone_request())
     other = protocol.StorageRelease(vg="vgt", host="host2", initiator=HOST1, disks=[

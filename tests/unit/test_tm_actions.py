@@ -342,6 +342,7 @@ class LvState:
 
     def __init__(self, existing=()):
         self.lvs = {name: set() for name in existing}
+        self.size_bytes = 64 << 20
 
     def answers(self):
         def info(host, args):
@@ -367,8 +368,24 @@ class LvState:
         def remove(host, args):
             return {"removed": self.lvs.pop(args[3], None) is not None}
 
+        def release(host, args):
+            # What the node answers and marks for a kept disk (txn_storage._release).
+            disks = []
+            for disk in _request(args)["disks"]:
+                answer = {"lv": disk["lv"], "removed": False}
+                if disk.get("keep"):
+                    tags = self.lvs.get(disk["lv"])
+                    answer["exists"] = tags is not None
+                    if tags is not None:
+                        if not any(t.startswith(protocol.SYNC_IMAGE_TAG) for t in tags):
+                            tags.add(protocol.SYNC_PENDING_TAG)
+                        answer.update(size_bytes=self.size_bytes, tags=sorted(tags))
+                disks.append(answer)
+            return {"disks": disks}
+
         return {"lv-info": info, "lv-tag": tag, "lv-create": create, "lv-snapshot": create,
-                "lv-remove": remove, "exports": {"targets": []},
+                "lv-remove": remove, "storage-release": _each(release),
+                "exports": {"targets": []},
                 "stack-assemble": {"top": "/dev/mapper/tmi-top"},
                 "stack-teardown": {"existed": True, "read_cache_released": True},
                 "stack-flush": {"dirty_after_blocks": 0}}
@@ -468,17 +485,17 @@ def test_delete_with_sync_flushes_keeps_the_clone_as_an_image_and_drops_its_map(
     ET.SubElement(user, "TM_ISCSI_SYNC_NAME").text = "golden"
     allocated = []
     ctx.one.image_allocate = lambda template, ds_id: allocated.append((template, ds_id)) or 42
-    info = dict(lvs.answers())["lv-info"]
-    answers_info = lambda host, args: {**info(host, args), "size_bytes": 64 << 20}  # noqa: E731
-    ctx.node = lambda host, base=ctx.node: _with_answer(base(host), "lv-info", answers_info)
     calls.clear()
     line = "DELETE iscsi_lvm host1:/var/lib/one//datastores/101/0/disk.0 0 100"
     code, plain = _run(ctx, line, capsys)
     assert code == 0, plain
+    # The release answers the size and marks the disk pending: one retag after oned's answer.
+    assert [c for _, c, _ in calls] == ["host-detach", "storage-release", "lv-tag"]
     (host_disk,) = _request(next(a for _, c, a in calls if c == "host-detach"))["disks"]
     assert host_disk["flush"] is True
     (released,) = _request(next(a for _, c, a in calls if c == "storage-release"))["disks"]
-    assert released["remove"] is False and released["map"] == "forget"
+    assert released["remove"] is False and released["map"] == "forget" and released["keep"]
+    assert protocol.SYNC_PENDING_TAG not in lvs.lvs["vm-0-disk-0"]
     ((template, ds_id),) = allocated
     # YES keeps every non-persistent disk: this VM has one, so the name is the one asked for.
     assert ds_id == 100 and 'NAME = "golden"' in template

@@ -10,8 +10,9 @@ import ipaddress
 import secrets as _secrets
 
 from .. import naming, protocol
-from ..protocol import (BASE_GEN_TAG, RETIRED_TAG, STALE_MAP_TAG, WB_HOST_TAG, has_read,
-                        has_writeback, tag_value, without_read)
+from ..protocol import (BASE_GEN_TAG, RETIRED_TAG, STALE_MAP_TAG, SYNC_IMAGE_TAG,
+                        SYNC_PENDING_TAG, WB_HOST_TAG, has_read, has_writeback, tag_value,
+                        without_read)
 from . import confine, iscsi, lio, locks, lvm, lvops
 from . import run as _run
 from .chap import credentials_from_stdin
@@ -445,6 +446,9 @@ def _release(req):
                     delete = [t for t in lv.tags if t.startswith(WB_HOST_TAG)]
                 elif disk.wb_clear and owner == req.host:
                     delete = [WB_HOST_TAG + owner]
+                if disk.keep and SYNC_PENDING_TAG not in lv.tags and \
+                        not any(t.startswith(SYNC_IMAGE_TAG) for t in lv.tags):
+                    add.append(SYNC_PENDING_TAG)
                 if add or delete:
                     lvm.change_tags(req.vg, disk.lv, add, delete)
                 if delete:
@@ -452,6 +456,11 @@ def _release(req):
                     # nothing any more, and only pins the pool's blocks.
                     for name in naming.checkpoints_among(disk.lv, rep.lvs):
                         lvops.remove(rep, name)
+                if disk.keep:
+                    result.update(exists=True, size_bytes=lv.size_bytes,
+                                  tags=[t for t in lv.tags if t not in delete] + add)
+            elif disk.keep:
+                result["exists"] = False
             out.append(result)
     return {"vg": req.vg, "disks": out}
 

@@ -71,11 +71,11 @@ def delete_disk(ctx, args):
     # Dirty blocks of a disk that is deleted next are dropped, unless the user asked for the
     # disk to be kept: then they are flushed first. The region map described the VM's disk
     # against its image's base: a kept disk (a new image, no base yet) has no use for it.
-    attachment.detach(ctx, args.target.host, [Release(
+    _, released = attachment.detach_and_report(ctx, args.target.host, [Release(
         volume, args.target.path, flush=not owned, image_lv=image_lv, remove=owned,
-        map="forget" if keep else "keep")])
+        map="forget" if keep else "keep", keep=keep)])
     if keep:
-        sync.keep_as_image(ctx, vm, disk_id, volume)
+        sync.keep_as_image(ctx, vm, disk_id, volume, released.get(volume.lv))
     elif owned:
         log.info(f"removed {volume.vg}/{volume.lv}")
 

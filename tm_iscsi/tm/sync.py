@@ -61,10 +61,15 @@ def _allocate_with_free_name(ctx, name, template_of, ds_id):
                       f"{name}-{FREE_NAME_TRIES - 1}); set {NAME_ATTR} to another name")
 
 
-def keep_as_image(ctx, vm, disk_id, volume):
-    from . import storage
+def keep_as_image(ctx, vm, disk_id, volume, released):
+    """`released`: the storage node's answer for the disk's storage-release (keep), which
+    already marked it pending and holds its size and tags."""
     node = ctx.node(volume.ds.storage_host)
-    info = storage.lv_info(ctx, volume.ds, volume.lv)
+    info = released or {}
+    if "exists" not in info:
+        raise DriverError(f"cannot keep disk {disk_id} of VM {vm.id}: the storage node "
+                          f"{volume.ds.storage_host} did not answer for {volume.vg}/{volume.lv} "
+                          "(is tm_iscsi on it as new as on the front-end?)")
     if not info.get("exists"):
         raise DriverError(f"cannot keep disk {disk_id} of VM {vm.id}: {volume.vg}/{volume.lv} "
                           "does not exist")
@@ -85,7 +90,6 @@ def keep_as_image(ctx, vm, disk_id, volume):
             f'TYPE = "{"OS" if (disk.type or "").upper() in ("", "OS", "FILE", "BLOCK") else "DATABLOCK"}"',
             f'DESCRIPTION = "disk {disk_id} of VM {vm.id}, kept at terminate by tm_iscsi"',
         ])
-    node.call("lv-tag", "--vg", volume.vg, "--lv", volume.lv, "--add", PENDING_TAG)
     name, image_id = _allocate_with_free_name(ctx, name, template_of, volume.ds.ds_id)
     node.call("lv-tag", "--vg", volume.vg, "--lv", volume.lv,
               "--add", f"{protocol.SYNC_IMAGE_TAG}{image_id}",
