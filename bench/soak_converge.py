@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Soak of the convergence tests: every TM action oned emits and every DS action, failed before
-and after each of its node calls and re-run (tests/lab/test_driver_convergence.py and the live
-backup's convergence test), in every cache mode, and with the node helpers killed -9 at seeded
+and after each of its node calls and re-run (tests/lab/test_driver_convergence.py and the backup
+tests that converge prebackup, postbackup and restore), in every cache mode, and with the node helpers killed -9 at seeded
 random moments inside the actions: the first `--kills` failures of each action are each followed
 by a run that is killed, the first of them from the state before the action. CI runs the same
 tests without kills, each in the modes it names (none and read+writeback between them).
@@ -27,7 +27,10 @@ sys.path.insert(0, str(REPO))
 from tests.shards import with_private_var_lib_one  # noqa: E402  (sys.path above)
 
 TESTS = ["tests/lab/test_driver_convergence.py",
-         "tests/lab/test_backup.py::test_a_live_backup_converges_after_a_failure_at_any_step"]
+         "tests/lab/test_backup.py::test_a_live_backup_converges_after_a_failure_at_any_step",
+         "tests/lab/test_backup.py::test_full_backup_of_a_powered_off_vm_keeps_no_point",
+         "tests/lab/test_backup.py::"
+         "test_full_and_incremental_chain_restores_every_point_with_dirty_data"]
 
 
 def summary_of(junit_path, kill_log):

@@ -112,14 +112,19 @@ class Cloud:
     def transfer_file(self, folder, name):
         return self.transfer((fixtures.folder(folder) / "transfer" / name).read_text())
 
-    def tm_action(self, line, stdin=None, fault=None):
-        if fault is None:
+    def tm_action(self, line, stdin=None, fault=None, remotes=None, env=None):
+        """One action as one_tm runs it; `remotes` and `env` for another remotes tree (a
+        backup datastore's beside ours) and what its driver reads."""
+        if fault is None and remotes is None and env is None:
             return self.tm.run_action(line, stdin=stdin)
-        env = dict(self.env, TM_ISCSI_FAULT=fault)
-        manager = TransferManager(REMOTES, drivers=["iscsi_lvm"], env=env, timeout=600)
+        env = dict(self.env, **(env or {}))
+        if fault is not None:
+            env["TM_ISCSI_FAULT"] = fault
+        manager = TransferManager(remotes or REMOTES, drivers=["iscsi_lvm"], env=env,
+                                  timeout=600)
         return manager.run_action(line, stdin=stdin)
 
-    def converge(self, line, stdin=None, max_steps=40):
+    def converge(self, line, stdin=None, max_steps=40, remotes=None, env=None):
         """Fail the action before its first node call, then after each node call in turn (the
         call did its work, the action died), re-running it each time from the state the failure
         left; then run it clean. Returns the number of node calls of the action. Every failure
@@ -135,7 +140,8 @@ class Cloud:
         (inside a node call, between two, or after the last): the first from the state before
         the action, the others from what the failures and kills before them left."""
         return self._converge(line.split()[0],
-                              lambda fault: self.tm_action(line, stdin=stdin, fault=fault),
+                              lambda fault: self.tm_action(line, stdin=stdin, fault=fault,
+                                                           remotes=remotes, env=env),
                               ("storage", "host1", "host2"), max_steps, window_key=line)[0]
 
     def converge_ds(self, action, object_id, xml, max_steps=20):

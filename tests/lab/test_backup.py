@@ -184,8 +184,9 @@ def _restore_from_the_backup_datastore(cloud, tmp_path, fetched, points):
     # The transfer files oned 7.4 wrote for `onevm restore 0 4` and `... --increment 1
     # --disk-id 1` (fixture 30).
     transfers = fixtures.folder("30-backup-restore") / "transfer"
-    done = tm.run_transfer_text((transfers / "vm0.transfer.8.restore").read_text())
-    assert done.success, done.info
+    # The first also failed before and after each of its node calls, each re-run from there.
+    line = (transfers / "vm0.transfer.8.restore").read_text().strip()
+    cloud.converge(line, remotes=tree, env={backup_ds.BASE_ENV: str(base)})
     assert {d: _disk_sha(cloud, d) for d in DISKS} == points[2]
     done = tm.run_transfer_text((transfers / "vm0.transfer.9.restore").read_text())
     assert done.success, done.info
@@ -211,16 +212,19 @@ def _assert_caching(cloud):
 
 
 def test_full_backup_of_a_powered_off_vm_keeps_no_point(cloud, tmp_path):
+    """Each of the two actions also failed before and after each of its node calls and re-run
+    from what the failure left (the convergence tests' rule)."""
     written = cloud.write_on("host1", f"{SYSDIR}/0/disk.1", b"poweroff", offset_mib=5)
     vm_xml = _backup_config(cloud, "FULL")
     expected = _disk_sha(cloud, 1)
-    _backup(cloud, "prebackup", vm_xml)
+    cloud.converge(f"PREBACKUP iscsi_lvm {VM_DIR} 0:1 one-0 - 0 101", stdin=vm_xml)
     names = _fetch_backup(cloud, tmp_path / "bk")
     assert names == ["disk.0.0", "disk.1.0", "vm.xml"]
     assert _raw_sha(tmp_path / "bk" / "disk.1.0", tmp_path) == expected
     assert written
-    _backup(cloud, "postbackup", vm_xml)
+    cloud.converge(f"POSTBACKUP iscsi_lvm {VM_DIR} 0:1 one-0 - 0 101", stdin=vm_xml)
     assert not [n for n in cloud.lvs() if "-backup-" in n]
+    assert cloud.lab.sh("host1", f"test -e {BACKUP_DIR} && echo yes || echo no").strip() == "no"
 
 
 def test_a_failed_backup_leaves_nothing_and_the_retry_succeeds(cloud, tmp_path):
@@ -267,10 +271,16 @@ def test_a_live_backup_converges_after_a_failure_at_any_step(cloud, tmp_path):
         (work / path.name).write_bytes(path.read_bytes())
         chain.append(work / path.name)
     assert _raw_sha(_rebuild(chain, work / "merged.qcow2"), tmp_path) == expected
-    assert sorted(n for n in cloud.lvs() if "-backup-" in n) == [
-        "img-1-backup-0", "img-1-backup-1", "vm-0-disk-0-backup-0", "vm-0-disk-0-backup-1"]
+    points = ["img-1-backup-0", "img-1-backup-1", "vm-0-disk-0-backup-0", "vm-0-disk-0-backup-1"]
+    assert sorted(n for n in cloud.lvs() if "-backup-" in n) == points
     assert not [t for t in cloud.exports() if "-backup-" in t["iqn"]]
     assert not [s for s in cloud.sessions("host1") if "-backup-" in s["iqn"]]
+    _assert_caching(cloud)
+    # What oned runs once the backup datastore has the files: the directory goes, the chain's
+    # two points stay.
+    cloud.converge(f"POSTBACKUP_LIVE iscsi_lvm {VM_DIR} 0:1 one-0 - 0 101", stdin=vm_xml)
+    assert cloud.lab.sh("host1", f"test -e {BACKUP_DIR} && echo yes || echo no").strip() == "no"
+    assert sorted(n for n in cloud.lvs() if "-backup-" in n) == points
     _assert_caching(cloud)
 
 
