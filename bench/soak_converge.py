@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Soak of the convergence tests: every TM action oned emits and every DS action, failed before
-and after each of its node calls and re-run (tests/lab/test_driver_convergence.py and the backup
-tests that converge prebackup, postbackup and restore), in every cache mode, and with the node helpers killed -9 at seeded
-random moments inside the actions: the first `--kills` failures of each action are each followed
-by a run that is killed, the first of them from the state before the action. CI runs the same
-tests without kills, each in the modes it names (none and read+writeback between them).
+and after each of its node calls and re-run (tests/lab/test_driver_convergence.py and the
+backup tests that converge prebackup, postbackup and restore), in every cache mode, and with
+the node helpers killed -9 at seeded random moments inside the actions: the first `--kills`
+failures of each action are each followed by a run that is killed, the first of them from the
+state before the action. CI runs the same tests without kills, each in the modes it names
+(none and read+writeback between them).
 
     bench/soak_converge.py [--modes all|m1,m2] [--kills 2] [--seed S] [--out FILE]
                                                         -> bench/results/converge-soak.json
