@@ -2,7 +2,7 @@
 """Soak of the kill test: the node helper killed (-9) at seeded random moments inside the deploy
 and terminate transactions, `--trials` times per cache mode (200 in all by default), each re-run
 required to converge with the right bytes and nothing left (tests/lab/test_driver_convergence.py,
-`test_a_helper_killed_inside_a_transaction_converges_on_the_re_run`). CI runs 3 per mode.
+`test_a_helper_killed_inside_a_transaction_converges_on_the_re_run`). CI runs 1 per mode.
 
     bench/soak_kill.py [--trials 100] [--seed S] [--out FILE]   -> bench/results/kill-soak.json
 (each run is added to the file's "runs", with the totals over all of them)"""

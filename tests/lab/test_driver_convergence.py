@@ -108,7 +108,9 @@ LN = f"LN iscsi_lvm frontend:{IMAGE_VG}/img-1 host1:/var/lib/one//datastores/101
 SNAP = "iscsi_lvm host1:/var/lib/one//datastores/101/0/disk.0 {snap} 0 100"
 
 
-@pytest.mark.parametrize("mode", modes("none", "read+writeback"))
+# In CI in read+writeback only (its flushes around the snapshots are the paths mode none lacks),
+# so the whole run stays inside CI's time; the soak runs every mode.
+@pytest.mark.parametrize("mode", modes("read+writeback"))
 def test_snapshot_saveas_resize_migrate_and_mvds_converge(cloud, mode):
     cloud.set_cache_mode(mode)
     mkfs = cloud.ds_action("mkfs", 1, cloud.ds_xml("02-image-create-datablock", "01-ds-mkfs"))
@@ -151,9 +153,10 @@ def test_snapshot_saveas_resize_migrate_and_mvds_converge(cloud, mode):
     assert all(not t["iqn"].endswith("img-1") for t in cloud.exports())
 
 
-# Trials of the kill test in CI (bench/soak_kill.py runs 200), and the seed of their kill moments
-# (a soak run in several parts gives each its own).
-KILL_TRIALS = int(os.environ.get("TM_ISCSI_KILL_TRIALS", "3"))
+# Trials of the kill test in CI (bench/soak_kill.py runs 200; bench/soak_converge.py kills inside
+# every action), and the seed of their kill moments (a soak run in several parts gives each its
+# own).
+KILL_TRIALS = int(os.environ.get("TM_ISCSI_KILL_TRIALS", "1"))
 KILL_SEED = os.environ.get("TM_ISCSI_KILL_SEED", "kill")
 
 
