@@ -63,6 +63,8 @@ def main():
     parser.add_argument("--kills", type=int, default=2, help="kill trials per action converged")
     parser.add_argument("--seed", default="converge", help="seed of the kill moments")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "converge-soak.json"))
+    parser.add_argument("tests", nargs="*", default=TESTS,
+                        help="pytest node ids (default: every convergence test)")
     args = parser.parse_args()
     lab_id = os.environ.get("TM_ISCSI_LAB_ID", "0")
     started = time.monotonic()
@@ -75,11 +77,12 @@ def main():
                    TM_ISCSI_KILL_LOG=str(kill_log), TM_ISCSI_LAB_ID=lab_id,
                    TM_ISCSI_EXPORT_DIR=f"/var/tmp/tm_iscsi-export-soak{lab_id}")
         result = subprocess.run(with_private_var_lib_one(
-            [str(REPO / "tests" / "run"), *TESTS, "-q", "-p", "no:cacheprovider",
+            [str(REPO / "tests" / "run"), *args.tests, "-q", "-p", "no:cacheprovider",
              f"--junitxml={junit}"]), cwd=REPO, env=env, capture_output=True, text=True)
         lines = result.stdout.splitlines()
         tests, kills = summary_of(junit, kill_log) if junit.exists() else ([], {})
     doc = {"modes": args.modes, "kills_per_action": args.kills, "seed": args.seed,
+           "selected": args.tests,
            "passed": result.returncode == 0 and bool(tests), "seconds":
            round(time.monotonic() - started), "kills": kills, "tests": tests,
            "summary": [line for line in lines if line.strip()][-1:]}
