@@ -162,3 +162,35 @@ def test_ds_cp_of_a_backup_url_reads_it_once_and_a_failed_download_leaves_no_ima
     assert code == 1 and len(err) == 1 and "downloading" in err[0], err
     assert "lv-remove" in [c for _, c, _ in calls] or calls == []
     json.dumps(err)
+
+
+def test_a_write_that_fails_before_reading_the_download_reports_the_node_not_a_broken_pipe(
+        world, capsys):
+    """The storage node cannot be reached for the write: the administrator reads that, not the
+    downloader's broken pipe that follows from it; the scratch LV goes."""
+    from tm_iscsi.errors import DriverError
+    ctx, calls, _, base = world
+    for number, source in enumerate(["aaa111", "bbb222"]):
+        # Larger than a pipe holds, so the downloader is still writing when the write fails.
+        _qcow2(base / "0" / source / f"disk.0.{number}", mib=64)
+        with open(base / "0" / source / f"disk.0.{number}", "r+b") as f:
+            f.seek(1 << 20)
+            f.write(os.urandom(1 << 20))
+    plain_node = ctx.node
+
+    def node(host):
+        recorder = plain_node(host)
+        call = recorder.call
+
+        def failing(command, *args, **kwargs):
+            if command == "lv-write":
+                calls.append((host, command, list(args)))
+                raise DriverError("storage: ssh: connect to host storage port 22: Connection "
+                                  "refused")
+            return call(command, *args, **kwargs)
+        recorder.call = failing
+        return recorder
+    ctx.node = node
+    code, err = _run(ctx, f"{VM_DIR} 0 4 -1 -1", capsys)
+    assert code == 1 and len(err) == 1 and "Connection refused" in err[0], err
+    assert "lv-remove" in [c for _, c, _ in calls]

@@ -98,6 +98,25 @@ class _Downloaded:
     def read(self, size=-1):
         return self.proc.stdout.read(size)
 
+    def abandon(self):
+        """Let go of the download because the write failed. Returns the downloader's own error
+        if it had failed before that (the first cause), else None: once its reader is gone it
+        dies of a broken pipe, which says nothing."""
+        if self.closed:
+            return None
+        if self.proc.poll() is None:
+            self.proc.kill()
+            try:
+                self.close()
+            except DriverError:
+                pass
+            return None
+        try:
+            self.close()
+        except DriverError as err:
+            return err
+        return None
+
     def close(self):
         if self.closed:
             return
@@ -134,6 +153,18 @@ class _Prefixed:
 
     def close(self):
         self.stream.close()
+
+    def abandon(self):
+        return abandon(self.stream)
+
+
+def abandon(stream):
+    """Close `stream` after the write it fed failed: the download's own error if it had failed
+    first (the cause worth reporting), else None."""
+    if hasattr(stream, "abandon"):
+        return stream.abandon()
+    stream.close()
+    return None
 
 
 def open_image(path):

@@ -96,8 +96,13 @@ def create_from(ctx, ds, lv, path, size_mib_of, **owner):
                                        timeout=ctx.settings.copy_timeout)
         # A download that failed half-way says so here, before the LV counts as made.
         stream.close()
-    except DriverError:
+    except DriverError as err:
+        # A node call that failed first is the cause; the downloader then only dies of a broken
+        # pipe. A download that failed first is the cause of the write's failure.
+        cause = sources.abandon(stream)
         remove_quietly(ctx, ds, lv)
+        if cause is not None and cause is not err:
+            raise cause from err
         raise
     finally:
         stream.close()
