@@ -98,7 +98,9 @@ def main():
         except ValueError:
             runs = []
         runs.append(doc)
-        total = {"passed": all(r["passed"] for r in runs),
+        # A failed run stays on record; one marked "fixed_by" (by hand, naming the fix and the
+        # run that passed after it) no longer fails the total.
+        total = {"passed": all(r["passed"] or r.get("fixed_by") for r in runs),
                  "tests_passed": sum(t["outcome"] == "passed" for r in runs for t in r["tests"]),
                  "kills": sum(r["kills"].get("kills", 0) for r in runs),
                  "kills_that_cut_an_action": sum(r["kills"].get("cut", 0) for r in runs),
