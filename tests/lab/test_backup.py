@@ -7,6 +7,7 @@ the real DS cp; its bytes are the disk's bytes at that point. Then a FULL backup
 off VM, and a backup that fails after the storage node made its points: nothing is left and the
 VM caches again."""
 import hashlib
+import os
 import subprocess
 import xml.etree.ElementTree as ET
 
@@ -184,9 +185,15 @@ def _restore_from_the_backup_datastore(cloud, tmp_path, fetched, points):
     # The transfer files oned 7.4 wrote for `onevm restore 0 4` and `... --increment 1
     # --disk-id 1` (fixture 30).
     transfers = fixtures.folder("30-backup-restore") / "transfer"
-    # The first also failed before and after each of its node calls, each re-run from there.
     line = (transfers / "vm0.transfer.8.restore").read_text().strip()
-    cloud.converge(line, remotes=tree, env={backup_ds.BASE_ENV: str(base)})
+    if os.environ.get("TM_ISCSI_CONVERGE_MODES"):
+        # Under bench/soak_converge.py only: failed before and after each of its node calls and
+        # re-run from there (each run downloads and merges the chain again: 28 minutes of this
+        # test in the soak, too long for CI).
+        cloud.converge(line, remotes=tree, env={backup_ds.BASE_ENV: str(base)})
+    else:
+        done = tm.run_action(line)
+        assert done.success, done.info
     assert {d: _disk_sha(cloud, d) for d in DISKS} == points[2]
     done = tm.run_transfer_text((transfers / "vm0.transfer.9.restore").read_text())
     assert done.success, done.info
