@@ -104,17 +104,13 @@ class _Downloaded:
         dies of a broken pipe, which says nothing."""
         if self.closed:
             return None
-        if self.proc.poll() is None:
+        still_running = self.proc.poll() is None
+        if still_running:
             self.proc.kill()
-            try:
-                self.close()
-            except DriverError:
-                pass
-            return None
         try:
             self.close()
         except DriverError as err:
-            return err
+            return None if still_running else err
         return None
 
     def close(self):

@@ -101,7 +101,7 @@ def create_from(ctx, ds, lv, path, size_mib_of, **owner):
         # pipe. A download that failed first is the cause of the write's failure.
         cause = sources.abandon(stream)
         remove_quietly(ctx, ds, lv)
-        if cause is not None and cause is not err:
+        if cause is not None:
             raise cause from err
         raise
     finally:
