@@ -511,6 +511,24 @@ def _with_answer(node, command, answer):
     return node
 
 
+def before_each(ctx, command, hook):
+    """ctx.node's nodes run hook(host, args, kwargs) ahead of each `command` call (to look at
+    its stdin, or to fail it by raising)."""
+    plain = ctx.node
+
+    def node(host):
+        recorder = plain(host)
+        call = recorder.call
+
+        def hooked(name, *args, **kwargs):
+            if name == command:
+                hook(host, args, kwargs)
+            return call(name, *args, **kwargs)
+        recorder.call = hooked
+        return recorder
+    ctx.node = node
+
+
 @pytest.mark.parametrize("value, disk_id, wanted", [
     ("YES", 0, True), ("yes", 3, True), ("NO", 0, False), ("", 0, False), ("0", 0, True),
     ("0", 2, False), ("0 2", 2, True), ("0,2", 1, False), ("false", 0, False)])

@@ -16,7 +16,7 @@ from tm_iscsi.tm import main as tm_main
 from tm_iscsi.tm.backup import Plan
 from harness import fixtures
 
-from test_tm_actions import HOST1_IQN, FakeOne, RecordingNode, _ds
+from test_tm_actions import HOST1_IQN, FakeOne, RecordingNode, _ds, before_each
 
 LINE = "host1:/var/lib/one//datastores/101/0 0:1 one-0 - 0 101"
 
@@ -103,19 +103,7 @@ def test_the_payload_carries_the_vm_document_and_the_changed_ranges(world, capsy
     xml = _vm_xml("INCREMENT", 0)
     ctx, calls = world(xml)
     sent = []
-    node = ctx.node
-
-    def spy(host):
-        recorder = node(host)
-        original = recorder.call
-
-        def call(command, *args, **kwargs):
-            if command == "backup-write":
-                sent.append(kwargs["stdin"])
-            return original(command, *args, **kwargs)
-        recorder.call = call
-        return recorder
-    ctx.node = spy
+    before_each(ctx, "backup-write", lambda host, args, kwargs: sent.append(kwargs["stdin"]))
     assert _run(ctx, "prebackup_live", xml, capsys)[0] == 0
     vm_xml, ranges = protocol.parse_backup_payload(sent[0])
     assert base64.b64decode(vm_xml).decode() == xml

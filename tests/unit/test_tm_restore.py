@@ -16,7 +16,7 @@ from tm_iscsi.context import ActionContext
 from tm_iscsi.one.objects import Datastore, Image, VirtualMachine
 from tm_iscsi.tm import main as tm_main
 
-from test_tm_actions import HOST1_IQN, TRANSACTIONS, FakeOne, RecordingNode, _ds
+from test_tm_actions import HOST1_IQN, TRANSACTIONS, FakeOne, RecordingNode, _ds, before_each
 
 VM_DIR = "host1:/var/lib/one//datastores/101/0"
 
@@ -176,21 +176,11 @@ def test_a_write_that_fails_before_reading_the_download_reports_the_node_not_a_b
         with open(base / "0" / source / f"disk.0.{number}", "r+b") as f:
             f.seek(1 << 20)
             f.write(os.urandom(1 << 20))
-    plain_node = ctx.node
 
-    def node(host):
-        recorder = plain_node(host)
-        call = recorder.call
-
-        def failing(command, *args, **kwargs):
-            if command == "lv-write":
-                calls.append((host, command, list(args)))
-                raise DriverError("storage: ssh: connect to host storage port 22: Connection "
-                                  "refused")
-            return call(command, *args, **kwargs)
-        recorder.call = failing
-        return recorder
-    ctx.node = node
+    def unreachable(host, args, kwargs):
+        calls.append((host, "lv-write", list(args)))
+        raise DriverError("storage: ssh: connect to host storage port 22: Connection refused")
+    before_each(ctx, "lv-write", unreachable)
     code, err = _run(ctx, f"{VM_DIR} 0 4 -1 -1", capsys)
     assert code == 1 and len(err) == 1 and "Connection refused" in err[0], err
     assert "lv-remove" in [c for _, c, _ in calls]
