@@ -26,6 +26,22 @@ SYSDIR = "/var/lib/one/datastores/101"
 LOCAL_VG_DM_PREFIX = "tmi--cache-"  # device-mapper doubles the dash of the VG name
 
 
+def converge_modes(*in_ci):
+    """The cache modes a convergence test runs in: those it names in CI, more when
+    bench/soak_converge.py asks (TM_ISCSI_CONVERGE_MODES: `all` or a comma-separated list)."""
+    chosen = os.environ.get("TM_ISCSI_CONVERGE_MODES", "")
+    if not chosen:
+        return list(in_ci)
+    from tm_iscsi.protocol import MODES
+    return [mode for mode in MODES if chosen == "all" or mode in chosen.split(",")]
+
+
+def under_soak():
+    """Whether bench/soak_converge.py runs the tests (it always names the modes): for what is
+    converged there only."""
+    return bool(os.environ.get("TM_ISCSI_CONVERGE_MODES"))
+
+
 def driver_env(oned_env):
     env = dict(oned_env)
     env.update({

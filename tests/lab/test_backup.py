@@ -7,7 +7,6 @@ the real DS cp; its bytes are the disk's bytes at that point. Then a FULL backup
 off VM, and a backup that fails after the storage node made its points: nothing is left and the
 VM caches again."""
 import hashlib
-import os
 import subprocess
 import xml.etree.ElementTree as ET
 
@@ -16,7 +15,7 @@ import re
 import pytest
 
 from harness import backup_ds, fixtures
-from harness.cloud import IMAGE_VG, SYSDIR, Cloud, plain_lines
+from harness.cloud import IMAGE_VG, SYSDIR, Cloud, plain_lines, under_soak
 from harness.transfer import DatastoreManager, TransferManager
 
 FOLDER = "28-backup-full-live"
@@ -186,7 +185,7 @@ def _restore_from_the_backup_datastore(cloud, tmp_path, fetched, points):
     # --disk-id 1` (fixture 30).
     transfers = fixtures.folder("30-backup-restore") / "transfer"
     line = (transfers / "vm0.transfer.8.restore").read_text().strip()
-    if os.environ.get("TM_ISCSI_CONVERGE_MODES"):
+    if under_soak():
         # Under bench/soak_converge.py only: failed before and after each of its node calls and
         # re-run from there (each run downloads and merges the chain again: 28 minutes of this
         # test in the soak, too long for CI).

@@ -15,9 +15,8 @@ import time
 
 import pytest
 
-from harness.cloud import IMAGE_VG, SYSDIR, Cloud, sha_of_file
+from harness.cloud import IMAGE_VG, SYSDIR, Cloud, converge_modes as modes, sha_of_file
 from harness import fixtures
-from tm_iscsi.protocol import MODES
 
 DISK0 = f"{SYSDIR}/0/disk.0"
 CLONE = f"CLONE iscsi_lvm frontend:{IMAGE_VG}/img-0 host1:/var/lib/one//datastores/101/0/disk.0 0 100"
@@ -27,15 +26,6 @@ MIGRATE = ("MV iscsi_lvm host1:/var/lib/one//datastores/101/0/disk.0 "
 DELETE = "DELETE iscsi_lvm host2:/var/lib/one//datastores/101/0/disk.0 0 100"
 HOST1_DISK0 = "host1:/var/lib/one//datastores/101/0/disk.0"
 FRONTEND_DISK0 = "frontend:/var/lib/one//datastores/101/0/disk.0"
-
-
-def modes(*in_ci):
-    """The cache modes a test runs in: those it names in CI, more when the soak asks
-    (TM_ISCSI_CONVERGE_MODES: `all` or a comma-separated list)."""
-    chosen = os.environ.get("TM_ISCSI_CONVERGE_MODES", "")
-    if not chosen:
-        return list(in_ci)
-    return [mode for mode in MODES if chosen == "all" or mode in chosen.split(",")]
 
 
 @pytest.fixture
