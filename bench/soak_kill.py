@@ -1,20 +1,29 @@
 #!/usr/bin/env python3
 """Soak of the kill test: the node helper killed (-9) at seeded random moments inside the deploy
-and terminate transactions, `--trials` times per cache mode (200 in all by default), each re-run
-required to converge with the right bytes and nothing left (tests/lab/test_driver_convergence.py,
+and terminate transactions, `--trials` times per cache mode, each re-run required to converge
+with the right bytes and nothing left (tests/lab/test_driver_convergence.py,
 `test_a_helper_killed_inside_a_transaction_converges_on_the_re_run`). CI runs 1 per mode.
 
     bench/soak_kill.py [--trials 100] [--seed S] [--out FILE]   -> bench/results/kill-soak.json
-(each run is added to the file's "runs", with the totals over all of them)"""
+One lab (TM_ISCSI_LAB_ID, default 0) and a private /var/lib/one, so a second part (its own
+--seed) can run beside it on another lab; each run is added to the file's "runs", with the
+totals over all of them. A trial is one deploy and one terminate, each killed once."""
 import argparse
+import fcntl
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.shards import with_private_var_lib_one  # noqa: E402  (sys.path above)
+
+MODES = ["none", "read+writeback"]
 
 
 def main():
@@ -24,30 +33,45 @@ def main():
                         help="seed of the kill moments; a soak in several runs gives each its own")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "kill-soak.json"))
     args = parser.parse_args()
+    lab_id = os.environ.get("TM_ISCSI_LAB_ID", "0")
     started = time.monotonic()
-    env = dict(os.environ, TM_ISCSI_KILL_TRIALS=str(args.trials), TM_ISCSI_KILL_SEED=args.seed)
-    result = subprocess.run([str(REPO / "tests" / "run"), "tests/lab/test_driver_convergence.py",
-                             "-q", "-k", "killed"], cwd=REPO, env=env, capture_output=True,
-                            text=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        kill_log = Path(scratch) / "kills.jsonl"
+        kill_log.touch()
+        env = dict(os.environ, TM_ISCSI_KILL_TRIALS=str(args.trials), TM_ISCSI_KILL_SEED=args.seed,
+                   TM_ISCSI_KILL_LOG=str(kill_log), TM_ISCSI_LAB_ID=lab_id,
+                   TM_ISCSI_EXPORT_DIR=f"/var/tmp/tm_iscsi-export-soak{lab_id}")
+        result = subprocess.run(with_private_var_lib_one(
+            [str(REPO / "tests" / "run"), "tests/lab/test_driver_convergence.py", "-q",
+             "-p", "no:cacheprovider", "-k", "killed"]), cwd=REPO, env=env,
+            capture_output=True, text=True)
+        kills = [json.loads(line) for line in kill_log.read_text().splitlines() if line.strip()]
     lines = result.stdout.splitlines()
     tail = [line for line in lines if line.strip()][-3:]
-    doc = {"trials_per_mode": args.trials, "seed": args.seed, "modes": ["none", "read+writeback"],
-           "kills": 2 * 2 * args.trials, "passed": result.returncode == 0,
-           "seconds": round(time.monotonic() - started), "summary": tail}
+    doc = {"trials_per_mode": args.trials, "seed": args.seed, "modes": MODES,
+           "kills": len(kills), "kills_that_cut_an_action": sum(k["cut"] for k in kills),
+           "passed": result.returncode == 0, "seconds": round(time.monotonic() - started),
+           "summary": tail}
     if result.returncode != 0:
         # What failed, as pytest said it: the run's output is not kept anywhere else.
-        doc["failure"] = [line for line in lines if line.startswith(("E ", "FAILED"))][:40]
-    # A soak may be run in parts (each with its own --seed): every run is kept, with the totals.
+        doc["failure"] = [line for line in lines if line.startswith(("E ", "FAILED"))][:40] or \
+            (result.stdout + result.stderr).splitlines()[-20:]
     out = Path(args.out)
-    try:
-        runs = json.loads(out.read_text()).get("runs", []) if out.exists() else []
-    except ValueError:
-        runs = []
-    runs.append(doc)
-    total = {"trials_per_mode": sum(r["trials_per_mode"] for r in runs),
-             "kills": sum(r["kills"] for r in runs),
-             "passed": all(r["passed"] for r in runs), "runs": runs}
-    out.write_text(json.dumps(total, indent=2) + "\n")
+    # Two parts on two labs may end together: one read-modify-write of the file at a time.
+    with open(out.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            runs = json.loads(out.read_text()).get("runs", []) if out.exists() else []
+        except ValueError:
+            runs = []
+        runs.append(doc)
+        # A failed run stays on record; one marked "fixed_by" (by hand, naming the fix and the
+        # run that passed after it) no longer fails the total.
+        total = {"trials_per_mode": sum(r["trials_per_mode"] for r in runs),
+                 "kills": sum(r["kills"] for r in runs),
+                 "passed": all(r["passed"] or r.get("fixed_by") for r in runs), "runs": runs}
+        out.write_text(json.dumps(total, indent=2) + "\n")
+    out.with_suffix(".lock").unlink(missing_ok=True)
     print(json.dumps(doc, indent=2))
     return 0 if result.returncode == 0 else 1
 

@@ -218,8 +218,10 @@ class Cloud:
         """Run the action and kill -9 every node helper process at a random moment of it (inside
         whichever transaction runs then, or between two). Returns (seconds the kill came at,
         the action's result)."""
-        return self._killed_during(lambda: self.tm_action(line, stdin),
-                                   rng.uniform(0.0, max_delay), nodes)
+        delay = rng.uniform(0.0, max_delay)
+        delay, result = self._killed_during(lambda: self.tm_action(line, stdin), delay, nodes)
+        self._log_kill(line.split()[0], delay, max_delay, result)
+        return delay, result
 
     def _killed_during(self, run, delay, nodes):
         with ThreadPoolExecutor(1) as pool:
