@@ -109,11 +109,12 @@ def _cache_lvs(rep):
     return sizes
 
 
-def make_room(vg, need_bytes, keep=()):
+def make_room(vg, need_bytes, keep=(), rep=None):
     """With the VG lock held: evict unused read caches, least recently used first, until
     need_bytes are free. Returns the VG report; raises NoSpace when it cannot be done (and then
-    evicts nothing)."""
-    rep = lvm.local_report(vg)
+    evicts nothing). `rep`: the VG as the caller read it under that lock, if it changed nothing
+    since (each report is a full `vgs` of the VG)."""
+    rep = rep or lvm.local_report(vg)
     free = rep.free_bytes or 0
     if need_bytes <= free:
         return rep
@@ -202,14 +203,17 @@ def _table_matches(live, rec, base_dev):
 
 
 def _new_record(vg, cid, key, base_bytes, base_serial):
+    """The cache's two LVs made (room made first) and recorded; returns (the record, the VG
+    report read after making them)."""
     data_lv, meta_lv = lv_names(cid)
     meta_bytes = tables.clone_metadata_bytes(base_bytes, REGION_SECTORS)
     with locks.lock("localvg", vg):
         rep = lvm.local_report(vg)
-        localvg.release(vg, meta_lv, rep)
-        localvg.release(vg, data_lv, rep)
+        released = localvg.release(vg, meta_lv, rep)
+        released = localvg.release(vg, data_lv, rep) or released
         state.delete_record(cid)
-        rep = make_room(vg, rep.round_up(base_bytes) + rep.round_up(meta_bytes), keep={cid})
+        rep = make_room(vg, rep.round_up(base_bytes) + rep.round_up(meta_bytes), keep={cid},
+                        rep=None if released else rep)
         lv_tags = localvg.tags("readcache", rc=cid)
         localvg.allocate(vg, data_lv, base_bytes, lv_tags)
         localvg.allocate(vg, meta_lv, meta_bytes, lv_tags)
@@ -220,7 +224,7 @@ def _new_record(vg, cid, key, base_bytes, base_serial):
         data_uuid=rep.get(data_lv).uuid, meta_uuid=rep.get(meta_lv).uuid, size_bytes=base_bytes,
         region_sectors=REGION_SECTORS, base_serial=base_serial, created=now, last_used=now)
     state.save_record(rec)
-    return rec
+    return rec, rep
 
 
 def acquire(vg, key, base_dev, base_serial=None, warm_seconds=None):
@@ -248,8 +252,7 @@ def acquire(vg, key, base_dev, base_serial=None, warm_seconds=None):
                 dmsetup.remove(name)
                 dev = None
             _run.info(f"making the read cache of {key!r} ({base_bytes >> 20} MiB) in {vg}")
-            rec = _new_record(vg, cid, key, base_bytes, base_serial)
-            rep = lvm.local_report(vg)
+            rec, rep = _new_record(vg, cid, key, base_bytes, base_serial)
             created = True
         for lv_name in lv_names(cid):
             if not rep.get(lv_name).active:

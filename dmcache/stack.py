@@ -159,23 +159,29 @@ def _wb_size(req, clone_bytes, rep):
 
 def _allocate_wb(st, req, clone_bytes):
     """The write-back LVs, shrunk (halving, down to MIN_SIZE_BYTES) when the VG cannot hold the
-    size asked even after evicting unused read caches; NoSpaceForWriteback below that."""
+    size asked even after evicting unused read caches; NoSpaceForWriteback below that. Returns
+    the VG report if the LVs were there already, None if this made them (active, as lvcreate
+    leaves them)."""
     with locks.lock("localvg", st.vg):
         rep = lvm.local_report(st.vg)
         if st.wb and writeback.lvs_present(st.wb, rep):
             return rep
         wanted = st.wb.size_bytes if st.wb else _wb_size(req, clone_bytes, rep)
         # A half-made pair from an interrupted run goes first.
-        writeback.free(writeback.plan(st.vg, st.name, wanted))
+        if writeback.free(writeback.plan(st.vg, st.name, wanted), rep):
+            rep = lvm.local_report(st.vg)
         size = wanted
         floor = min(size, rep.round_up(writeback.MIN_SIZE_BYTES))
+        # The report read under this lock serves make_room until something in the VG changed.
+        unchanged = rep
         while True:
             wb = writeback.plan(st.vg, st.name, size)
             need = rep.round_up(size) + rep.round_up(writeback.meta_bytes(wb))
             try:
-                rep = readcache.make_room(st.vg, need)
+                rep = readcache.make_room(st.vg, need, rep=unchanged)
                 break
             except readcache.NoSpace as err:
+                unchanged = None   # it may have evicted some before giving up
                 if size <= floor:
                     raise NoSpaceForWriteback(f"no room for the write-back cache of {st.name} "
                                               f"(at least {floor >> 20} MiB): {err}")
@@ -186,7 +192,7 @@ def _allocate_wb(st, req, clone_bytes):
         st.wb = wb
         state.save_stack(st)
         writeback.allocate(wb, st.name)
-        return lvm.local_report(st.vg)
+        return None
 
 
 class NoSpaceForWriteback(NodeError):
@@ -333,7 +339,8 @@ def _build(req, st, sectors, clone_bytes, kept):
             rep = _allocate_wb(st, req, clone_bytes)
         else:
             rep = lvm.local_report(req.vg)
-        _activate_lvs(req.vg, (st.wb.data_lv, st.wb.meta_lv), rep)
+        if rep is not None:
+            _activate_lvs(req.vg, (st.wb.data_lv, st.wb.meta_lv), rep)
         ok = _layer_verdict(wbn, lambda t: writeback.matches(t, st.wb, req.clone_dev,
                                                               sectors))
         if ok:

@@ -70,9 +70,10 @@ def allocate(wb, stack):
     localvg.allocate(wb.vg, wb.data_lv, wb.size_bytes, lv_tags)
 
 
-def free(wb):
-    """Both LVs gone (True if any was there). Never while the device exists."""
-    rep = lvm.local_report(wb.vg, missing_ok=True)
+def free(wb, rep=None):
+    """Both LVs gone (True if any was there). Never while the device exists. `rep`: the VG as
+    the caller has just read it, if it has."""
+    rep = rep or lvm.local_report(wb.vg, missing_ok=True)
     if rep is None:
         return False
     gone = localvg.release(wb.vg, wb.data_lv, rep)

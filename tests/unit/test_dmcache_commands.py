@@ -347,7 +347,7 @@ def test_write_back_cache_shrinks_then_refuses(mocker, assemble_env):
     mocker.patch.object(lvm, "local_report", return_value=rep)
     mocker.patch.object(writeback, "free")
     allocate = mocker.patch.object(writeback, "allocate")
-    mocker.patch.object(readcache, "make_room", side_effect=lambda vg, need: (
+    mocker.patch.object(readcache, "make_room", side_effect=lambda vg, need, rep=None: (
         rep if need <= 300 << 20 else (_ for _ in ()).throw(readcache.NoSpace("full"))))
     out = stack.assemble(stack.Request(name="vm-1-disk-0", mode="writeback", clone_dev="/dev/c",
                                        wb_size_bytes=1 << 30))
@@ -364,6 +364,20 @@ def test_write_back_cache_shrinks_then_refuses(mocker, assemble_env):
     # A refused new stack leaves nothing behind: no device, no state file.
     assert "tmi-wb-vm-1-disk-0" not in assemble_env
     assert state.load_stack("vm-1-disk-0") is None
+
+
+def test_a_new_write_back_cache_reads_the_local_vg_once(mocker, assemble_env):
+    """Each report is a full `vgs` (0.2-0.5 s on a busy host): the one read under the VG lock
+    serves the half-made-pair check and the free-space check; the LVs lvcreate has just made are
+    active, so nothing reads the VG again after them."""
+    rep = lvm.VGReport("tmi-cache", 4 << 30, 300 << 20, 4 << 20, {})
+    report = mocker.patch.object(lvm, "local_report", return_value=rep)
+    allocate = mocker.patch.object(writeback, "allocate")
+    activate = mocker.patch.object(lvm, "activate")
+    stack.assemble(stack.Request(name="vm-1-disk-0", mode="writeback", clone_dev="/dev/c",
+                                 wb_size_bytes=64 << 20))
+    assert allocate.call_count == 1 and report.call_count == 1
+    activate.assert_not_called()
 
 
 def test_released_means_nothing_reads_the_base_any_more(mocker, fake_dm):

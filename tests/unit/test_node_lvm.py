@@ -125,3 +125,20 @@ def test_change_commands_raise_with_context(mocker):
     ("a#b", False), ("$(id)", False), ("a" * 129, False)])
 def test_valid_tag(tag, ok):
     assert lvm.valid_tag(tag) is ok
+
+
+def test_an_active_lv_in_dev_says_the_vg_exists(tmp_path):
+    dev, sysfs = tmp_path / "dev", tmp_path / "sys"
+    (sysfs / "block" / "dm-3" / "dm").mkdir(parents=True)
+    (sysfs / "block" / "dm-3" / "dm" / "name").write_text("tmi--cache-rc--1--data\n")
+    (dev / "tmi-cache").mkdir(parents=True)
+    (dev / "dm-3").write_text("")
+    assert not lvm.has_active_lv("tmi-cache", str(dev), str(sysfs))   # no link yet
+    (dev / "tmi-cache" / "rc-1-data").symlink_to("../dm-3")
+    assert lvm.has_active_lv("tmi-cache", str(dev), str(sysfs))
+    # A folder of that name whose links are not LVs of that VG (/dev/cpu, a stale link) is not.
+    (dev / "other").mkdir()
+    (dev / "other" / "x").symlink_to("../dm-3")
+    assert not lvm.has_active_lv("other", str(dev), str(sysfs))
+    assert not lvm.has_active_lv("missing", str(dev), str(sysfs))
+    assert lvm.dm_name("tmi-cache", "rc-1-data") == "tmi--cache-rc--1--data"

@@ -5,6 +5,7 @@ every LVM command costs about a second, and on a real storage node with hundreds
 metadata scan dominates too, so callers get a whole `VGReport` and look things up in it.
 """
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -31,6 +32,30 @@ def valid_tag(tag):
 
 def lv_path(vg, lv):
     return f"/dev/{vg}/{lv}"
+
+
+def dm_name(vg, lv):
+    """device-mapper's name of an LV (a dash inside a name is doubled)."""
+    return f"{vg.replace('-', '--')}-{lv.replace('-', '--')}"
+
+
+def has_active_lv(vg, dev="/dev", sysfs="/sys"):
+    """True if /dev/VG links to an active LV of VG (udev makes those links): the VG exists, known
+    without a `vgs` of it. False says nothing either way (no LV of it active, or no udev)."""
+    folder = os.path.join(dev, vg)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return False
+    for lv in names:
+        kname = os.path.basename(os.path.realpath(os.path.join(folder, lv)))
+        try:
+            with open(os.path.join(sysfs, "block", kname, "dm", "name")) as f:
+                if f.read().strip() == dm_name(vg, lv):
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 @dataclass

@@ -8,6 +8,7 @@ import json
 import xml.etree.ElementTree as ET
 
 from . import locks
+from .lvm import dm_name
 from . import run as _run
 from .errors import NodeError
 
@@ -16,11 +17,6 @@ TIMEOUT = 600
 # thin_delta's verdicts: blocks mapped only in the older snapshot are discarded in the newer
 # one (they read as zeros now), so they changed too.
 _CHANGED = ("different", "right_only", "left_only")
-
-
-def dm_name(vg, lv):
-    """device-mapper's name of an LV (a dash inside a name is doubled)."""
-    return f"{vg.replace('-', '--')}-{lv.replace('-', '--')}"
 
 
 def pool_devices(vg, pool):

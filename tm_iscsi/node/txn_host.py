@@ -89,7 +89,10 @@ def _assemble(req, disk, devices):
         wb_epoch=disk.wb_epoch,
         luns={role: state.Lun(req.portal, lun.iqn, lun.serial)
               for role, lun in disk.luns.items()})
-    if lvm.local_report(request.vg, missing_ok=True) is None:
+    # An active LV of it in /dev says the VG is there without a full `vgs` (the stack reads it
+    # under its locks anyway).
+    if not lvm.has_active_lv(request.vg) and \
+            lvm.local_report(request.vg, missing_ok=True) is None:
         raise NodeError(f"the local cache VG {request.vg} does not exist on this host; run "
                         f"cache-init --device DISK --vg {request.vg} first")
     built = stack.assemble(request)
