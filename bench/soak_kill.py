@@ -40,6 +40,9 @@ def main():
     args = parser.parse_args()
     lab_id = os.environ.get("TM_ISCSI_LAB_ID", "0")
     started = time.monotonic()
+    # The code the soak ran (the checkout may move on while it runs).
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                            capture_output=True, text=True).stdout.strip()
     with tempfile.TemporaryDirectory() as scratch:
         kill_log = Path(scratch) / "kills.jsonl"
         kill_log.touch()
@@ -58,7 +61,7 @@ def main():
     tail = [line for line in lines if line.strip()][-3:]
     failed = {mode for mode in modes for line in lines
               if line.startswith(("FAILED", "ERROR")) and line.rstrip().endswith(f"[{mode}]")}
-    doc = {"trials_per_mode": args.trials, "seed": args.seed, "modes": modes,
+    doc = {"trials_per_mode": args.trials, "seed": args.seed, "modes": modes, "commit": commit,
            "kills": len(kills), "kills_that_cut_an_action": sum(k["cut"] for k in kills),
            "passed": result.returncode == 0, "seconds": round(time.monotonic() - started),
            "modes_passed": [] if "passed" not in " ".join(tail) else
