@@ -86,3 +86,84 @@ def test_a_lock_waits_as_long_as_the_budget_not_a_shorter_default(monkeypatch):
     with locks.lock("vg", "x"):
         pass
     assert waits and waits[0] > locks.DEFAULT_TIMEOUT
+
+
+def _hold_raw(kind, name):
+    """Another process's hold of a lock: a flock on a description of its own."""
+    os.makedirs(locks.LOCK_DIR, exist_ok=True)
+    fd = os.open(locks._path(kind, name), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def test_waiters_get_a_lock_in_the_order_they_came(tmp_path):
+    """15 actions queued on one VG: with flock alone a waiter could be passed over by later ones
+    again and again; each now waits its turn."""
+    import multiprocessing
+    import time
+    order = tmp_path / "order"
+    held = _hold_raw("vg", "vg-one-100")
+
+    def waiter(index):
+        os.close(held)   # the parent's hold, inherited: only the parent's close releases it
+        with locks.lock("vg", "vg-one-100", timeout=60):
+            with open(order, "a") as f:
+                f.write(f"{index}\n")
+            time.sleep(0.02)
+    ctx = multiprocessing.get_context("fork")
+    procs = []
+    for index in range(6):
+        proc = ctx.Process(target=waiter, args=(index,))
+        proc.start()
+        procs.append(proc)
+        # In the queue before the next one comes.
+        queue = locks._queue(locks._path("vg", "vg-one-100"))
+        until = time.monotonic() + 10
+        while not os.path.isdir(queue) or \
+                len([n for n in os.listdir(queue) if not n.startswith(".")]) < index + 1:
+            assert time.monotonic() < until
+            time.sleep(0.01)
+    os.close(held)
+    for proc in procs:
+        proc.join(30)
+        assert proc.exitcode == 0
+    assert order.read_text().split() == [str(i) for i in range(6)]
+    assert os.listdir(queue) == []
+
+
+def test_a_killed_waiter_s_ticket_does_not_block_the_queue():
+    queue = locks._queue(locks._path("vg", "x"))
+    os.makedirs(queue)
+    dead = os.path.join(queue, f"{1:020d}-4242")   # older than any new one, held by nobody
+    open(dead, "w").close()
+    with locks.lock("vg", "x", timeout=5):
+        assert not os.path.exists(dead)
+    assert os.listdir(queue) == []
+
+
+def test_a_wait_that_ends_behind_others_says_so(tmp_path):
+    import multiprocessing
+    held = _hold_raw("vg", "y")
+    queue = locks._queue(locks._path("vg", "y"))
+    ready = multiprocessing.get_context("fork").Event()
+
+    def ahead():
+        os.close(held)
+        # A live waiter that came first (its ticket flocked), never served in this test.
+        ticket, fd = locks._take_ticket(queue)
+        ready.set()
+        import time
+        time.sleep(30)
+    proc = multiprocessing.get_context("fork").Process(target=ahead)
+    proc.start()
+    try:
+        assert ready.wait(10)
+        with pytest.raises(NodeError, match=r"lock vg y after 1s .*1 more action\(s\) queued"):
+            with locks.lock("vg", "y", timeout=1):
+                pass
+        # The one that gave up left no ticket; the live one's stays.
+        assert len(os.listdir(queue)) == 1
+    finally:
+        proc.kill()
+        proc.join()
+        os.close(held)

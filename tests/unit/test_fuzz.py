@@ -4,6 +4,7 @@ no traceback, no protocol output, no node asked for input that is invalid on its
 file left behind. TM_ISCSI_FUZZ_SEED picks another seed, TM_ISCSI_FUZZ_ROUNDS more of them."""
 import json
 import os
+import shutil
 import time
 
 import pytest
@@ -125,7 +126,9 @@ def _node_recorders(monkeypatch, lock_dir):
         if os.path.isdir(lock_dir) and os.listdir(lock_dir):
             touched.append(f"locks {sorted(os.listdir(lock_dir))}")
             for name in os.listdir(lock_dir):
-                os.unlink(os.path.join(lock_dir, name))
+                # A lock is its file and the folder its waiters queue in.
+                path = os.path.join(lock_dir, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
     return install
 
 

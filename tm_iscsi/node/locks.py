@@ -10,7 +10,12 @@ which is one set of files for every target.
 
 A lock held by this process is taken again at no cost (a transaction calls helpers that lock
 on their own). A wait is bounded by the call's deadline (deadline.remaining()): when the lock cannot
-be had in time the error names the lock and the process that holds it."""
+be had in time the error names the lock and the process that holds it.
+
+Waiters are served first come, first served: flock alone gives no order, and with 15 actions
+queued on a VG some waited several turns while later ones went first (a burst's p95 was 4x its
+median). Each waiter puts a ticket in the lock's queue folder, a file it holds an flock on while
+it waits, so a waiter killed -9 leaves a ticket nobody holds, which the next waiter removes."""
 import contextlib
 import fcntl
 import os
@@ -39,6 +44,48 @@ def _holder(fd):
     return text or "another tm_iscsi action"
 
 
+def _queue(path):
+    return path[:-len(".lock")] + ".queue"
+
+
+def _take_ticket(queue):
+    """A ticket named by its arrival (ns, then pid), flocked before it shows in the queue: a
+    ticket there that nobody holds is a dead waiter's, never one still being made."""
+    os.makedirs(queue, exist_ok=True)
+    name = f"{time.time_ns():020d}-{os.getpid()}"
+    tmp = os.path.join(queue, f".new-{name}")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.rename(tmp, os.path.join(queue, name))
+    return name, fd
+
+
+def _ahead(queue, mine):
+    """How many live waiters came before ticket `mine`; the dead ones' tickets are removed."""
+    try:
+        names = sorted(n for n in os.listdir(queue) if not n.startswith(".") and n < mine)
+    except FileNotFoundError:
+        return 0
+    alive = 0
+    for name in names:
+        path = os.path.join(queue, name)
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            continue   # served meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            alive += 1
+        else:
+            # Nobody holds it: its waiter was killed (or left) without removing it.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        finally:
+            os.close(fd)
+    return alive
+
+
 @contextlib.contextmanager
 def lock(kind, name, timeout=None):
     """Hold lock `kind name`. Without an explicit `timeout` the wait is the call's remaining
@@ -50,6 +97,8 @@ def lock(kind, name, timeout=None):
         return
     os.makedirs(LOCK_DIR, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    queue = _queue(path)
+    ticket, ticket_fd = _take_ticket(queue)
     try:
         if timeout is None:
             left = deadline.remaining()
@@ -57,15 +106,26 @@ def lock(kind, name, timeout=None):
         wait = deadline.bounded(timeout)
         until = time.monotonic() + wait
         while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > until:
-                    why = ("the call's deadline" if wait < timeout else f"{timeout}s")
-                    raise NodeError(f"gave up waiting for lock {kind} {name} after {wait:.0f}s "
-                                    f"({why}); it is held by {_holder(fd)}")
-                time.sleep(0.05)
+            ahead = _ahead(queue, ticket)
+            if not ahead:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    pass
+            if time.monotonic() > until:
+                why = ("the call's deadline" if wait < timeout else f"{timeout}s")
+                queued = f", {ahead} more action(s) queued before this one" if ahead else ""
+                raise NodeError(f"gave up waiting for lock {kind} {name} after {wait:.0f}s "
+                                f"({why}); it is held by {_holder(fd)}{queued}")
+            time.sleep(0.05)
+    except BaseException:
+        _leave(queue, ticket, ticket_fd)
+        os.close(fd)
+        raise
+    # Served: the ticket goes, so the next in line waits for this holder's flock only.
+    _leave(queue, ticket, ticket_fd)
+    try:
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}\n".encode(), 0)
@@ -78,3 +138,9 @@ def lock(kind, name, timeout=None):
             del _HELD[path]
     finally:
         os.close(fd)
+
+
+def _leave(queue, ticket, ticket_fd):
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(queue, ticket))
+    os.close(ticket_fd)
