@@ -98,7 +98,11 @@ def lock(kind, name, timeout=None):
     os.makedirs(LOCK_DIR, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     queue = _queue(path)
-    ticket, ticket_fd = _take_ticket(queue)
+    try:
+        ticket, ticket_fd = _take_ticket(queue)
+    except BaseException:
+        os.close(fd)
+        raise
     try:
         if timeout is None:
             left = deadline.remaining()
