@@ -12,7 +12,6 @@ state before the action. CI runs the same tests without kills, each in the modes
 One lab (TM_ISCSI_LAB_ID, default 0) and a private /var/lib/one, so a second part can run beside
 it on another lab; each run is added to the file's "runs", with the totals over all of them."""
 import argparse
-import fcntl
 import json
 import os
 import subprocess
@@ -25,6 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from soak_results import append_run  # noqa: E402  (this script's folder)
 from tests.shards import with_private_var_lib_one  # noqa: E402  (sys.path above)
 
 TESTS = ["tests/lab/test_driver_convergence.py",
@@ -89,24 +89,10 @@ def main():
     if result.returncode != 0:
         doc["output"] = [line for line in lines if line.startswith(("E ", "FAILED"))][:40] or \
             (result.stdout + result.stderr).splitlines()[-20:]
-    out = Path(args.out)
-    # Two parts on two labs may end together: one read-modify-write of the file at a time.
-    with open(out.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            runs = json.loads(out.read_text()).get("runs", []) if out.exists() else []
-        except ValueError:
-            runs = []
-        runs.append(doc)
-        # A failed run stays on record; one marked "fixed_by" (by hand, naming the fix and the
-        # run that passed after it) no longer fails the total.
-        total = {"passed": all(r["passed"] or r.get("fixed_by") for r in runs),
-                 "tests_passed": sum(t["outcome"] == "passed" for r in runs for t in r["tests"]),
-                 "kills": sum(r["kills"].get("kills", 0) for r in runs),
-                 "kills_that_cut_an_action": sum(r["kills"].get("cut", 0) for r in runs),
-                 "runs": runs}
-        out.write_text(json.dumps(total, indent=2) + "\n")
-    out.with_suffix(".lock").unlink(missing_ok=True)
+    append_run(args.out, doc, lambda runs: {
+        "tests_passed": sum(t["outcome"] == "passed" for r in runs for t in r["tests"]),
+        "kills": sum(r["kills"].get("kills", 0) for r in runs),
+        "kills_that_cut_an_action": sum(r["kills"].get("cut", 0) for r in runs)})
     print(json.dumps({k: v for k, v in doc.items() if k != "tests"}, indent=2))
     return 0 if doc["passed"] else 1
 

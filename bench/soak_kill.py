@@ -9,7 +9,6 @@ One lab (TM_ISCSI_LAB_ID, default 0) and a private /var/lib/one, so a second par
 --seed) can run beside it on another lab; each run is added to the file's "runs", with the
 totals over all of them. A trial is one deploy and one terminate, each killed once."""
 import argparse
-import fcntl
 import json
 import os
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from soak_results import append_run  # noqa: E402  (this script's folder)
 from tests.shards import with_private_var_lib_one  # noqa: E402  (sys.path above)
 
 MODES = ["none", "read+writeback"]
@@ -71,25 +71,12 @@ def main():
         # What failed, as pytest said it: the run's output is not kept anywhere else.
         doc["failure"] = [line for line in lines if line.startswith(("E ", "FAILED"))][:40] or \
             (result.stdout + result.stderr).splitlines()[-20:]
-    out = Path(args.out)
-    # Two parts on two labs may end together: one read-modify-write of the file at a time.
-    with open(out.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            runs = json.loads(out.read_text()).get("runs", []) if out.exists() else []
-        except ValueError:
-            runs = []
-        runs.append(doc)
-        # A failed run stays on record; one marked "fixed_by" (by hand, naming the fix and the
-        # run that passed after it) no longer fails the total.
-        total = {"trials_passed": {mode: sum(r["trials_per_mode"] for r in runs
-                                             if mode in r.get("modes_passed", r["modes"]
-                                                              if r["passed"] else []))
-                                   for mode in MODES},
-                 "kills": sum(r["kills"] for r in runs),
-                 "passed": all(r["passed"] or r.get("fixed_by") for r in runs), "runs": runs}
-        out.write_text(json.dumps(total, indent=2) + "\n")
-    out.with_suffix(".lock").unlink(missing_ok=True)
+    append_run(args.out, doc, lambda runs: {
+        "trials_passed": {mode: sum(r["trials_per_mode"] for r in runs
+                                    if mode in r.get("modes_passed",
+                                                     r["modes"] if r["passed"] else []))
+                          for mode in MODES},
+        "kills": sum(r["kills"] for r in runs)})
     print(json.dumps(doc, indent=2))
     return 0 if result.returncode == 0 else 1
 
