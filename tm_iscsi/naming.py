@@ -4,14 +4,13 @@ Stateless naming is what makes every action re-runnable: a retried clone finds t
 and the serial it made the first time. The front-end and the node helper both import this module,
 so it uses the standard library only."""
 import re
-import uuid
 
 from .protocol import OWNER_TAG, owner_tags as lv_tags  # noqa: F401 - one vocabulary
 
 DEFAULT_IQN_BASE = "iqn.2026-11.io.tm-iscsi"
 THIN_POOL = "tpool"
 # uuid5 namespace of LUN serials: same (vg, lv) -> same serial on every storage node and run.
-_SERIAL_NAMESPACE = uuid.UUID("6f1c3a52-7d0e-4f55-9a1e-2b8e4c1d9a07")
+_SERIAL_NAMESPACE = "6f1c3a52-7d0e-4f55-9a1e-2b8e4c1d9a07"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+_.-]*$")
 # A CHAP user name travels in argv (it is no secret); the secret only on stdin, one line, so any
 # printable character but the blank is fine. 255 is LIO's limit for both.
@@ -175,7 +174,8 @@ def target_iqn(vg, lv, base=DEFAULT_IQN_BASE):
 def lun_serial(vg, lv):
     """The unit serial LIO reports for the LV (SCSI VPD page 0x80). The host checks it before it
     links a device for a VM, so a stale or reordered LUN is never handed to the wrong VM."""
-    return str(uuid.uuid5(_SERIAL_NAMESPACE, f"{vg}/{lv}"))
+    import uuid   # only where serials are made: a host that checks them never pays its import
+    return str(uuid.uuid5(uuid.UUID(_SERIAL_NAMESPACE), f"{vg}/{lv}"))
 
 
 def backstore_name(vg, lv):

@@ -55,6 +55,30 @@ def test_a_lock_this_process_holds_is_taken_again_at_no_cost():
             pass
 
 
+def test_a_lock_one_thread_holds_excludes_the_process_s_other_threads():
+    import threading
+    import time
+    taken, events = threading.Event(), []
+
+    def first():
+        with locks.lock("iscsiadm", "db"):
+            taken.set()
+            time.sleep(0.3)
+            events.append("first out")
+
+    def second():
+        with locks.lock("iscsiadm", "db"):
+            events.append("second in")
+    one = threading.Thread(target=first)
+    one.start()
+    assert taken.wait(10)
+    two = threading.Thread(target=second)
+    two.start()
+    one.join()
+    two.join()
+    assert events == ["first out", "second in"]
+
+
 @pytest.mark.parametrize("lines, unreachable", [
     (["ssh: connect to host host1 port 22: Connection timed out"], True),
     (["ssh: Could not resolve hostname host9: Name or service not known"], True),

@@ -314,6 +314,7 @@ def test_a_live_migration_moves_the_guard_only_from_the_host_that_flushed(vg, ca
 # -- host transactions ---------------------------------------------------------------------------
 
 from tm_iscsi.node import iscsi, txn_host  # noqa: E402
+from tm_iscsi.node.errors import NodeError  # noqa: E402
 from dmcache import orphans, stack, state  # noqa: E402
 
 
@@ -354,8 +355,81 @@ def test_host_attach_logs_in_checks_and_links_every_disk_in_one_call(host, capsy
                           luns={"clone": _lun(f"vm-7-disk-{d}")}) for d in (0, 1)])
     code, out, err = run(capsys, "host-attach", request)
     assert code == 0, err
-    assert [c[0] for c in calls] == ["attach", "link", "attach", "link"]
-    assert calls[1][1:] == (f"{tmp_path}/7/disk.0", "/dev/iqn.2026-11.io.tm-iscsi:vgt.vm-7-disk-0")
+    # Every LUN is attached before the first disk is assembled; the links in the disks' order.
+    assert sorted(c[0] for c in calls[:2]) == ["attach", "attach"]
+    assert [c[0] for c in calls[2:]] == ["link", "link"]
+    assert calls[2][1:] == (f"{tmp_path}/7/disk.0", "/dev/iqn.2026-11.io.tm-iscsi:vgt.vm-7-disk-0")
+
+
+def _cached_disk(tmp_path, vm, disk):
+    name = f"vm-{vm}-disk-{disk}"
+    return protocol.HostDisk(name=name, mode="read+writeback", link=f"{tmp_path}/{vm}/disk.{disk}",
+                             base_key="vgt:img-0:0011aabb",
+                             luns={"clone": _lun(name), "map": _lun(name + "-map"),
+                                   "base": _lun("img-0-base")})
+
+
+def test_host_attach_waits_for_all_its_luns_at_once(host, mocker, capsys):
+    """Each attach blocks until three are under way: done one after the other, it times out."""
+    import threading
+    calls, tmp_path = host
+    together = threading.Barrier(3, timeout=10)
+
+    def attach(portal, iqn, serial, chap, timeout):
+        together.wait()
+        calls.append(("attach", iqn))
+        return {"stable_path": f"/dev/{iqn}"}
+    mocker.patch.object(txn_host, "attach_target", side_effect=attach)
+    built = mocker.patch.object(txn_host, "_assemble", side_effect=lambda req, disk, devices:
+                                {"name": disk.name, "devices": devices})
+    request = protocol.HostAttach(portal="storage:3260", initiator=HOST1,
+                                  disks=[_cached_disk(tmp_path, 7, 0)])
+    code, out, err = run(capsys, "host-attach", request)
+    assert code == 0, err
+    assert len(calls) == 3 and built.call_count == 1
+    assert out["disks"][0]["devices"]["map"] == "/dev/iqn.2026-11.io.tm-iscsi:vgt.vm-7-disk-0-map"
+
+
+def test_a_base_two_disks_share_is_attached_once(host, mocker, capsys):
+    calls, tmp_path = host
+    mocker.patch.object(txn_host, "_assemble", side_effect=lambda req, disk, devices:
+                        {"name": disk.name})
+    request = protocol.HostAttach(portal="storage:3260", initiator=HOST1, disks=[
+        _cached_disk(tmp_path, 7, 0), _cached_disk(tmp_path, 7, 1)])
+    code, _, err = run(capsys, "host-attach", request)
+    assert code == 0, err
+    attached = [c[1] for c in calls if c[0] == "attach"]
+    assert len(attached) == 5 and attached.count("iqn.2026-11.io.tm-iscsi:vgt.img-0-base") == 1
+
+
+def test_a_lun_that_fails_fails_the_call_once_the_others_are_done(host, mocker, capsys):
+    import time
+    calls, tmp_path = host
+
+    def attach(portal, iqn, serial, chap, timeout):
+        if iqn.endswith("-map"):
+            raise NodeError(f"LUN 0 of {iqn} did not appear within the timeout")
+        time.sleep(0.3)
+        calls.append(("attach", iqn))
+        return {"stable_path": f"/dev/{iqn}"}
+    mocker.patch.object(txn_host, "attach_target", side_effect=attach)
+    built = mocker.patch.object(txn_host, "_assemble")
+    request = protocol.HostAttach(portal="storage:3260", initiator=HOST1,
+                                  disks=[_cached_disk(tmp_path, 7, 0)])
+    code, _, err = run(capsys, "host-attach", request)
+    assert code == 1 and "vm-7-disk-0-map did not appear" in err
+    assert len(err.strip().splitlines()) == 1
+    assert len(calls) == 2 and not built.called
+
+
+def test_one_lun_given_two_serials_is_refused_before_any_login(host, capsys):
+    calls, tmp_path = host
+    second = _cached_disk(tmp_path, 7, 1)
+    second.luns["base"] = protocol.Lun(second.luns["base"].iqn, "serial-other")
+    request = protocol.HostAttach(portal="storage:3260", initiator=HOST1, disks=[
+        _cached_disk(tmp_path, 7, 0), second])
+    code, _, err = run(capsys, "host-attach", request)
+    assert code == 2 and "two unit serials" in err and calls == []
 
 
 def test_host_attach_unpacks_the_vm_dir_that_follows_the_chap_secret_before_any_disk(

@@ -9,7 +9,6 @@ import glob
 import ipaddress
 import os
 import re
-import socket
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -38,6 +37,7 @@ def resolve(host):
         return str(ipaddress.ip_address(host))
     except ValueError:
         pass
+    import socket   # only for a portal given by name, not by address
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except socket.gaierror as err:

@@ -8,7 +8,7 @@ Locks and the order a transaction takes them in (never the other way round):
 over it during another action's change fails); `iscsiadm-db` covers iscsiadm's node database,
 which is one set of files for every target.
 
-A lock held by this process is taken again at no cost (a transaction calls helpers that lock
+A lock held by this thread is taken again at no cost (a transaction calls helpers that lock
 on their own). A wait is bounded by the call's deadline (deadline.remaining()): when the lock cannot
 be had in time the error names the lock and the process that holds it.
 
@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import os
 import re
+import threading
 import time
 
 from . import deadline
@@ -27,7 +28,16 @@ from .errors import NodeError
 
 LOCK_DIR = os.environ.get("TM_ISCSI_LOCK_DIR", "/run/lock/tm_iscsi")
 DEFAULT_TIMEOUT = 120
-_HELD = {}
+# Per thread: a host-attach logs in to its LUNs from several threads, and a lock one of them
+# holds must still exclude the others (flock does, across the descriptors each one opens).
+_local = threading.local()
+
+
+def _held():
+    held = getattr(_local, "held", None)
+    if held is None:
+        held = _local.held = {}
+    return held
 
 
 def _path(kind, name):
@@ -49,10 +59,10 @@ def _queue(path):
 
 
 def _take_ticket(queue):
-    """A ticket named by its arrival (ns, then pid), flocked before it shows in the queue: a
+    """A ticket named by its arrival (ns, then pid and thread), flocked before it shows in the queue: a
     ticket there that nobody holds is a dead waiter's, never one still being made."""
     os.makedirs(queue, exist_ok=True)
-    name = f"{time.time_ns():020d}-{os.getpid()}"
+    name = f"{time.time_ns():020d}-{os.getpid()}-{threading.get_ident()}"
     tmp = os.path.join(queue, f".new-{name}")
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -92,7 +102,8 @@ def lock(kind, name, timeout=None):
     budget (DEFAULT_TIMEOUT for a call without one): a transaction given 600 s must not give up
     after a shorter limit of its own."""
     path = _path(kind, name)
-    if path in _HELD:
+    held = _held()
+    if path in held:
         yield
         return
     os.makedirs(LOCK_DIR, exist_ok=True)
@@ -135,11 +146,11 @@ def lock(kind, name, timeout=None):
             os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}\n".encode(), 0)
         except OSError:
             pass
-        _HELD[path] = fd
+        held[path] = fd
         try:
             yield
         finally:
-            del _HELD[path]
+            del held[path]
     finally:
         os.close(fd)
 

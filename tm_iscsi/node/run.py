@@ -14,7 +14,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -159,6 +158,8 @@ def run_progress(argv, on_output, timeout=DEFAULT_TIMEOUT, what=None):
     argv = _check_argv(argv)
     timeout = _within_deadline(timeout, what or argv[0])
     start = time.monotonic()
+    # Here, not for every call: tempfile's imports cost a tenth of a second inside the lab's VMs.
+    import tempfile
     # stderr to a file: a pipe nobody reads while we follow stdout could fill and block it.
     with tempfile.TemporaryFile() as errfile:
         proc = _start(argv, what, (), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

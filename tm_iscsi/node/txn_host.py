@@ -23,6 +23,9 @@ from .errors import NodeError, NodeUsageError
 
 MIB = 1024 * 1024
 ATTACH_TIMEOUT = 60
+ROLES = ("clone", "base", "map")
+# More would only queue on iscsiadm's database lock.
+LOGIN_THREADS = 4
 
 
 def _checked(check, value):
@@ -65,9 +68,13 @@ def _check_attach(req):
     _check_portal(req.portal)
     if req.initiator is not None:
         _checked(IQN, req.initiator)
+    serials = {}
     for disk in req.disks:
         _checked(NAME, disk.name)
         _check_luns(disk.luns)
+        for lun in disk.luns.values():
+            if serials.setdefault(lun.iqn, lun.serial) != lun.serial:
+                raise NodeUsageError(f"LUN {lun.iqn} is given two unit serials")
         if disk.link is not None:
             _check_path(disk.link)
         if disk.base_key is not None:
@@ -119,18 +126,37 @@ def host_attach(args):
 
 
 def _attach(req, chap, mine):
+    wanted = {}   # iqn -> serial, in the disks' order
+    for disk in req.disks:
+        for role in ROLES:
+            lun = disk.luns.get(role)
+            if lun is not None:
+                wanted.setdefault(lun.iqn, lun.serial)
+    paths_of = _attach_luns(req.portal, wanted, chap)
     out = []
     for disk in req.disks:
-        devices = {}
-        for role in ("clone", "base", "map"):
-            lun = disk.luns.get(role)
-            if lun is None:
-                continue
-            deadline.check(f"attaching {lun.iqn}")
-            attached = attach_target(req.portal, lun.iqn, lun.serial, chap, ATTACH_TIMEOUT)
-            devices[role] = attached["stable_path"]
+        devices = {role: paths_of[lun.iqn] for role, lun in disk.luns.items()}
         out.append(_assemble(req, disk, devices))
     return {"initiator": mine, "initiator_mismatch": False, "disks": out}
+
+
+def _attach_luns(portal, wanted, chap):
+    """iqn -> stable path of every LUN, all attached at once: iscsiadm's database lock still
+    takes the logins one at a time, but the waits for the kernel's disk, its serial and udev's
+    name (half of an attach) overlap. A failure is raised once every attach has ended."""
+    def attach(iqn):
+        deadline.check(f"attaching {iqn}")
+        return attach_target(portal, iqn, wanted[iqn], chap, ATTACH_TIMEOUT)["stable_path"]
+
+    if len(wanted) <= 1:
+        return {iqn: attach(iqn) for iqn in wanted}
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(min(LOGIN_THREADS, len(wanted))) as pool:
+        futures = {iqn: pool.submit(attach, iqn) for iqn in wanted}
+    for future in futures.values():
+        if future.exception() is not None:
+            raise future.exception()
+    return {iqn: future.result() for iqn, future in futures.items()}
 
 
 def _host_attach_options(p):

@@ -1,7 +1,6 @@
 """The VM directory as a tar stream, packed and unpacked as oneadmin: what dir-pack / dir-unpack
 and host-attach (a live migration's destination) share."""
 import os
-import shutil
 import subprocess
 
 from . import paths
@@ -41,6 +40,7 @@ def unpack(path, stream):
                                 "-xf", "-"], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
                                **paths.oneadmin_subprocess())
         try:
+            import shutil   # a live migration's only: every other host call skips its import
             shutil.copyfileobj(stream, tar.stdin)
         except BrokenPipeError:
             pass   # tar stopped reading: its exit code and message say why
