@@ -244,8 +244,14 @@ def acquire(vg, key, base_dev, base_serial=None, warm_seconds=None):
                             f"{rec.size_bytes} bytes, but {base_dev} has {base_bytes}: a changed "
                             "base needs a new --base-key")
         dev = dmsetup.info(name)
-        rep = lvm.local_report(vg)
         created = False
+        if dev is not None and rec is not None and \
+                _table_matches(dmsetup.table(name), rec, base_dev):
+            # Live over the recorded LVs (their paths' devices are in its table) and the base:
+            # the LVs are there, active and the recorded ones, since a device that holds them
+            # open keeps them from being removed or replaced. No VG report needed.
+            return _serve(name, rec, created, dev, warm_seconds)
+        rep = lvm.local_report(vg)
         if rec is None or not _lvs_match(rec, rep):
             if dev is not None:
                 # Its LVs are not the ones recorded: nothing must read through it.
@@ -261,20 +267,26 @@ def acquire(vg, key, base_dev, base_serial=None, warm_seconds=None):
             # Built over another device (the base was re-attached): rebuild, if nothing reads it.
             dmsetup.remove(name)
             dev = None
-        warmed = None
         if dev is None:
             if not is_readonly(base_dev):
                 set_readonly(base_dev)
             dmsetup.create(name, _table(rec, base_dev))
-        else:
-            warmed = warm(rec, WARM_SECONDS if warm_seconds is None else warm_seconds)
-        # Also for a device an interrupted run made: reads are only learnt while this exists.
-        if not dmsetup.stats_regions(name, STATS_PROGRAM):
-            dmsetup.stats_create(name, area_sectors(rec.size_bytes, rec.region_sectors),
-                                 STATS_PROGRAM)
-        rec.last_used = time.time()
-        state.save_record(rec)
-    return {"id": cid, "key": key, "device": dmsetup.path(name), "created": created,
+        return _serve(name, rec, created, dev, warm_seconds)
+
+
+def _serve(name, rec, created, dev, warm_seconds):
+    """The device up (with the read cache's lock held): warmed if it was up already, counting
+    reads, its use recorded."""
+    warmed = None
+    if dev is not None:
+        warmed = warm(rec, WARM_SECONDS if warm_seconds is None else warm_seconds)
+    # Also for a device an interrupted run made: reads are only learnt while this exists.
+    if not dmsetup.stats_regions(name, STATS_PROGRAM):
+        dmsetup.stats_create(name, area_sectors(rec.size_bytes, rec.region_sectors),
+                             STATS_PROGRAM)
+    rec.last_used = time.time()
+    state.save_record(rec)
+    return {"id": rec.id, "key": rec.key, "device": dmsetup.path(name), "created": created,
             "device_created": warmed is None, "warmed": warmed}
 
 

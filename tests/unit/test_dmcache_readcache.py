@@ -154,12 +154,27 @@ def test_lvs_not_the_recorded_ones_are_made_again(fakes):
     vg, dm, ro, warmed = fakes
     readcache.acquire(VG, "k@1", "/dev/b")
     cid = readcache.cache_id("k@1")
-    # The data LV was re-created behind our back (another uuid): never trust its contents.
+    # While its device was down (a reboot), the data LV was re-created behind our back
+    # (another uuid): never trust its contents.
+    dm.tables.pop(f"tmi-{cid}")
     vg.lvs[f"{cid}-data"].uuid = "someone-else"
     out = readcache.acquire(VG, "k@1", "/dev/b")
     assert out["created"] is True
     assert vg.removed == [f"{cid}-meta", f"{cid}-data"]
-    assert ("remove", f"tmi-{cid}") in dm.calls
+
+
+def test_a_live_device_over_the_recorded_lvs_is_served_without_a_vg_report(fakes, monkeypatch):
+    vg, dm, ro, warmed = fakes
+    cid = readcache.acquire(VG, "k@1", "/dev/b")["id"]
+    reports = []
+    monkeypatch.setattr(lvm, "local_report", lambda *a, **k: reports.append(a) or vg.report(*a))
+    out = readcache.acquire(VG, "k@1", "/dev/b")
+    assert (out["created"], out["device_created"], reports) == (False, False, [])
+    assert warmed == [cid]
+    # Over another base device (the base LUN came back as another disk): rebuilt, after a report.
+    out = readcache.acquire(VG, "k@1", "/dev/b-again")
+    assert out["device_created"] is True and len(reports) == 1
+    assert dm.tables[f"tmi-{cid}"].split()[5] == "/dev/b-again"
 
 
 def test_a_changed_base_size_needs_a_new_key(fakes, monkeypatch):
