@@ -67,6 +67,9 @@ class Request:
     luns: Dict[str, state.Lun] = field(default_factory=dict)
     vg: str = localvg.DEFAULT_VG
     wb_epoch: Optional[str] = None
+    # prepare() made this new stack's write-back LVs earlier in the same call (active, as
+    # lvcreate leaves them): assemble needs no VG report to find them.
+    wb_made: bool = False
 
     @property
     def devices(self):
@@ -235,15 +238,10 @@ def assemble(req):
             st = None
         kept = True
         # Nothing of it existed before this call: a failure takes away what the call made.
-        fresh = st is None and top_dev is None and wb_dev is None
+        fresh = (st is None or req.wb_made) and top_dev is None and wb_dev is None
         if st is None:
             kept = False
-            st = state.StackState(
-                name=req.name, mode=req.mode, devices=req.devices, vg=req.vg,
-                luns={k: v for k, v in req.luns.items() if req.devices.get(k)}, link=req.link,
-                base_key=req.base_key if has_read(req.mode) else None,
-                read_cache=readcache.cache_id(req.base_key) if has_read(req.mode) else None,
-                wb_epoch=req.wb_epoch)
+            st = _new_state(req)
         else:
             st.link = req.link or st.link
             st.luns = {k: v for k, v in req.luns.items() if req.devices.get(k)} or st.luns
@@ -264,6 +262,45 @@ def assemble(req):
             raise
     return {"name": req.name, "mode": req.mode, "top": link_target(st), "layers": layers,
             "kept": kept, "degraded": st.degraded, "link": st.link}
+
+
+def _new_state(req):
+    return state.StackState(
+        name=req.name, mode=req.mode, devices=req.devices, vg=req.vg,
+        luns={k: v for k, v in req.luns.items() if req.devices.get(k)}, link=req.link,
+        base_key=req.base_key if has_read(req.mode) else None,
+        read_cache=readcache.cache_id(req.base_key) if has_read(req.mode) else None,
+        wb_epoch=req.wb_epoch)
+
+
+def prepare(req, clone_bytes):
+    """The first step of assemble(req) for a new write-back stack, taken before its LUNs are
+    there: its state recorded and its write-back LVs made (host-attach logs in to the LUNs
+    meanwhile; the LVs are a third of a cached deploy on the host). `req.devices` are the paths
+    the LUNs will have; assemble(req) then finds the LVs, or, if the devices came otherwise,
+    makes them again. True if it did that; False, with nothing done, for any stack that is not
+    new (assemble decides for it as before)."""
+    if not has_wb(req.mode):
+        return False
+    with locks.lock("stack", req.name):
+        if state.load_stack(req.name) is not None or dmsetup.exists(top_name(req.name)) or \
+                dmsetup.exists(writeback.dm_name(req.name)):
+            return False
+        st = _new_state(req)
+        # The state a kill inside assemble can leave too: re-run, teardown and boot know it.
+        state.save_stack(st)
+        try:
+            _allocate_wb(st, req, clone_bytes)
+        except NodeError:
+            _rollback(req)
+            raise
+    return True
+
+
+def discard(req):
+    """Take back what prepare(req) made, when the call fails before assemble(req) ran."""
+    with locks.lock("stack", req.name):
+        _rollback(req)
 
 
 def _drop_void_writeback(st, top, wbn):
@@ -334,11 +371,13 @@ def _build(req, st, sectors, clone_bytes, kept):
 
     dest = req.clone_dev
     if has_wb(req.mode):
-        if st.wb is None or not writeback.lvs_present(st.wb, lvm.local_report(req.vg)):
-            kept = False
-            rep = _allocate_wb(st, req, clone_bytes)
+        if req.wb_made and st.wb is not None:
+            rep = None   # made by prepare() in this call
         else:
-            rep = lvm.local_report(req.vg)
+            rep = lvm.local_report(req.vg) if st.wb is not None else None
+            if st.wb is None or not writeback.lvs_present(st.wb, rep):
+                kept = False
+                rep = _allocate_wb(st, req, clone_bytes)
         if rep is not None:
             _activate_lvs(req.vg, (st.wb.data_lv, st.wb.meta_lv), rep)
         ok = _layer_verdict(wbn, lambda t: writeback.matches(t, st.wb, req.clone_dev,

@@ -124,6 +124,7 @@ def _host_attach(ctx, host, initiator, groups, granted, unpack=None):
                 base_key=got.get("base_key"),
                 wb_size_mib=ds.writeback_mib if protocol.has_writeback(got["mode"]) else None,
                 wb_epoch=got.get("wb_epoch") if protocol.has_writeback(got["mode"]) else None,
+                size_bytes=got.get("size_bytes"),
                 luns={role: protocol.Lun(**lun) for role, lun in got["luns"].items()}))
         requests.append(protocol.HostAttach(portal=ds.portal, disks=disks, initiator=initiator,
                                             chap_user=ds.chap_user))

@@ -411,10 +411,12 @@ class HostDisk(_Record):
     base_key: Optional[str] = None
     wb_size_mib: Optional[int] = None
     wb_epoch: Optional[str] = None     # the disk's WB_EPOCH_TAG value (None: never recovered)
+    size_bytes: Optional[int] = None   # as storage-attach answered: the write-back LVs of a new
+    #                                    stack are made while the host logs in to the LUNs
 
     _TYPES = {"name": (str, False), "mode": (str, False), "luns": (dict, False),
               "link": (str, True), "base_key": (str, True), "wb_size_mib": (int, True),
-              "wb_epoch": (str, True)}
+              "wb_epoch": (str, True), "size_bytes": (int, True)}
     _NESTED = {"luns": Lun}
 
     def check(self, where):

@@ -380,6 +380,65 @@ def test_a_new_write_back_cache_reads_the_local_vg_once(mocker, assemble_env):
     activate.assert_not_called()
 
 
+def test_a_prepared_write_back_stack_is_assembled_without_making_or_reading_its_lvs_again(
+        mocker, assemble_env):
+    """prepare() runs while the host logs in to the LUNs: it records the stack and makes its
+    LVs; assemble() then only builds the devices over them."""
+    rep = lvm.VGReport("tmi-cache", 4 << 30, 300 << 20, 4 << 20, {})
+    report = mocker.patch.object(lvm, "local_report", return_value=rep)
+    allocate = mocker.patch.object(writeback, "allocate")
+    req = stack.Request(name="vm-1-disk-0", mode="writeback", clone_dev="/dev/c",
+                        wb_size_bytes=64 << 20)
+    assert stack.prepare(req, 1 << 30) is True
+    st = state.load_stack("vm-1-disk-0")
+    assert st.phase == "assembling" and st.wb.size_bytes == 64 << 20 and not assemble_env
+    assert allocate.call_count == 1 and report.call_count == 1
+    # Again (a re-run): the stack exists now, so prepare leaves it to assemble.
+    assert stack.prepare(req, 1 << 30) is False and allocate.call_count == 1
+    req.wb_made = True
+    out = stack.assemble(req)
+    assert allocate.call_count == 1 and report.call_count == 1
+    assert set(assemble_env) == {"tmi-wb-vm-1-disk-0"} and out["kept"] is False
+    assert state.load_stack("vm-1-disk-0").phase == "assembled"
+
+
+def test_a_prepared_stack_over_other_devices_makes_its_lvs_again(mocker, assemble_env):
+    """udev named a LUN otherwise than expected: the recorded stack is not the one asked for,
+    so its LVs go and new ones are made (never a cache kept for other devices)."""
+    rep = lvm.VGReport("tmi-cache", 4 << 30, 300 << 20, 4 << 20, {})
+    mocker.patch.object(lvm, "local_report", return_value=rep)
+    free = mocker.patch.object(writeback, "free")
+    allocate = mocker.patch.object(writeback, "allocate")
+    stack.prepare(stack.Request(name="vm-1-disk-0", mode="writeback", clone_dev="/dev/c"),
+                  1 << 30)
+    stack.assemble(stack.Request(name="vm-1-disk-0", mode="writeback", clone_dev="/dev/sdq",
+                                 wb_made=True))
+    assert allocate.call_count == 2 and free.called
+    assert state.load_stack("vm-1-disk-0").devices["clone"] == "/dev/sdq"
+
+
+def test_a_prepared_stack_is_taken_back_whole(mocker, assemble_env):
+    rep = lvm.VGReport("tmi-cache", 4 << 30, 300 << 20, 4 << 20, {})
+    mocker.patch.object(lvm, "local_report", return_value=rep)
+    mocker.patch.object(writeback, "allocate")
+    free = mocker.patch.object(writeback, "free")
+    req = stack.Request(name="vm-1-disk-0", mode="writeback", clone_dev="/dev/c")
+    stack.prepare(req, 1 << 30)
+    stack.discard(req)
+    assert state.load_stack("vm-1-disk-0") is None
+    assert free.call_args[0][0].data_lv == "wb-vm-1-disk-0-data"
+
+
+def test_no_stack_is_prepared_over_an_existing_one_or_without_write_back(mocker, assemble_env):
+    allocate = mocker.patch.object(writeback, "allocate")
+    assert stack.prepare(stack.Request(name="vm-1-disk-0", mode="read", clone_dev="/dev/c"),
+                         1 << 30) is False
+    recorded("vm-2-disk-0")
+    assert stack.prepare(stack.Request(name="vm-2-disk-0", mode="writeback",
+                                       clone_dev="/dev/c"), 1 << 30) is False
+    assert not allocate.called
+
+
 def test_released_means_nothing_reads_the_base_any_more(mocker, fake_dm):
     recorded("vm-1-disk-0")
     degraded = recorded("vm-2-disk-0")

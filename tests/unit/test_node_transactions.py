@@ -380,8 +380,8 @@ def test_host_attach_waits_for_all_its_luns_at_once(host, mocker, capsys):
         calls.append(("attach", iqn))
         return {"stable_path": f"/dev/{iqn}"}
     mocker.patch.object(txn_host, "attach_target", side_effect=attach)
-    built = mocker.patch.object(txn_host, "_assemble", side_effect=lambda req, disk, devices:
-                                {"name": disk.name, "devices": devices})
+    built = mocker.patch.object(txn_host, "_assemble", side_effect=lambda req, disk, devices,
+                                wb_made: {"name": disk.name, "devices": devices})
     request = protocol.HostAttach(portal="storage:3260", initiator=HOST1,
                                   disks=[_cached_disk(tmp_path, 7, 0)])
     code, out, err = run(capsys, "host-attach", request)
@@ -392,8 +392,8 @@ def test_host_attach_waits_for_all_its_luns_at_once(host, mocker, capsys):
 
 def test_a_base_two_disks_share_is_attached_once(host, mocker, capsys):
     calls, tmp_path = host
-    mocker.patch.object(txn_host, "_assemble", side_effect=lambda req, disk, devices:
-                        {"name": disk.name})
+    mocker.patch.object(txn_host, "_assemble", side_effect=lambda req, disk, devices,
+                        wb_made: {"name": disk.name})
     request = protocol.HostAttach(portal="storage:3260", initiator=HOST1, disks=[
         _cached_disk(tmp_path, 7, 0), _cached_disk(tmp_path, 7, 1)])
     code, _, err = run(capsys, "host-attach", request)
@@ -420,6 +420,71 @@ def test_a_lun_that_fails_fails_the_call_once_the_others_are_done(host, mocker, 
     assert code == 1 and "vm-7-disk-0-map did not appear" in err
     assert len(err.strip().splitlines()) == 1
     assert len(calls) == 2 and not built.called
+
+
+@pytest.fixture
+def prepared(mocker):
+    import threading
+    done = threading.Event()
+    mocker.patch.object(txn_host, "_require_cache_vg")
+    prepare = mocker.patch.object(stack, "prepare", side_effect=lambda req, size: done.set()
+                                  or True)
+    discard = mocker.patch.object(stack, "discard")
+    return done, prepare, discard
+
+
+def test_write_back_lvs_are_made_while_the_luns_attach(host, mocker, capsys, prepared):
+    calls, tmp_path = host
+    done, prepare, discard = prepared
+
+    def attach(portal, iqn, serial, chap, timeout):
+        assert done.wait(10), "the write-back LVs were not made while the LUNs attached"
+        return {"stable_path": f"/dev/disk/by-path/ip-10.0.0.1:3260-iscsi-{iqn}-lun-0"}
+    mocker.patch.object(txn_host, "attach_target", side_effect=attach)
+    mocker.patch.object(iscsi, "resolve", return_value="10.0.0.1")
+    built = mocker.patch.object(txn_host, "_assemble", side_effect=lambda req, disk, devices,
+                                wb_made: {"name": disk.name, "wb_made": wb_made})
+    disk = _cached_disk(tmp_path, 7, 0)
+    disk.size_bytes = 1 << 30
+    request = protocol.HostAttach(portal="storage:3260", initiator=HOST1, disks=[disk])
+    code, out, err = run(capsys, "host-attach", request)
+    assert code == 0, err
+    assert out["disks"] == [{"name": "vm-7-disk-0", "wb_made": True}]
+    req, size = prepare.call_args[0]
+    assert size == 1 << 30 and req.clone_dev == (
+        "/dev/disk/by-path/ip-10.0.0.1:3260-iscsi-iqn.2026-11.io.tm-iscsi:vgt.vm-7-disk-0-lun-0")
+    assert built.call_count == 1 and not discard.called
+
+
+def test_a_lun_that_fails_takes_back_the_prepared_stack(host, mocker, capsys, prepared):
+    calls, tmp_path = host
+    done, prepare, discard = prepared
+
+    def attach(portal, iqn, serial, chap, timeout):
+        if iqn.endswith("-map"):
+            raise NodeError(f"LUN 0 of {iqn} did not appear within the timeout")
+        return {"stable_path": f"/dev/{iqn}"}
+    mocker.patch.object(txn_host, "attach_target", side_effect=attach)
+    mocker.patch.object(iscsi, "resolve", return_value="10.0.0.1")
+    built = mocker.patch.object(txn_host, "_assemble")
+    disk = _cached_disk(tmp_path, 7, 0)
+    disk.size_bytes = 1 << 30
+    request = protocol.HostAttach(portal="storage:3260", initiator=HOST1, disks=[disk])
+    code, _, err = run(capsys, "host-attach", request)
+    assert code == 1 and "did not appear" in err
+    assert discard.call_args[0][0].name == "vm-7-disk-0" and not built.called
+
+
+def test_without_its_size_a_stack_is_not_prepared(host, mocker, capsys, prepared):
+    calls, tmp_path = host
+    done, prepare, discard = prepared
+    mocker.patch.object(txn_host, "_assemble", side_effect=lambda req, disk, devices,
+                        wb_made: {"name": disk.name})
+    request = protocol.HostAttach(portal="storage:3260", initiator=HOST1,
+                                  disks=[_cached_disk(tmp_path, 7, 0)])
+    code, _, err = run(capsys, "host-attach", request)
+    assert code == 0, err
+    assert not prepare.called
 
 
 def test_one_lun_given_two_serials_is_refused_before_any_login(host, capsys):

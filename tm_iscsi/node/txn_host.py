@@ -81,29 +81,60 @@ def _check_attach(req):
             _checked(KEY, disk.base_key)
         if disk.wb_size_mib is not None and not 1 <= disk.wb_size_mib <= 1 << 24:
             raise NodeUsageError(f"wb_size_mib {disk.wb_size_mib} is out of range")
+        if disk.size_bytes is not None and not 1 <= disk.size_bytes < 1 << 60:
+            raise NodeUsageError(f"size_bytes {disk.size_bytes} is out of range")
 
 
-def _assemble(req, disk, devices):
-    if disk.mode == "none":
-        if disk.link:
-            replace_symlink(disk.link, devices["clone"])
-        return {"name": disk.name, "mode": "none", "top": devices["clone"], "link": disk.link}
-    request = stack.Request(
+def _stack_request(req, disk, devices, wb_made=False):
+    return stack.Request(
         name=disk.name, mode=disk.mode, clone_dev=devices["clone"],
         base_key=disk.base_key if has_read(disk.mode) else None,
         base_dev=devices.get("base"), map_dev=devices.get("map"),
         wb_size_bytes=disk.wb_size_mib * MIB if disk.wb_size_mib else None, link=disk.link,
-        wb_epoch=disk.wb_epoch,
+        wb_epoch=disk.wb_epoch, wb_made=wb_made,
         luns={role: state.Lun(req.portal, lun.iqn, lun.serial)
               for role, lun in disk.luns.items()})
+
+
+def _require_cache_vg(vg):
     # An active LV of it in /dev says the VG is there without a full `vgs` (the stack reads it
     # under its locks anyway).
-    if not lvm.has_active_lv(request.vg) and \
-            lvm.local_report(request.vg, missing_ok=True) is None:
-        raise NodeError(f"the local cache VG {request.vg} does not exist on this host; run "
-                        f"cache-init --device DISK --vg {request.vg} first")
+    if not lvm.has_active_lv(vg) and lvm.local_report(vg, missing_ok=True) is None:
+        raise NodeError(f"the local cache VG {vg} does not exist on this host; run "
+                        f"cache-init --device DISK --vg {vg} first")
+
+
+def _assemble(req, disk, devices, wb_made=False):
+    if disk.mode == "none":
+        if disk.link:
+            replace_symlink(disk.link, devices["clone"])
+        return {"name": disk.name, "mode": "none", "top": devices["clone"], "link": disk.link}
+    request = _stack_request(req, disk, devices, wb_made)
+    _require_cache_vg(request.vg)
     built = stack.assemble(request)
     return {"name": disk.name, "mode": disk.mode, "top": built.get("top"), "link": disk.link}
+
+
+def _expected_devices(req, disk):
+    """The paths attach_target gives the disk's LUNs when udev names them in time (it does
+    unless the host is overloaded; assemble copes with other ones)."""
+    host, port = iscsi.parse_portal(req.portal)
+    ip = iscsi.resolve(host)
+    return {role: iscsi.by_path(ip, port, lun.iqn, 0) for role, lun in disk.luns.items()}
+
+
+def _prepare(req):
+    """Each new write-back stack's LVs made while the LUNs are logged in to (stack.prepare);
+    the stacks it made."""
+    prepared = []
+    for disk in req.disks:
+        if not protocol.has_writeback(disk.mode) or not disk.size_bytes:
+            continue
+        request = _stack_request(req, disk, _expected_devices(req, disk))
+        _require_cache_vg(request.vg)
+        if stack.prepare(request, disk.size_bytes):
+            prepared.append(request)
+    return prepared
 
 
 @command(protocol.HOST_ATTACH, "log in to an action's LUNs, check them, build the stacks, link")
@@ -132,27 +163,44 @@ def _attach(req, chap, mine):
             lun = disk.luns.get(role)
             if lun is not None:
                 wanted.setdefault(lun.iqn, lun.serial)
-    paths_of = _attach_luns(req.portal, wanted, chap)
-    out = []
-    for disk in req.disks:
-        devices = {role: paths_of[lun.iqn] for role, lun in disk.luns.items()}
-        out.append(_assemble(req, disk, devices))
+    prepared = []
+    try:
+        paths_of = _attach_luns(req.portal, wanted, chap,
+                                meanwhile=lambda: prepared.extend(_prepare(req)))
+        out = []
+        for disk in req.disks:
+            devices = {role: paths_of[lun.iqn] for role, lun in disk.luns.items()}
+            made = any(p.name == disk.name for p in prepared)
+            out.append(_assemble(req, disk, devices, wb_made=made))
+            # Assembled, or taken back by assemble itself when it failed.
+            prepared = [p for p in prepared if p.name != disk.name]
+    except BaseException:
+        for request in prepared:
+            try:
+                stack.discard(request)
+            except NodeError as err:
+                _run.info(f"could not take back the stack {request.name} made for this call: "
+                          f"{err}; host-detach removes it")
+        raise
     return {"initiator": mine, "initiator_mismatch": False, "disks": out}
 
 
-def _attach_luns(portal, wanted, chap):
+def _attach_luns(portal, wanted, chap, meanwhile=None):
     """iqn -> stable path of every LUN, all attached at once: iscsiadm's database lock still
     takes the logins one at a time, but the waits for the kernel's disk, its serial and udev's
-    name (half of an attach) overlap. A failure is raised once every attach has ended."""
+    name (half of an attach) overlap, and so does `meanwhile()`, run in this thread. A failure
+    is raised once every attach has ended."""
     def attach(iqn):
         deadline.check(f"attaching {iqn}")
         return attach_target(portal, iqn, wanted[iqn], chap, ATTACH_TIMEOUT)["stable_path"]
 
-    if len(wanted) <= 1:
+    if len(wanted) <= 1 and meanwhile is None:
         return {iqn: attach(iqn) for iqn in wanted}
     from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(min(LOGIN_THREADS, len(wanted))) as pool:
+    with ThreadPoolExecutor(max(1, min(LOGIN_THREADS, len(wanted)))) as pool:
         futures = {iqn: pool.submit(attach, iqn) for iqn in wanted}
+        if meanwhile is not None:
+            meanwhile()
     for future in futures.values():
         if future.exception() is not None:
             raise future.exception()
