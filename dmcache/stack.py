@@ -138,9 +138,12 @@ def check_request(req):
 
 # -- assemble ----------------------------------------------------------------------------------
 
-def _layer_verdict(name, matches):
+def _layer_verdict(name, matches, absent=()):
     """(exists, ok) for a dm device that should be there: a wrong one that nothing has open is
-    removed (to be made again); a wrong one in use is refused."""
+    removed (to be made again); a wrong one in use is refused. `absent`: names seen missing
+    under the stack's lock, which nobody else makes."""
+    if name in absent:
+        return False
     dev = dmsetup.info(name)
     if dev is None:
         return False
@@ -255,7 +258,10 @@ def assemble(req):
         if old_cache and old_cache != st.read_cache:
             readcache.release(req.vg, old_cache)
         try:
-            layers, kept = _build(req, st, sectors, clone_bytes, kept)
+            # What was missing at the start still is (only this stack's lock holder makes it):
+            # no dmsetup call needs to look again.
+            absent = {n for n, dev in ((top, top_dev), (wbn, wb_dev)) if dev is None}
+            layers, kept = _build(req, st, sectors, clone_bytes, kept, absent)
         except NodeError:
             if fresh:
                 _rollback(req)
@@ -335,14 +341,14 @@ def _rollback(req):
                   "removes it")
 
 
-def _build(req, st, sectors, clone_bytes, kept):
+def _build(req, st, sectors, clone_bytes, kept, absent=()):
     """The layers bottom-up (with the stack's lock held); returns (layers, kept)."""
     top = top_name(req.name)
     wbn = writeback.dm_name(req.name)
     layers = {}
     source = None
     if has_read(req.mode):
-        existing = dmsetup.table(top)
+        existing = None if top in absent else dmsetup.table(top)
         if existing is not None and st.read_cache is None:
             # Built over the base itself (no room for a read cache then): keep it so.
             source = req.base_dev
@@ -381,7 +387,7 @@ def _build(req, st, sectors, clone_bytes, kept):
         if rep is not None:
             _activate_lvs(req.vg, (st.wb.data_lv, st.wb.meta_lv), rep)
         ok = _layer_verdict(wbn, lambda t: writeback.matches(t, st.wb, req.clone_dev,
-                                                              sectors))
+                                                              sectors), absent)
         if ok:
             if not writeback.is_writeback(dmsetup.table(wbn)):
                 # Left clean by a flush (or by boot-time activation): running again.
@@ -408,7 +414,7 @@ def _build(req, st, sectors, clone_bytes, kept):
             return (t.target == "clone" and t.devices == devs and t.length == sectors
                     and t.block_sectors == REGION_SECTORS)
 
-        if not _layer_verdict(top, top_matches):
+        if not _layer_verdict(top, top_matches, absent):
             kept = False
             dmsetup.create(top, want)
         layers["top"] = {"device": dmsetup.path(top), "map": req.map_dev,

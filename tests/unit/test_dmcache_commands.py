@@ -439,6 +439,24 @@ def test_no_stack_is_prepared_over_an_existing_one_or_without_write_back(mocker,
     assert not allocate.called
 
 
+def test_a_new_stack_asks_dmsetup_about_its_own_devices_once(mocker, assemble_env):
+    """Missing at the start under the stack's lock means missing until this call makes them:
+    one `dmsetup info` each (0.1-0.2 s apiece in the lab), no second look before creating."""
+    rep = lvm.VGReport("tmi-cache", 4 << 30, 300 << 20, 4 << 20, {})
+    mocker.patch.object(lvm, "local_report", return_value=rep)
+    mocker.patch.object(writeback, "allocate")
+    mocker.patch.object(readcache, "acquire", return_value={
+        "id": "rc-1", "device": "/dev/mapper/tmi-rc-1", "created": False,
+        "device_created": False})
+    mocker.patch.object(stack.tables, "devno", side_effect=lambda path: path)
+    stack.assemble(stack.Request(name="vm-1-disk-0", mode="read+writeback", clone_dev="/dev/c",
+                                 base_key="k@1", base_dev="/dev/b", map_dev="/dev/m"))
+    asked = [c.args[0] for c in dmsetup.info.call_args_list]
+    assert asked.count("tmi-top-vm-1-disk-0") == 1 and asked.count("tmi-wb-vm-1-disk-0") == 1
+    assert dmsetup.table.call_count == 0
+    assert set(assemble_env) == {"tmi-top-vm-1-disk-0", "tmi-wb-vm-1-disk-0"}
+
+
 def test_released_means_nothing_reads_the_base_any_more(mocker, fake_dm):
     recorded("vm-1-disk-0")
     degraded = recorded("vm-2-disk-0")

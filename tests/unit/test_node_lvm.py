@@ -111,6 +111,29 @@ def test_change_argv():
     assert lvm.remove_argv("vg", "a") == ["lvremove", "-q", "-y", "vg/a"]
 
 
+def test_a_thin_lv_made_in_an_active_pool_leaves_dmeventd_alone():
+    assert lvm.create_thin_argv("vg", "tpool", "a", MIB, pool_active=True)[:4] == [
+        "lvcreate", "-q", "-y", "--ignoremonitoring"]
+    assert lvm.create_snapshot_argv("vg", "img-1", "b", pool_active=True)[:4] == [
+        "lvcreate", "-q", "-y", "--ignoremonitoring"]
+
+
+@pytest.mark.parametrize("pool_attr, ignored", [("twi-aotz--", True), ("twi---tz--", False)])
+def test_clones_ignore_monitoring_only_while_their_pool_is_active(mocker, pool_attr, ignored):
+    """A pool lvcreate itself activates must be registered with dmeventd as usual."""
+    from tm_iscsi.node import lvops
+    rep = lvm.VGReport("vg", 8 << 30, 1 << 30, 4 * MIB, {
+        "tpool": lvm.LV(vg="vg", name="tpool", size_bytes=4 << 30, attr=pool_attr,
+                        segtype="thin-pool", data_percent=1.0, metadata_percent=1.0),
+        "img-1": lvm.LV(vg="vg", name="img-1", size_bytes=64 * MIB, attr="Vwi-a-tz--",
+                        segtype="thin", pool="tpool", tags=["tm_iscsi"])})
+    run = mocker.patch.object(run_mod, "run")
+    lvops.ensure_snapshot(rep, "img-1", "vm-1-disk-0", ["tm_iscsi"], 90)
+    lvops.ensure_thin(rep, "tpool", "vm-1-disk-0-map", 8, ["tm_iscsi"], 90)
+    made = [c.args[0] for c in run.call_args_list if c.args[0][0] == "lvcreate"]
+    assert len(made) == 2 and all(("--ignoremonitoring" in argv) is ignored for argv in made)
+
+
 def test_change_commands_raise_with_context(mocker):
     run = mocker.patch.object(run_mod, "run", side_effect=NodeError("creating thin LV vg/a "
                                                                      "failed: no space"))

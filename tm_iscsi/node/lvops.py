@@ -76,7 +76,7 @@ def ensure_snapshot(rep, origin_name, name, tags, max_fill, size_mib=None):
         confine.require_scheme(vg, name)
         check_fill(rep, origin.pool, max_fill)
         _run.info(f"creating thin snapshot {vg}/{name} of {origin_name}")
-        lvm.create_snapshot(vg, origin_name, name, tags)
+        lvm.create_snapshot(vg, origin_name, name, tags, pool_active=_pool_active(rep, origin))
         created = True
         size = origin.size_bytes
     if size_mib is not None:
@@ -127,8 +127,14 @@ def ensure_thin(rep, pool, name, size_mib, tags, max_fill):
     confine.require_scheme(vg, name)
     check_fill(rep, pool, max_fill)
     _run.info(f"creating thin LV {vg}/{name} of {want} bytes")
-    lvm.create_thin(vg, pool, name, want, tags)
+    lvm.create_thin(vg, pool, name, want, tags, pool_active=_pool_active(rep, rep.get(pool)))
     return want, True
+
+
+def _pool_active(rep, lv):
+    """Is the thin pool of `lv` (or `lv` itself, a pool) active, as `rep` saw it?"""
+    pool = rep.get(lv.pool) if lv is not None and lv.pool else lv
+    return pool is not None and pool.is_thin_pool and pool.active
 
 
 def fs_type(path):
