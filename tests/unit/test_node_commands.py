@@ -127,7 +127,7 @@ def test_lv_create_new_existing_and_refusals(capsys, lvm_mock):
                                  "size_bytes": 12 * MIB, "created": True}
     # Stamped with the ownership tag, whatever was asked.
     lvm_mock.create_thin.assert_called_once_with("vgt", "tpool", "img-10", 12 * MIB,
-                                                 ["tm_iscsi", "tm_iscsi.t=1"])
+                                                 ["tm_iscsi", "tm_iscsi.t=1"], pool_active=True)
 
     # Existing with the same tags (any order): nothing to do; larger request: grow.
     lvm_mock.create_thin.reset_mock()
@@ -160,7 +160,8 @@ def test_lv_snapshot(capsys, lvm_mock):
     assert out == {"vg": "vgt", "lv": "vm-3-disk-0", "origin": "img-1",
                    "path": "/dev/vgt/vm-3-disk-0", "size_bytes": 100 * MIB, "created": True}
     lvm_mock.create_snapshot.assert_called_once_with("vgt", "img-1", "vm-3-disk-0",
-                                                     ["tm_iscsi", "tm_iscsi.k=v"])
+                                                     ["tm_iscsi", "tm_iscsi.k=v"],
+                                                     pool_active=True)
     lvm_mock.extend.assert_called_once_with("vgt", "vm-3-disk-0", 100 * MIB)
 
     lvm_mock.create_snapshot.reset_mock()
