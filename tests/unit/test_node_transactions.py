@@ -40,7 +40,8 @@ class FakeVG:
                             pool_active=False: self._change("snapshot", lv) or self.add(
                                 lv, self.lvs[origin].size_bytes, tags=tags, origin=origin))
         mocker.patch.object(lvm, "create_thin", side_effect=lambda vg, pool, lv, size, tags=(),
-                            pool_active=False: self._change("create", lv) or self.add(lv, size, tags=tags))
+                            pool_active=False: self._change("create", lv) or
+                            self.add(lv, size, tags=tags))
         mocker.patch.object(lvm, "change_tags", side_effect=self._tags)
         mocker.patch.object(lvm, "remove", side_effect=lambda vg, lv: self._change(
             "remove", lv) or self.lvs.pop(lv))

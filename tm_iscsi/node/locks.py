@@ -59,8 +59,8 @@ def _queue(path):
 
 
 def _take_ticket(queue):
-    """A ticket named by its arrival (ns, then pid and thread), flocked before it shows in the queue: a
-    ticket there that nobody holds is a dead waiter's, never one still being made."""
+    """A ticket named by its arrival (ns, then pid and thread), flocked before it shows in the
+    queue: a ticket there that nobody holds is a dead waiter's, never one still being made."""
     os.makedirs(queue, exist_ok=True)
     name = f"{time.time_ns():020d}-{os.getpid()}-{threading.get_ident()}"
     tmp = os.path.join(queue, f".new-{name}")

@@ -123,6 +123,13 @@ def _undo_login(iqn):
     iscsi.delete_records(iqn)
 
 
+def expected_path(portal, iqn, lun=0):
+    """The path attach_target gives LUN `lun` of `iqn` when udev names it in time (it does
+    unless the host is overloaded): udev's by-path name under the portal's address."""
+    host, port = iscsi.parse_portal(portal)
+    return iscsi.by_path(iscsi.resolve(host), port, iqn, lun)
+
+
 def attach_target(portal, iqn, serial, chap, timeout, link=None, lun=0):
     """Log in to `iqn` (or reuse the session), check LUN `lun` has unit serial `serial`, link
     it at `link` if given. Converges from any state an interrupted attach left."""

@@ -18,7 +18,8 @@ from .chap import credentials_from_stdin
 from .cli import answer, checked_command as command, checked_requests, each_request
 from .cli import request_option as _request_option
 from .cmd_cache import KEY, NAME
-from .targets import IQN, LINK, SERIAL, attach_target, detach_target, replace_symlink
+from .targets import (IQN, LINK, SERIAL, attach_target, detach_target, expected_path,
+                      replace_symlink)
 from .errors import NodeError, NodeUsageError
 
 MIB = 1024 * 1024
@@ -115,14 +116,6 @@ def _assemble(req, disk, devices, wb_made=False):
     return {"name": disk.name, "mode": disk.mode, "top": built.get("top"), "link": disk.link}
 
 
-def _expected_devices(req, disk):
-    """The paths attach_target gives the disk's LUNs when udev names them in time (it does
-    unless the host is overloaded; assemble copes with other ones)."""
-    host, port = iscsi.parse_portal(req.portal)
-    ip = iscsi.resolve(host)
-    return {role: iscsi.by_path(ip, port, lun.iqn, 0) for role, lun in disk.luns.items()}
-
-
 def _prepare(req):
     """Each new write-back stack's LVs made while the LUNs are logged in to (stack.prepare);
     the stacks it made."""
@@ -130,7 +123,9 @@ def _prepare(req):
     for disk in req.disks:
         if not protocol.has_writeback(disk.mode) or not disk.size_bytes:
             continue
-        request = _stack_request(req, disk, _expected_devices(req, disk))
+        # The paths the LUNs will have (assemble copes with other ones).
+        request = _stack_request(req, disk, {role: expected_path(req.portal, lun.iqn)
+                                             for role, lun in disk.luns.items()})
         _require_cache_vg(request.vg)
         if stack.prepare(request, disk.size_bytes):
             prepared.append(request)
