@@ -10,6 +10,10 @@
              cannot be reached: nothing may keep writing through a session we can no longer
              see), guards cleared, what the VM owned removed.
 
+The second call of each pair starts with the first (remote.begin: a detach's only when nothing
+is flushed) and is given its arguments when the first answers: its ssh session, sudo, Python
+start and imports cost the action nothing then.
+
 The host's initiator name comes from oned (the host's ISCSI_INITIATOR, which the hooks record and
 this module records when it had to ask), not from an extra call per action."""
 from dataclasses import dataclass
@@ -17,7 +21,7 @@ from typing import Optional
 
 from . import log, protocol, volumes
 from .errors import DriverError
-from .remote import NodeUnreachable
+from .remote import NodeUnreachable, begin
 from .volumes import Volume
 
 
@@ -63,14 +67,18 @@ def _by_datastore(items):
     return list(groups.values())
 
 
-def _call(ctx, node, command, requests, stdins, timeout, extra=(), tail=None):
+def _call(ctx, node, command, requests, stdins, timeout, extra=(), tail=None, started=None):
     """One call of `command` on `node` with one request per datastore; one answer each. `tail`
-    (bytes) follows the requests' CHAP secrets on stdin."""
+    (bytes) follows the requests' CHAP secrets on stdin. `started`: the call, begun already
+    (remote.begin), that these arguments finish."""
     argv = [word for request in requests for word in ("--request", protocol.encode(request))]
     stdin = "".join(text for text in stdins if text) or None
     if tail is not None:
         stdin = (stdin or "").encode() + tail
-    answer = ctx.node(node).call(command, *argv, *extra, stdin=stdin, timeout=timeout)
+    if started is None:
+        answer = ctx.node(node).call(command, *argv, *extra, stdin=stdin, timeout=timeout)
+    else:
+        answer = started.finish(*argv, *extra, stdin=stdin)
     if len(requests) == 1:
         return [answer]
     answers = answer.get("results")
@@ -113,7 +121,7 @@ def _storage_attach(ctx, host, initiator, groups, export=True):
     return granted
 
 
-def _host_attach(ctx, host, initiator, groups, granted, unpack=None):
+def _host_attach(ctx, host, initiator, groups, granted, unpack=None, started=None):
     requests = []
     for group, got_group in zip(groups, granted):
         ds = group[0].volume.ds
@@ -131,7 +139,7 @@ def _host_attach(ctx, host, initiator, groups, granted, unpack=None):
     extra, tail = (("--unpack-dir", unpack[0]), unpack[1]) if unpack else ((), None)
     return _call(ctx, host, protocol.HOST_ATTACH, requests,
                  [group[0].volume.ds.chap_stdin() for group in groups],
-                 ctx.settings.transaction_timeout, extra, tail)
+                 ctx.settings.transaction_timeout, extra, tail, started)
 
 
 def attach(ctx, host, disks, unpack=None):
@@ -142,9 +150,17 @@ def attach(ctx, host, disks, unpack=None):
     groups = _by_datastore(disks)
     if not groups:
         return []
-    initiator = ctx.initiator(host)
-    granted = _storage_attach(ctx, host, initiator, groups)
-    answers = _host_attach(ctx, host, initiator, groups, granted, unpack)
+    # The host's call starts first and waits for what the storage nodes grant: its ssh session,
+    # sudo and Python start meanwhile. Its time covers theirs, one transaction each.
+    storage_nodes = len(_per_storage_node(groups, lambda group: None))
+    started = begin(ctx.node(host), protocol.HOST_ATTACH,
+                    timeout=ctx.settings.transaction_timeout * (1 + storage_nodes))
+    try:
+        initiator = ctx.initiator(host)
+        granted = _storage_attach(ctx, host, initiator, groups)
+        answers = _host_attach(ctx, host, initiator, groups, granted, unpack, started)
+    finally:
+        started.abandon()   # not finished (a storage node failed): the host changes nothing
     stale = next((a for a in answers if a.get("initiator_mismatch")), None)
     if stale is not None:
         # oned's record of the host's name is out of date (host re-installed): export to the
@@ -201,8 +217,10 @@ def _host_detach(ctx, host, groups, remove_dir=None):
     return _call(ctx, host, protocol.HOST_DETACH, requests, [], ctx.settings.copy_timeout)
 
 
-def _storage_release(ctx, host, initiator, groups, torn=None, reachable=True):
+def _storage_release(ctx, host, initiator, groups, torn=None, reachable=True, started=None):
+    """`started`: {storage node: its storage-release, begun already (remote.begin)}."""
     torn = torn or {}
+    started = started or {}
 
     def request(group):
         ds = group[0].volume.ds
@@ -217,10 +235,14 @@ def _storage_release(ctx, host, initiator, groups, torn=None, reachable=True):
                                        iqn_base=ds.iqn_base, disks=disks)
 
     released = {}
-    for node, items in _per_storage_node(groups, request).items():
-        for answer in _call(ctx, node, protocol.STORAGE_RELEASE, [r for _, r in items], [],
-                            ctx.settings.transaction_timeout):
-            released.update({d["lv"]: d for d in answer.get("disks", []) if "lv" in d})
+    try:
+        for node, items in _per_storage_node(groups, request).items():
+            for answer in _call(ctx, node, protocol.STORAGE_RELEASE, [r for _, r in items], [],
+                                ctx.settings.transaction_timeout, started=started.get(node)):
+                released.update({d["lv"]: d for d in answer.get("disks", []) if "lv" in d})
+    finally:
+        for call in started.values():
+            call.abandon()
     return released
 
 
@@ -239,6 +261,7 @@ def detach_and_report(ctx, host, releases, remove_dir=None):
     if not groups:
         return False, {}
     torn, initiator, reachable, dir_removed, released = {}, None, True, False, {}
+    started = {}
     if ctx.is_frontend(host):
         # The front-end holds no session: nothing of a host's to revoke (a shared CD-ROM's ACLs
         # are other hosts'); only what the VM owned goes.
@@ -247,6 +270,14 @@ def detach_and_report(ctx, host, releases, remove_dir=None):
                   for group in groups]
         groups = [g for g in groups if any(r.remove or r.map != "keep" for r in g)]
     else:
+        # Without a flush the host's call is short: each storage node's call starts meanwhile
+        # and waits for its answer (an ssh session kept idle through a long flush would not
+        # be worth the second it saves).
+        if not any(r.flush for group in groups for r in group):
+            for node in _per_storage_node(groups, lambda group: None):
+                started[node] = begin(ctx.node(node), protocol.STORAGE_RELEASE,
+                                      timeout=ctx.settings.copy_timeout +
+                                      ctx.settings.transaction_timeout)
         try:
             answers = _host_detach(ctx, host, groups, remove_dir)
             dir_removed = any(a.get("dir_removed") is not None for a in answers)
@@ -257,8 +288,12 @@ def detach_and_report(ctx, host, releases, remove_dir=None):
             reachable = False
             log.info(f"{err}; its cache stacks stay until it boots, and every ACL of "
                      f"{', '.join(r.volume.lv for g in groups for r in g)} is revoked")
+        except BaseException:
+            for call in started.values():
+                call.abandon()
+            raise
     if groups:
-        released = _storage_release(ctx, host, initiator, groups, torn, reachable)
+        released = _storage_release(ctx, host, initiator, groups, torn, reachable, started)
     return dir_removed, released
 
 

@@ -35,8 +35,9 @@ class _FaultPlan:
                 self.when, self.at = when, int(at)
         self.count = 0
 
-    def check(self, when, host, command):
-        if self.when == when and self.count == self.at:
+    def check(self, when, host, command, index=None):
+        """`index`: the call's number, for a call others were sent during (Node.begin)."""
+        if self.when == when and (self.count if index is None else index) == self.at:
             raise DriverError(f"{host}: injected fault {when} call {self.at} ({command})")
 
     def next(self):
@@ -46,14 +47,17 @@ class _FaultPlan:
 _FAULTS = _FaultPlan(os.environ.get("TM_ISCSI_FAULT"))
 
 
-def _trace(host, command, seconds):
+def _trace(host, command, seconds, begun_before=None):
     """TM_ISCSI_TRACE=FILE appends one JSON line per node call (host, command, seconds): what
-    the benchmarks and the demo read to tell where an action's time goes."""
+    the benchmarks and the demo read to tell where an action's time goes. A call begun early
+    (Node.begin) counts from its last arguments; `begun_before` says how long it ran before."""
     path = os.environ.get("TM_ISCSI_TRACE")
     if path:
+        row = {"host": host, "command": command, "seconds": round(seconds, 3)}
+        if begun_before is not None:
+            row["begun_before"] = round(begun_before, 3)
         with open(path, "a") as trace:
-            trace.write(json.dumps({"host": host, "command": command,
-                                    "seconds": round(seconds, 3)}) + "\n")
+            trace.write(json.dumps(row) + "\n")
 
 
 def _plain_file(stream):
@@ -135,17 +139,27 @@ class Node:
         self.host = checked_host(host)
         self.settings = settings
 
-    def _argv(self, command, args, budget=None):
+    def _argv(self, command, args, budget=None, args_later=False):
         # The node stops by the budget (at a point a re-run converges from) instead of going on
         # after we gave up; ssh itself is given the budget plus the time an answer takes.
         head = ["--budget", str(int(budget))] if budget else []
+        head += ["--args-on-stdin"] if args_later else []
         remote = [*self.settings.node_argv, *head, command, *[str(a) for a in args]]
         return ssh_command(self.settings.ssh_argv, self.host, remote)
 
     def call(self, command, *args, stdin=None, timeout=None):
         """Run `tm-iscsi-node COMMAND ARGS` on the node; return its JSON object. `stdin` is
         bytes, text, or a file object streamed as bulk data (an image, a tar of a VM dir)."""
-        result = self._run(command, args, stdin, timeout, binary_out=False)
+        return self._json(command, self._run(command, args, stdin, timeout, binary_out=False))
+
+    def begin(self, command, *args, timeout=None):
+        """Start `tm-iscsi-node COMMAND ARGS ...` now, its other arguments and stdin to follow
+        (`Started.finish`): the ssh session, sudo, Python and the command's imports take their
+        time while the caller works out those arguments (a host-attach while the storage node
+        exports). `timeout` counts from now."""
+        return Started(self, command, args, timeout or self.settings.ssh_timeout)
+
+    def _json(self, command, result):
         try:
             return json.loads(result.stdout) if result.stdout.strip() else {}
         except ValueError:
@@ -196,6 +210,10 @@ class Node:
         if feeder and feeder.error and result.returncode != 0:
             raise DriverError(f"{self.host}: tm-iscsi-node {command}: reading its input failed: "
                               f"{feeder.error}")
+        return self._outcome(command, result, binary_out)
+
+    def _outcome(self, command, result, binary_out=False):
+        """The finished ssh's result, or the one-line error it means."""
         stderr = result.stderr.decode(errors="replace")
         plain = []
         for line in stderr.splitlines():
@@ -216,3 +234,78 @@ class Node:
         if not binary_out and result.stdout is not None:
             result.stdout = result.stdout.decode(errors="replace")
         return result
+
+
+class Started:
+    """A node call under way whose last arguments are not known yet (Node.begin): finish() sends
+    them; abandon() ends a call that is not finished (and does nothing to one that is)."""
+
+    def __init__(self, node, command, args, timeout):
+        self.node, self.command, self.timeout = node, command, timeout
+        self._ended = False
+        _FAULTS.next()
+        self._index = _FAULTS.count
+        _FAULTS.check("before", node.host, command)
+        self.started = time.monotonic()
+        self._proc = subprocess.Popen(node._argv(command, args, budget=timeout, args_later=True),
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE)
+
+    def _left(self):
+        return max(1.0, self.timeout + ANSWER_GRACE - (time.monotonic() - self.started))
+
+    def finish(self, *args, stdin=None):
+        """Send the other arguments (and `stdin`, bytes or text); return the JSON answer."""
+        line = json.dumps([str(a) for a in args]).encode() + b"\n"
+        data = stdin.encode() if isinstance(stdin, str) else (stdin or b"")
+        sent = time.monotonic()
+        self._ended = True
+        try:
+            try:
+                out, err = self._proc.communicate(line + data, timeout=self._left())
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.communicate()
+                raise DriverError(f"{self.node.host}: tm-iscsi-node {self.command} did not "
+                                  f"finish within {self.timeout}s")
+        finally:
+            _trace(self.node.host, self.command, time.monotonic() - sent,
+                   begun_before=sent - self.started)
+        result = subprocess.CompletedProcess(self._proc.args, self._proc.returncode, out, err)
+        result = self.node._outcome(self.command, result)
+        _FAULTS.check("after", self.node.host, self.command, self._index)
+        return self.node._json(self.command, result)
+
+    def abandon(self):
+        """The call is not wanted after all: the node gets no arguments, so it changes nothing
+        and ends."""
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            self._proc.communicate(b"", timeout=min(30.0, self._left()))
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.communicate()
+
+
+class _Later:
+    """Node.begin for a node object that only has `call`: the whole call happens at finish()."""
+
+    def __init__(self, node, command, args, timeout):
+        self.node, self.command, self.args, self.timeout = node, command, args, timeout
+
+    def finish(self, *args, stdin=None):
+        return self.node.call(self.command, *self.args, *args, stdin=stdin,
+                              timeout=self.timeout)
+
+    def abandon(self):
+        pass
+
+
+def begin(node, command, *args, timeout=None):
+    """node.begin(...) when the node can start a call early, else a call made at finish()."""
+    start = getattr(node, "begin", None)
+    if start is not None:
+        return start(command, *args, timeout=timeout)
+    return _Later(node, command, args, timeout)

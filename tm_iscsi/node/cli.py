@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import sys
+import time
 
 from .. import protocol
 from . import deadline
@@ -96,11 +97,43 @@ MODULE_OF = {
 }
 
 
+# `tm-iscsi-node [--budget S] --args-on-stdin COMMAND`: the command's arguments come later, as
+# the first line of stdin (a JSON list of words), so that the caller can start the call (ssh,
+# sudo, Python, the command's imports) before it knows them; the rest of stdin is the command's.
+ARGS_ON_STDIN = "--args-on-stdin"
+_ARGS_LINE_LIMIT = 8 << 20
+
+
+def _global_words(words):
+    """How many of `words` are global options (before the command)."""
+    count = 0
+    while count < len(words) and words[count] in ("--budget", ARGS_ON_STDIN):
+        count += 2 if words[count] == "--budget" else 1
+    return count
+
+
+def _args_from_stdin():
+    raw = getattr(sys.stdin, "buffer", sys.stdin)
+    line = raw.readline(_ARGS_LINE_LIMIT)
+    if isinstance(line, bytes):
+        line = line.decode(errors="replace")
+    if not line.strip():
+        raise NodeUsageError(f"{ARGS_ON_STDIN}: no arguments on stdin (the caller stopped before "
+                             "sending them; nothing was changed)")
+    try:
+        words = json.loads(line)
+    except ValueError:
+        words = None
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise NodeUsageError(f"{ARGS_ON_STDIN}: the first line of stdin is not a JSON list of "
+                             "words")
+    return words
+
+
 def _load_commands(argv):
     # Storage commands need rtslib_fb only when they run; hosts do not have it.
     words = list(argv)
-    if words[:1] == ["--budget"]:
-        words = words[2:]
+    words = words[_global_words(words):]
     wanted = next((a for a in words if not a.startswith("-")), None)
     modules = {MODULE_OF[wanted]} if wanted in MODULE_OF else set(MODULE_OF.values())
     for module in sorted(modules):
@@ -122,6 +155,8 @@ def build_parser(argv=None):
     parser = _Parser(prog="tm-iscsi-node", description="tm_iscsi node helper")
     parser.add_argument("--budget", type=_budget, metavar="SECONDS",
                         help="the caller's remaining time: stop in time, at a re-runnable point")
+    parser.add_argument(ARGS_ON_STDIN, action="store_true",
+                        help="the command's arguments are the first line of stdin, a JSON list")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (func, help_text) in sorted(_COMMANDS.items()):
         p = sub.add_parser(name, help=help_text)
@@ -137,10 +172,19 @@ def main(argv=None):
 
 
 def _main(argv):
+    started = time.monotonic()
+    words = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser(argv).parse_args(argv)
+        parser = build_parser(words)
+        head = _global_words(words)
+        if ARGS_ON_STDIN in words[:head]:
+            # The command's module is imported: what the caller's wait for the words overlaps.
+            words = [w for w in words[:head] if w != ARGS_ON_STDIN] + words[head:] + \
+                _args_from_stdin()
+        args = parser.parse_args(words)
         if args.budget:
-            deadline.start(args.budget)
+            # From the call's start: the budget covers the wait for the words too.
+            deadline.start(args.budget, since=started)
         func, _ = _COMMANDS[args.command]
         result = func(args)
     except NodeError as err:

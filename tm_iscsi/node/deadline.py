@@ -11,9 +11,10 @@ MARGIN = 3.0
 _until = None
 
 
-def start(budget_seconds):
+def start(budget_seconds, since=None):
     global _until
-    _until = time.monotonic() + max(1.0, float(budget_seconds) - MARGIN)
+    _until = (time.monotonic() if since is None else since) + \
+        max(1.0, float(budget_seconds) - MARGIN)
 
 
 def remaining():
