@@ -217,7 +217,8 @@ def _names(script, names, lvs=""):
 
 FLOOR = {
     "none": {
-        "storage": "set -e\nlvcreate -q -y --snapshot --setactivationskip n -n floor-{n} "
+        "storage": "set -e\nlvcreate -q -y --ignoremonitoring --snapshot --setactivationskip n "
+                   "-n floor-{n} "
                    "{vg}/img-0 >/dev/null\n" + _names(FLOOR_EXPORT, ["floor-{n}"]),
         "host1": "set -e\n" + FLOOR_LOGIN + r"""
 clone=$(login floor-{n})
@@ -229,8 +230,10 @@ mkdir -p /tmp/floor && ln -sfn $clone /tmp/floor/disk.{n}
     "read+writeback": {
         "storage": r"""
 set -e
-lvcreate -q -y --snapshot --setactivationskip n -n floor-{n} {vg}/img-0 >/dev/null
-lvcreate -q -y --type thin --thinpool tpool -V 8m -n floor-{n}-map {vg} >/dev/null
+lvcreate -q -y --ignoremonitoring --snapshot --setactivationskip n -n floor-{n} {vg}/img-0 \
+  >/dev/null
+lvcreate -q -y --ignoremonitoring --type thin --thinpool tpool -V 8m -n floor-{n}-map {vg} \
+  >/dev/null
 """ + _names(FLOOR_EXPORT, ["floor-{n}", "floor-{n}-map"]),
         "host1": "set -e\n" + FLOOR_LOGIN + r"""
 clone=$(login floor-{n}); map=$(login floor-{n}-map)
@@ -254,7 +257,8 @@ lvremove -q -y {cache_vg}/floor-{n}-wb {cache_vg}/floor-{n}-wbmeta >/dev/null 2>
 }
 # The steady state of read+writeback: the image's base exported and logged in on host1.
 FLOOR_BASE = {
-    "storage": "set -e\nlvcreate -q -y --snapshot --setactivationskip n -n floor-base "
+    "storage": "set -e\nlvcreate -q -y --ignoremonitoring --snapshot --setactivationskip n "
+               "-n floor-base "
                "{vg}/img-0 >/dev/null\n" + _names(FLOOR_EXPORT, ["floor-base"]),
     "host1": "set -e\n" + FLOOR_LOGIN + "login floor-base >/dev/null\n",
     "undo_host1": _names(FLOOR_LOGOUT, ["floor-base"]),
@@ -273,27 +277,66 @@ def ssh_session(node, script):
     return time.monotonic() - started
 
 
+class Floor:
+    """The floor of `mode`, one round at a time (`with Floor(mode) as floor: floor.once()`): in
+    read+writeback its own base is exported and logged in on host1 for as long as it is open."""
+
+    def __init__(self, mode):
+        self.mode, self.scripts, self.n = mode, FLOOR[mode], 0
+        self.fields = {"vg": IMAGE_VG, "initiator": config.node("host1").initiator_iqn,
+                       "portal": config.node("storage").ip, "cache_vg": LAB_CACHE_VG}
+
+    def __enter__(self):
+        if self.mode == "read+writeback":
+            ssh_session("storage", FLOOR_BASE["storage"].format(**self.fields))
+            ssh_session("host1", FLOOR_BASE["host1"].format(**self.fields))
+        return self
+
+    def once(self):
+        fields = dict(self.fields, n=self.n)
+        self.n += 1
+        seconds = ssh_session("storage", self.scripts["storage"].format(**fields))
+        seconds += ssh_session("host1", self.scripts["host1"].format(**fields))
+        ssh_session("host1", self.scripts["undo_host1"].format(**fields))
+        ssh_session("storage", self.scripts["undo_storage"].format(**fields))
+        return seconds
+
+    def __exit__(self, *exc):
+        if self.mode == "read+writeback":
+            ssh_session("host1", FLOOR_BASE["undo_host1"].format(**self.fields))
+            ssh_session("storage", FLOOR_BASE["undo_storage"].format(**self.fields))
+
+
 def floor_seconds(mode, repeat):
-    scripts = FLOOR[mode]
-    fields = {"vg": IMAGE_VG, "initiator": config.node("host1").initiator_iqn,
-              "portal": config.node("storage").ip, "cache_vg": LAB_CACHE_VG}
-    if mode == "read+writeback":
-        ssh_session("storage", FLOOR_BASE["storage"].format(**fields))
-        ssh_session("host1", FLOOR_BASE["host1"].format(**fields))
-    times = []
+    with Floor(mode) as floor:
+        return statistics.median(floor.once() for _ in range(repeat))
+
+
+def deploys_and_floors(counted, mode, first_vm, repeat):
+    """deploy_seconds and floor_seconds in the same minutes: each round one steady deploy (and
+    its terminate) and one floor, the order swapped every round, so that the machine's load,
+    which drifts by 2x within minutes on these shared cores, weighs on both alike. Returns
+    (deploy median, floor median, [[deploy, floor] per round]). Uses VMs first_vm ..
+    first_vm + repeat."""
+    counted.cloud.set_cache_mode(mode)
+    _deploy(counted, first_vm)
+    pairs = []
     try:
-        for n in range(repeat):
-            fields["n"] = n
-            seconds = ssh_session("storage", scripts["storage"].format(**fields))
-            seconds += ssh_session("host1", scripts["host1"].format(**fields))
-            times.append(seconds)
-            ssh_session("host1", scripts["undo_host1"].format(**fields))
-            ssh_session("storage", scripts["undo_storage"].format(**fields))
+        with Floor(mode) as floor:
+            for r, vm in enumerate(range(first_vm + 1, first_vm + 1 + repeat)):
+                if r % 2 == 0:
+                    deployed = _deploy(counted, vm)
+                    _terminate(counted, vm)
+                    pairs.append([round(deployed, 2), round(floor.once(), 2)])
+                else:
+                    floored = floor.once()
+                    deployed = _deploy(counted, vm)
+                    _terminate(counted, vm)
+                    pairs.append([round(deployed, 2), round(floored, 2)])
     finally:
-        if mode == "read+writeback":
-            ssh_session("host1", FLOOR_BASE["undo_host1"].format(**fields))
-            ssh_session("storage", FLOOR_BASE["undo_storage"].format(**fields))
-    return statistics.median(times)
+        _terminate(counted, first_vm)
+    return (statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs),
+            pairs)
 
 
 def burst(counted, count, first_vm, single_seconds):
@@ -403,22 +446,26 @@ def main():
             for mode in MODES:
                 result["calls"][mode] = measure_calls(counted, mode, vm)
                 vm += 1
-                # The base exists from the first clone: this is the steady-state deploy.
-                result["deploy_seconds"][mode] = round(
-                    deploy_seconds(counted, mode, vm, args.repeat), 2)
-                vm += args.repeat + 1
                 save()
-            result["floor_seconds"] = {}
+            result["floor_seconds"], result["floor_rounds"] = {}, {}
             for mode in MODES:
+                # The base exists from the first clone: this is the steady-state deploy.
                 try:
-                    floor = floor_seconds(mode, args.repeat)
+                    deployed, floor, pairs = deploys_and_floors(counted, mode, vm, args.repeat)
                 except SystemExit as err:
                     # A floor script that fails costs its figure, not the stages after it.
                     result["floor_seconds"][mode] = f"failed: {err}"[:300]
+                    vm += args.repeat + 1
+                    result["deploy_seconds"][mode] = round(
+                        deploy_seconds(counted, mode, vm, args.repeat), 2)
+                    vm += args.repeat + 1
                     continue
+                vm += args.repeat + 1
+                result["deploy_seconds"][mode] = round(deployed, 2)
                 result["floor_seconds"][mode] = round(floor, 2)
-                result["floor_ratio"][mode] = round(result["deploy_seconds"][mode] / floor, 2)
-            save()
+                result["floor_rounds"][mode] = pairs
+                result["floor_ratio"][mode] = round(deployed / floor, 2)
+                save()
             if args.burst:
                 result["burst"] = burst(counted, args.burst, 1000,
                                         result["deploy_seconds"]["read+writeback"])

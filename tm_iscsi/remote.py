@@ -5,6 +5,7 @@ non-zero exit on failure, `INFO:` progress lines on stderr."""
 import io
 import json
 import os
+import random
 import shlex
 import subprocess
 import threading
@@ -115,6 +116,20 @@ _SSH_FAILURES = ("ssh: ", "Connection closed by", "Connection reset by", "Connec
                  "Network is unreachable", "Broken pipe", "banner exchange")
 
 
+# What ssh prints when sshd turns a connection away before any authentication (MaxStartups,
+# when many connect at once; an sshd restarting): nothing ran on the node, so it is tried again.
+_TURNED_AWAY = ("kex_exchange_identification", "banner exchange")
+CONNECT_ATTEMPTS = 5
+
+
+def _turned_away(result):
+    if result.returncode != 255:
+        return False
+    text = result.stderr.decode(errors="replace") if isinstance(result.stderr, bytes) else \
+        str(result.stderr)
+    return any(mark in text for mark in _TURNED_AWAY)
+
+
 def _unreachable(plain_lines):
     """ssh exited 255 because it could not reach the host (not because the helper failed)."""
     return any(line.startswith(_SSH_FAILURES) or any(f in line for f in _SSH_FAILURES[1:])
@@ -183,6 +198,20 @@ class Node:
 
     def _execute(self, command, args, stdin, timeout, binary_out, sink):
         timeout = timeout or self.settings.ssh_timeout
+        ends = time.monotonic() + timeout
+        # A stream read once cannot be sent twice; bytes can.
+        again = stdin is None or isinstance(stdin, (bytes, str))
+        for attempt in range(1, CONNECT_ATTEMPTS + 1):
+            result = self._execute_once(command, args, stdin, timeout, sink)
+            timeout = int(ends - time.monotonic())
+            if not (again and _turned_away(result)) or attempt == CONNECT_ATTEMPTS or \
+                    timeout < 10:
+                break
+            log.info(f"{self.host} turned the connection away (attempt {attempt}); again")
+            time.sleep(random.uniform(0.2, 1.0) * attempt)
+        return self._outcome(command, result, binary_out)
+
+    def _execute_once(self, command, args, stdin, timeout, sink):
         argv = self._argv(command, args, budget=timeout)
         kwargs = {}
         feeder = None
@@ -210,7 +239,7 @@ class Node:
         if feeder and feeder.error and result.returncode != 0:
             raise DriverError(f"{self.host}: tm-iscsi-node {command}: reading its input failed: "
                               f"{feeder.error}")
-        return self._outcome(command, result, binary_out)
+        return result
 
     def _outcome(self, command, result, binary_out=False):
         """The finished ssh's result, or the one-line error it means."""
@@ -241,7 +270,7 @@ class Started:
     them; abandon() ends a call that is not finished (and does nothing to one that is)."""
 
     def __init__(self, node, command, args, timeout):
-        self.node, self.command, self.timeout = node, command, timeout
+        self.node, self.command, self.args, self.timeout = node, command, args, timeout
         self._ended = False
         _FAULTS.next()
         self._index = _FAULTS.count
@@ -272,7 +301,13 @@ class Started:
             _trace(self.node.host, self.command, time.monotonic() - sent,
                    begun_before=sent - self.started)
         result = subprocess.CompletedProcess(self._proc.args, self._proc.returncode, out, err)
-        result = self.node._outcome(self.command, result)
+        if _turned_away(result):
+            # Nothing ran there: the whole call, made now (and tried again as any call is).
+            left = int(self.timeout - (time.monotonic() - self.started))
+            result = self.node._execute(self.command, [*self.args, *args], data or None,
+                                        max(10, left), False, None)
+        else:
+            result = self.node._outcome(self.command, result)
         _FAULTS.check("after", self.node.host, self.command, self._index)
         return self.node._json(self.command, result)
 

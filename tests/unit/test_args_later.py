@@ -229,3 +229,52 @@ def test_a_host_detach_failure_abandons_the_storage_nodes_call():
     assert events.log == [("begin", "storage", "storage-release"),
                           ("call", "host1", "host-detach"),
                           ("abandon", "storage", "storage-release")]
+
+
+# -- connections sshd turns away -------------------------------------------------------------------
+
+def _flaky(tmp_path, fails, then):
+    """An ssh stand-in that is turned away `fails` times (as sshd's MaxStartups does), then runs
+    `then`."""
+    count = tmp_path / "count"
+    count.write_text("0")
+    return (f'n=$(cat "{count}"); echo $((n + 1)) > "{count}"; '
+            f'if [ "$n" -lt {fails} ]; then '
+            f'echo "kex_exchange_identification: read: Connection reset by peer" >&2; exit 255; '
+            f'fi; {then}'), count
+
+
+def test_a_connection_turned_away_is_made_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(remote.time, "sleep", lambda seconds: None)
+    script, count = _flaky(tmp_path, 2, 'cat >/dev/null; echo "{\\"ok\\": true}"')
+    assert _node(script).call("storage-attach", stdin="x") == {"ok": True}
+    assert count.read_text().strip() == "3"
+
+
+def test_a_host_that_keeps_turning_away_is_unreachable(tmp_path, monkeypatch):
+    monkeypatch.setattr(remote.time, "sleep", lambda seconds: None)
+    script, count = _flaky(tmp_path, 99, "echo '{}'")
+    with pytest.raises(remote.NodeUnreachable, match="kex_exchange_identification"):
+        _node(script).call("storage-attach")
+    assert count.read_text().strip() == str(remote.CONNECT_ATTEMPTS)
+
+
+def test_a_stream_is_not_sent_twice(tmp_path, monkeypatch):
+    monkeypatch.setattr(remote.time, "sleep", lambda seconds: None)
+    script, count = _flaky(tmp_path, 1, "echo '{}'")
+    source = tmp_path / "image"
+    source.write_bytes(b"data")
+    with open(source, "rb") as stream, pytest.raises(remote.NodeUnreachable):
+        _node(script).call("lv-write", stdin=stream)
+    assert count.read_text().strip() == "1"
+
+
+def test_a_begun_call_turned_away_is_made_whole(tmp_path, monkeypatch):
+    """The words it never got go on the command line of the call made again."""
+    monkeypatch.setattr(remote.time, "sleep", lambda seconds: None)
+    script, count = _flaky(tmp_path, 1, 'rest=$(cat); printf \'{"remote": "%s", "rest": "%s"}\' '
+                                        '"$3" "$rest"')
+    started = _node(script).begin("host-attach", timeout=30)
+    got = started.finish("--request", "R1", stdin="secret")
+    assert "--args-on-stdin" not in got["remote"] and "host-attach --request R1" in got["remote"]
+    assert got["rest"] == "secret" and count.read_text().strip() == "2"
