@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """A/B of the steady deploy of one disk (read+writeback, or --mode none) and of its terminate:
-commit OLD against commit NEW on the same lab in the same minutes, deploys interleaved (OLD NEW, NEW OLD, ...), the checkout switched
-between them (the lab's nodes run the checkout's code through their /opt/tm_iscsi mount). For a
-shared, noisy machine, where two bench runs an hour apart differ by a quarter.
+commit OLD against commit NEW on the same lab in the same minutes, deploys interleaved (OLD NEW,
+NEW OLD, ...), the checkout switched between them (the lab's nodes run the checkout's code
+through their /opt/tm_iscsi mount). For a shared, noisy machine, where two bench runs an hour
+apart differ by a quarter.
 
 Run it from a clone made for it (it checks out commits there), with that clone first on the
 Python path:

@@ -324,15 +324,12 @@ def deploys_and_floors(counted, mode, first_vm, repeat):
     try:
         with Floor(mode) as floor:
             for r, vm in enumerate(range(first_vm + 1, first_vm + 1 + repeat)):
-                if r % 2 == 0:
-                    deployed = _deploy(counted, vm)
-                    _terminate(counted, vm)
-                    pairs.append([round(deployed, 2), round(floor.once(), 2)])
-                else:
+                floored = floor.once() if r % 2 else None
+                deployed = _deploy(counted, vm)
+                _terminate(counted, vm)
+                if floored is None:
                     floored = floor.once()
-                    deployed = _deploy(counted, vm)
-                    _terminate(counted, vm)
-                    pairs.append([round(deployed, 2), round(floored, 2)])
+                pairs.append([round(deployed, 2), round(floored, 2)])
     finally:
         _terminate(counted, first_vm)
     return (statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs),

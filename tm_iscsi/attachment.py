@@ -97,6 +97,10 @@ def _per_storage_node(groups, make):
     return calls
 
 
+def _storage_nodes(groups):
+    return list(_per_storage_node(groups, lambda group: None))
+
+
 def _storage_attach(ctx, host, initiator, groups, export=True):
     """The disks each group of `groups` was granted, in the groups' order."""
     def request(group):
@@ -152,9 +156,8 @@ def attach(ctx, host, disks, unpack=None):
         return []
     # The host's call starts first and waits for what the storage nodes grant: its ssh session,
     # sudo and Python start meanwhile. Its time covers theirs, one transaction each.
-    storage_nodes = len(_per_storage_node(groups, lambda group: None))
     started = begin(ctx.node(host), protocol.HOST_ATTACH,
-                    timeout=ctx.settings.transaction_timeout * (1 + storage_nodes))
+                    timeout=ctx.settings.transaction_timeout * (1 + len(_storage_nodes(groups))))
     try:
         initiator = ctx.initiator(host)
         granted = _storage_attach(ctx, host, initiator, groups)
@@ -274,7 +277,7 @@ def detach_and_report(ctx, host, releases, remove_dir=None):
         # and waits for its answer (an ssh session kept idle through a long flush would not
         # be worth the second it saves).
         if not any(r.flush for group in groups for r in group):
-            for node in _per_storage_node(groups, lambda group: None):
+            for node in _storage_nodes(groups):
                 started[node] = begin(ctx.node(node), protocol.STORAGE_RELEASE,
                                       timeout=ctx.settings.copy_timeout +
                                       ctx.settings.transaction_timeout)

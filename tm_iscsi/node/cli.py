@@ -176,11 +176,9 @@ def _main(argv):
     words = list(sys.argv[1:] if argv is None else argv)
     try:
         parser = build_parser(words)
-        head = _global_words(words)
-        if ARGS_ON_STDIN in words[:head]:
+        if ARGS_ON_STDIN in words[:_global_words(words)]:
             # The command's module is imported: what the caller's wait for the words overlaps.
-            words = [w for w in words[:head] if w != ARGS_ON_STDIN] + words[head:] + \
-                _args_from_stdin()
+            words += _args_from_stdin()
         args = parser.parse_args(words)
         if args.budget:
             # From the call's start: the budget covers the wait for the words too.
