@@ -498,7 +498,11 @@ def _teardown(name, do_flush, timeout, vg):
     """With the stack's lock held. Returns (result, read cache id to release, its VG)."""
     st = state.load_stack(name)
     top, wbn = top_name(name), writeback.dm_name(name)
-    top_dev, wb_dev = dmsetup.settled_info(top), dmsetup.settled_info(wbn)
+    top_dev = dmsetup.settled_info(top)
+    # Under a top the write-back device is held open by the top itself: settling it would wait
+    # out udev's whole grace for a count that only the top's removal drops. Without a top, its
+    # count is its users'.
+    wb_dev = dmsetup.info(wbn) if top_dev is not None else dmsetup.settled_info(wbn)
     result = {"name": name, "flushed": False, "dropped_dirty_blocks": 0,
               "read_cache_key": st.base_key if st else None, "read_cache_released": False,
               "existed": bool(st or top_dev or wb_dev)}

@@ -188,6 +188,37 @@ def test_teardown_flush_failure_leaves_the_stack_whole(capsys, mocker, fake_dm):
     assert not dmsetup.remove.called and state.load_stack("vm-1-disk-0") is not None
 
 
+def test_teardown_waits_for_udev_on_the_top_only(capsys, mocker, fake_dm):
+    """The write-back device under a top is open once, by the top: waiting for that count to
+    drop (udev's grace, 5 s) before the top goes would only delay every terminate."""
+    recorded()
+    fake_dm["tmi-top-vm-1-disk-0"] = dmsetup.Info("tmi-top-vm-1-disk-0", 0, False, True, 254, 9,
+                                                  "", 1)
+    fake_dm["tmi-wb-vm-1-disk-0"] = dmsetup.Info("tmi-wb-vm-1-disk-0", 1, False, True, 254, 8,
+                                                 "", 1)
+    mocker.patch.object(writeback, "flush", return_value={"seconds": 0})
+    mocker.patch.object(writeback, "free")
+    mocker.patch.object(readcache, "release", return_value=1)
+    code, out, err = main(capsys, "stack-teardown", "--name", "vm-1-disk-0", "--flush")
+    assert code == 0 and err == [] and out["flushed"] and out["existed"]
+    assert [c.args[0] for c in dmsetup.settled_info.call_args_list] == ["tmi-top-vm-1-disk-0"]
+    assert [c.args[0] for c in dmsetup.remove.call_args_list] == ["tmi-top-vm-1-disk-0",
+                                                                  "tmi-wb-vm-1-disk-0"]
+    assert state.load_stack("vm-1-disk-0") is None
+
+
+def test_teardown_without_a_top_counts_the_write_back_devices_users(capsys, mocker, fake_dm):
+    recorded(mode="writeback")
+    fake_dm["tmi-wb-vm-1-disk-0"] = dmsetup.Info("tmi-wb-vm-1-disk-0", 1, False, True, 254, 8,
+                                                 "", 1)
+    flush = mocker.patch.object(writeback, "flush")
+    code, _, err = main(capsys, "stack-teardown", "--name", "vm-1-disk-0", "--flush")
+    assert code == 1 and err == ["stack vm-1-disk-0 is in use (tmi-wb-vm-1-disk-0 open 1 "
+                                 "time(s)); stop the VM first"]
+    assert "tmi-wb-vm-1-disk-0" in [c.args[0] for c in dmsetup.settled_info.call_args_list]
+    assert not flush.called and not dmsetup.remove.called
+
+
 def test_flush_of_an_unknown_stack(capsys, fake_dm):
     code, _, err = main(capsys, "stack-flush", "--name", "vm-9-disk-0")
     assert code == 1 and err == ["no stack named vm-9-disk-0 on this host"]
