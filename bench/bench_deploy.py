@@ -8,7 +8,10 @@
   ssh session per node;
 - burst: N VMs of one image on the two hosts in read+writeback, 15 actions at a time as one_tm
   runs them: failures, p95 clone latency over a single clone's, stacks without their read layer,
-  and what is left after terminating all of them (15 at a time);
+  and what is left after terminating all of them (15 at a time); then the same number of
+  floors 15 at a time (burst.floor): what the lab's machines make of 15 deploys at once when
+  the kernel commands are typed by hand, and the burst's p95 against that floor's
+  (burst.p95_over_floor_p95);
 - lv_scale: clone latency with 1,000 LVs in the VG against 10.
 
     bench/bench_deploy.py [--burst 50] [--lv-scale 1000] [--repeat 3] [--reuse]
@@ -162,8 +165,9 @@ def deploy_seconds(counted, mode, first_vm, repeat):
 # deploy there): the clone and its region map (two thin LVs) exported, two logins, the write-back
 # cache's two local LVs, the dm-clone table over the base and the dm-cache table over it, the
 # link. (The shared read cache between base and dm-clone is made once per image, not per deploy.)
+# LIO's configfs under one lock, as the driver keeps it: concurrent walks and creates race.
 FLOOR_EXPORT = r"""
-/opt/tm_iscsi-venv/bin/python - <<'EOF'
+flock /run/lock/floor-lio /opt/tm_iscsi-venv/bin/python - <<'EOF'
 import rtslib_fb as r
 for name in NAMES:
     so = r.BlockStorageObject(name, dev="/dev/{vg}/" + name)
@@ -172,13 +176,13 @@ for name in NAMES:
     tpg.set_attribute("authentication", "0")
     r.NetworkPortal(tpg, "0.0.0.0", 3260)
     lun = r.LUN(tpg, 0, so)
-    acl = r.NodeACL(tpg, "{initiator}")
-    r.MappedLUN(acl, 0, lun)
+    for initiator in {initiators!r}:
+        r.MappedLUN(r.NodeACL(tpg, initiator), 0, lun)
     tpg.enable = True
 EOF
 """
 FLOOR_UNEXPORT = r"""
-/opt/tm_iscsi-venv/bin/python - <<'EOF'
+flock /run/lock/floor-lio /opt/tm_iscsi-venv/bin/python - <<'EOF'
 import rtslib_fb as r
 root = r.RTSRoot()
 for t in list(root.targets):
@@ -192,8 +196,10 @@ lvremove -q -y LVS >/dev/null
 """
 FLOOR_LOGIN = r"""
 login() {{
-  iscsiadm -m node -o new -T iqn.2026-11.io.floor:$1 -p {portal} >/dev/null
-  iscsiadm -m node -T iqn.2026-11.io.floor:$1 -p {portal} --login >/dev/null
+  flock /run/lock/floor-iscsiadm iscsiadm -m node -o new -T iqn.2026-11.io.floor:$1 -p {portal} \
+    >/dev/null
+  flock /run/lock/floor-iscsiadm iscsiadm -m node -T iqn.2026-11.io.floor:$1 -p {portal} --login \
+    >/dev/null
   for i in $(seq 400); do
     d=$(ls /dev/disk/by-path/ 2>/dev/null | grep "iqn.2026-11.io.floor:$1-lun-0$" || true)
     [ -n "$d" ] && break; sleep 0.05
@@ -204,8 +210,10 @@ login() {{
 """
 FLOOR_LOGOUT = r"""
 for t in NAMES; do
-  iscsiadm -m node -T iqn.2026-11.io.floor:$t --logout >/dev/null 2>&1 || true
-  iscsiadm -m node -T iqn.2026-11.io.floor:$t -o delete >/dev/null 2>&1 || true
+  flock /run/lock/floor-iscsiadm iscsiadm -m node -T iqn.2026-11.io.floor:$t --logout \
+    >/dev/null 2>&1 || true
+  flock /run/lock/floor-iscsiadm iscsiadm -m node -T iqn.2026-11.io.floor:$t -o delete \
+    >/dev/null 2>&1 || true
 done
 """
 
@@ -220,11 +228,11 @@ FLOOR = {
         "storage": "set -e\nlvcreate -q -y --ignoremonitoring --snapshot --setactivationskip n "
                    "-n floor-{n} "
                    "{vg}/img-0 >/dev/null\n" + _names(FLOOR_EXPORT, ["floor-{n}"]),
-        "host1": "set -e\n" + FLOOR_LOGIN + r"""
+        "host": "set -e\n" + FLOOR_LOGIN + r"""
 clone=$(login floor-{n})
 mkdir -p /tmp/floor && ln -sfn $clone /tmp/floor/disk.{n}
 """,
-        "undo_host1": _names(FLOOR_LOGOUT, ["floor-{n}"]) + "rm -f /tmp/floor/disk.{n}\n",
+        "undo_host": _names(FLOOR_LOGOUT, ["floor-{n}"]) + "rm -f /tmp/floor/disk.{n}\n",
         "undo_storage": _names(FLOOR_UNEXPORT, ["floor-{n}"], "{vg}/floor-{n}"),
     },
     "read+writeback": {
@@ -235,7 +243,7 @@ lvcreate -q -y --ignoremonitoring --snapshot --setactivationskip n -n floor-{n} 
 lvcreate -q -y --ignoremonitoring --type thin --thinpool tpool -V 8m -n floor-{n}-map {vg} \
   >/dev/null
 """ + _names(FLOOR_EXPORT, ["floor-{n}", "floor-{n}-map"]),
-        "host1": "set -e\n" + FLOOR_LOGIN + r"""
+        "host": "set -e\n" + FLOOR_LOGIN + r"""
 clone=$(login floor-{n}); map=$(login floor-{n}-map)
 base=$(ls /dev/disk/by-path/*iqn.2026-11.io.floor:floor-base-lun-0)
 lvcreate -q -y -W y -Z y -L 4m -n floor-{n}-wbmeta {cache_vg} >/dev/null
@@ -246,7 +254,7 @@ dmsetup create floor-{n}-top --table "0 $sectors cache /dev/{cache_vg}/floor-{n}
 /dev/{cache_vg}/floor-{n}-wb /dev/mapper/floor-{n}-clone 128 1 writeback smq 0"
 mkdir -p /tmp/floor && ln -sfn /dev/mapper/floor-{n}-top /tmp/floor/disk.{n}
 """,
-        "undo_host1": r"""
+        "undo_host": r"""
 dmsetup remove floor-{n}-top >/dev/null 2>&1 || true
 dmsetup remove floor-{n}-clone >/dev/null 2>&1 || true
 lvremove -q -y {cache_vg}/floor-{n}-wb {cache_vg}/floor-{n}-wbmeta >/dev/null 2>&1 || true
@@ -260,50 +268,80 @@ FLOOR_BASE = {
     "storage": "set -e\nlvcreate -q -y --ignoremonitoring --snapshot --setactivationskip n "
                "-n floor-base "
                "{vg}/img-0 >/dev/null\n" + _names(FLOOR_EXPORT, ["floor-base"]),
-    "host1": "set -e\n" + FLOOR_LOGIN + "login floor-base >/dev/null\n",
-    "undo_host1": _names(FLOOR_LOGOUT, ["floor-base"]),
+    "host": "set -e\n" + FLOOR_LOGIN + "login floor-base >/dev/null\n",
+    "undo_host": _names(FLOOR_LOGOUT, ["floor-base"]),
     "undo_storage": _names(FLOOR_UNEXPORT, ["floor-base"], "{vg}/floor-base"),
 }
 
 
+# sshd turns connections away before authentication when many open at once (MaxStartups), as
+# the driver's calls are: the floor's sessions are made again then, as the driver's are.
+_TURNED_AWAY = ("kex_exchange_identification", "banner exchange", "Connection reset by peer")
+
+
 def ssh_session(node, script):
-    """One ssh session to `node` running `script` as root (the lab's own key)."""
+    """One ssh session to `node` running `script` as root (the lab's own key); its seconds."""
+    import random
     import subprocess
     argv = ["ssh", "-F", str(config.SSH_CONFIG), f"root@{node}", "bash", "-s"]
     started = time.monotonic()
-    result = subprocess.run(argv, input=script.encode(), capture_output=True, timeout=300)
+    for attempt in range(5):
+        result = subprocess.run(argv, input=script.encode(), capture_output=True, timeout=300)
+        err = result.stderr.decode().strip()
+        if result.returncode != 255 or not any(s in err for s in _TURNED_AWAY):
+            break
+        time.sleep(random.uniform(0.2, 0.5) * (attempt + 1))
     if result.returncode != 0:
-        raise SystemExit(f"floor on {node}: {result.stderr.decode().strip()}")
+        raise SystemExit(f"floor on {node}: {err}")
     return time.monotonic() - started
 
 
 class Floor:
-    """The floor of `mode`, one round at a time (`with Floor(mode) as floor: floor.once()`): in
-    read+writeback its own base is exported and logged in on host1 for as long as it is open."""
+    """The floor of `mode` (`with Floor(mode) as floor: floor.once()`), on host1, or for a burst
+    on `hosts` (floor n on hosts[n % len(hosts)]): in read+writeback its own base is exported
+    to and logged in on each of them for as long as it is open."""
 
-    def __init__(self, mode):
-        self.mode, self.scripts, self.n = mode, FLOOR[mode], 0
-        self.fields = {"vg": IMAGE_VG, "initiator": config.node("host1").initiator_iqn,
-                       "portal": config.node("storage").ip, "cache_vg": LAB_CACHE_VG}
+    def __init__(self, mode, hosts=("host1",)):
+        self.mode, self.scripts, self.hosts, self.n = mode, FLOOR[mode], hosts, 0
+        self.fields = {"vg": IMAGE_VG, "portal": config.node("storage").ip,
+                       "cache_vg": LAB_CACHE_VG}
+
+    def _fields(self, host, **more):
+        return dict(self.fields, initiators=[config.node(host).initiator_iqn], **more)
 
     def __enter__(self):
         if self.mode == "read+writeback":
-            ssh_session("storage", FLOOR_BASE["storage"].format(**self.fields))
-            ssh_session("host1", FLOOR_BASE["host1"].format(**self.fields))
+            every = [config.node(h).initiator_iqn for h in self.hosts]
+            ssh_session("storage", FLOOR_BASE["storage"].format(
+                **dict(self.fields, initiators=every)))
+            for host in self.hosts:
+                ssh_session(host, FLOOR_BASE["host"].format(**self._fields(host)))
         return self
 
-    def once(self):
-        fields = dict(self.fields, n=self.n)
-        self.n += 1
-        seconds = ssh_session("storage", self.scripts["storage"].format(**fields))
-        seconds += ssh_session("host1", self.scripts["host1"].format(**fields))
-        ssh_session("host1", self.scripts["undo_host1"].format(**fields))
+    def deploy(self, n):
+        """Floor n's deploy (its storage session, then its host's); its seconds."""
+        host = self.hosts[n % len(self.hosts)]
+        fields = self._fields(host, n=n)
+        return (ssh_session("storage", self.scripts["storage"].format(**fields)) +
+                ssh_session(host, self.scripts["host"].format(**fields)))
+
+    def undo(self, n):
+        host = self.hosts[n % len(self.hosts)]
+        fields = self._fields(host, n=n)
+        ssh_session(host, self.scripts["undo_host"].format(**fields))
         ssh_session("storage", self.scripts["undo_storage"].format(**fields))
-        return seconds
+
+    def once(self):
+        self.n += 1
+        try:
+            return self.deploy(self.n - 1)
+        finally:
+            self.undo(self.n - 1)
 
     def __exit__(self, *exc):
         if self.mode == "read+writeback":
-            ssh_session("host1", FLOOR_BASE["undo_host1"].format(**self.fields))
+            for host in self.hosts:
+                ssh_session(host, FLOOR_BASE["undo_host"].format(**self._fields(host)))
             ssh_session("storage", FLOOR_BASE["undo_storage"].format(**self.fields))
 
 
@@ -358,8 +396,7 @@ def burst(counted, count, first_vm, single_seconds):
         done = list(pool.map(clone, vms))
     node_calls = _percentiles(counted.traced()[traced_before:])
     failures = [r.info.strip() for r, _ in done if not r.success]
-    latencies = sorted(s for _, s in done)
-    p95 = latencies[max(0, int(round(0.95 * len(latencies))) - 1)]
+    p95 = _p95(s for _, s in done)
     missing = 0
     for node in ("host1", "host2"):
         stacks = cloud.lab.node_helper(node, "cache-status")["stacks"]
@@ -380,6 +417,38 @@ def burst(counted, count, first_vm, single_seconds):
             "p95_over_single": round(p95 / single_seconds, 2),
             "read_layer_missing": missing, "leftovers": leftovers,
             "clone_node_call_seconds": node_calls}
+
+
+def _p95(seconds):
+    ordered = sorted(seconds)
+    return ordered[max(0, int(round(0.95 * len(ordered))) - 1)]
+
+
+def burst_floor(count, single_seconds):
+    """The burst's floor: `count` floors of read+writeback, PARALLEL at a time on the two hosts
+    as the burst's VMs are, each its own kernel commands by hand (the storage node's LVM
+    serialises the thin snapshots of one VG whoever types them). Its p95 over one floor is what
+    the lab's machines make of 15 deploys at once before any driver runs."""
+    with Floor("read+writeback", hosts=("host2", "host1")) as floor:
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            done = list(pool.map(lambda n: _attempt(floor.deploy, n), range(count)))
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            list(pool.map(lambda n: _attempt(floor.undo, n), range(count)))
+    seconds = [s for s in done if not isinstance(s, str)]
+    failures = [s for s in done if isinstance(s, str)]
+    if not seconds:
+        return {"failures": len(failures), "failure_lines": failures[:3]}
+    p95 = _p95(seconds)
+    return {"floors": count, "failures": len(failures), "failure_lines": failures[:3],
+            "p95_seconds": round(p95, 2), "single_seconds": round(single_seconds, 2),
+            "p95_over_single": round(p95 / single_seconds, 2)}
+
+
+def _attempt(func, n):
+    try:
+        return func(n)
+    except SystemExit as err:
+        return str(err)[:300]
 
 
 def leftover_count(cloud):
@@ -467,6 +536,15 @@ def main():
                 result["burst"] = burst(counted, args.burst, 1000,
                                         result["deploy_seconds"]["read+writeback"])
                 save()
+                floor = result["floor_seconds"]["read+writeback"]
+                if isinstance(floor, float):
+                    # Right after the burst: the same minutes' load on both.
+                    result["burst"]["floor"] = burst_floor(args.burst, floor)
+                    if "p95_seconds" in result["burst"]["floor"]:
+                        result["burst"]["p95_over_floor_p95"] = round(
+                            result["burst"]["p95_seconds"] /
+                            result["burst"]["floor"]["p95_seconds"], 2)
+                    save()
             if args.lv_scale:
                 def keep(scale):
                     result["lv_scale"] = scale
