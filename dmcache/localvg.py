@@ -129,11 +129,16 @@ def allocate(vg, lv, size_bytes, lv_tags):
 
 def release(vg, lv, rep=None):
     """Remove the LV if it exists (True if it did)."""
+    return bool(release_all(vg, [lv], rep))
+
+
+def release_all(vg, lvs, rep=None):
+    """Remove those of `lvs` that exist, in one lvremove; returns them."""
     rep = rep or lvm.local_report(vg)
-    if rep.get(lv) is None:
-        return False
-    lvm.remove(vg, lv)
-    return True
+    present = [lv for lv in lvs if rep.get(lv) is not None]
+    if present:
+        lvm.remove(vg, *present)
+    return present
 
 
 @dataclass

@@ -76,8 +76,7 @@ def free(wb, rep=None):
     rep = rep or lvm.local_report(wb.vg, missing_ok=True)
     if rep is None:
         return False
-    gone = localvg.release(wb.vg, wb.data_lv, rep)
-    return localvg.release(wb.vg, wb.meta_lv, rep) or gone
+    return bool(localvg.release_all(wb.vg, [wb.data_lv, wb.meta_lv], rep))
 
 
 def read_status(name):

@@ -109,6 +109,7 @@ def test_change_argv():
                                                    "vg/a"]
     assert lvm.activate_argv("vg", "a") == ["lvchange", "-q", "-y", "-ay", "-K", "vg/a"]
     assert lvm.remove_argv("vg", "a") == ["lvremove", "-q", "-y", "vg/a"]
+    assert lvm.remove_argv("vg", "a", "b") == ["lvremove", "-q", "-y", "vg/a", "vg/b"]
 
 
 def test_a_thin_lv_made_in_an_active_pool_leaves_dmeventd_alone():

@@ -43,8 +43,8 @@ class FakeVG:
                             pool_active=False: self._change("create", lv) or
                             self.add(lv, size, tags=tags))
         mocker.patch.object(lvm, "change_tags", side_effect=self._tags)
-        mocker.patch.object(lvm, "remove", side_effect=lambda vg, lv: self._change(
-            "remove", lv) or self.lvs.pop(lv))
+        mocker.patch.object(lvm, "remove", side_effect=lambda vg, *lvs: [self._change(
+            "remove", lv) or self.lvs.pop(lv) for lv in lvs])
         mocker.patch.object(lvm, "extend", side_effect=lambda vg, lv, size: self._change(
             "extend", lv) or setattr(self.lvs[lv], "size_bytes", size))
         mocker.patch.object(lvm, "activate")
@@ -254,6 +254,8 @@ def test_release_revokes_removes_the_vm_s_own_and_keeps_the_image(vg, capsys):
     assert not {"vm-7-disk-0", "vm-7-disk-0-map", "vm-7-disk-0-snap-0",
                 "vm-7-disk-0-backup-3"} & set(vg.lvs)
     assert {"img-0", "img-0-base"} <= set(vg.lvs) and vg.exports == {}
+    # The disk and what goes with it in one lvremove.
+    assert lvm.remove.call_count == 1
     again = run(capsys, "storage-release", release)
     assert again[0] == 0 and again[1]["disks"][0]["removed"] is False
 

@@ -285,12 +285,14 @@ def rename(vg, lv, new_name):
              what=f"renaming {vg}/{lv} to {new_name}")
 
 
-def remove_argv(vg, lv):
-    return ["lvremove", "-q", "-y", f"{vg}/{lv}"]
+def remove_argv(vg, *lvs):
+    return ["lvremove", "-q", "-y"] + [f"{vg}/{lv}" for lv in lvs]
 
 
-def remove(vg, lv):
-    _run.run(remove_argv(vg, lv), timeout=_CHANGE_TIMEOUT, what=f"removing {vg}/{lv}")
+def remove(vg, *lvs):
+    """One lvremove for all of `lvs`: LVM's start, device scan and VG lock once, not per LV."""
+    _run.run(remove_argv(vg, *lvs), timeout=_CHANGE_TIMEOUT,
+             what=f"removing {', '.join(f'{vg}/{lv}' for lv in lvs)}")
 
 
 

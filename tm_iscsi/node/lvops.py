@@ -176,16 +176,27 @@ def ensure_fs(lv, fs):
 
 def remove(rep, name, verb="remove"):
     """Remove an LV that nothing exports (the caller unexported it). False if it was gone."""
-    lv = rep.get(name)
-    if lv is None:
-        return False
-    if lv.is_thin_pool:
-        raise NodeError(f"{rep.name}/{name} is the thin pool; tm_iscsi removes volumes, not pools")
-    confine.require_owned(lv, verb)
-    require_unexported(rep, lv)
-    _run.info(f"removing {rep.name}/{name}")
-    lvm.remove(rep.name, name)
-    return True
+    return bool(remove_all(rep, [name], verb))
+
+
+def remove_all(rep, names, verb="remove"):
+    """Remove those of `names` that exist, each checked as remove() checks it before any goes,
+    in one lvremove. Returns the names removed; a failure part-way leaves the rest for the
+    re-run."""
+    lvs = [rep.get(name) for name in names]
+    lvs = [lv for lv in lvs if lv is not None]
+    for lv in lvs:
+        if lv.is_thin_pool:
+            raise NodeError(f"{rep.name}/{lv.name} is the thin pool; tm_iscsi removes volumes, "
+                            "not pools")
+        confine.require_owned(lv, verb)
+        require_unexported(rep, lv)
+    if not lvs:
+        return []
+    removed = [lv.name for lv in lvs]
+    _run.info(f"removing {', '.join(f'{rep.name}/{name}' for name in removed)}")
+    lvm.remove(rep.name, *removed)
+    return removed
 
 
 def replace_with_snapshot(rep, name, snap_name, tags, max_fill):

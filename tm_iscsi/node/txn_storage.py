@@ -429,16 +429,15 @@ def _release(req):
         for disk in req.disks:
             lv = rep.get(disk.lv)
             result = {"lv": disk.lv, "removed": False}
-            map_name = protocol.map_lv(disk.lv)
-            if disk.remove and rep.get(map_name) is not None:
-                lvops.remove(rep, map_name)
+            if disk.remove:
+                # The map, the snapshots and the disk in one lvremove (one LVM start and scan
+                # under the VG lock every other action of the VG waits for).
+                gone = lvops.remove_all(rep, [protocol.map_lv(disk.lv)] + (
+                    _snapshots_of(rep, disk.lv) + [disk.lv] if lv is not None else []))
+                result["removed"] = disk.lv in gone
             else:
                 _map_action(rep, req, disk.lv, disk.map)
-            if lv is not None and disk.remove:
-                for snap in _snapshots_of(rep, disk.lv):
-                    lvops.remove(rep, snap)
-                result["removed"] = lvops.remove(rep, disk.lv)
-            elif lv is not None:
+            if lv is not None and not disk.remove:
                 owner = tag_value(lv.tags, WB_HOST_TAG)
                 add, delete = [], []
                 if disk.wb_host and owner != disk.wb_host:
@@ -459,7 +458,7 @@ def _release(req):
                 if disk.keep:
                     result.update(exists=True, size_bytes=lv.size_bytes,
                                   tags=[t for t in lv.tags if t not in delete] + add)
-            elif disk.keep:
+            elif lv is None and disk.keep:
                 result["exists"] = False
             out.append(result)
     return {"vg": req.vg, "disks": out}
