@@ -38,6 +38,7 @@ from lab.ship import LAB_CACHE_VG  # noqa: E402
 from harness.oned import OnedStandIn  # noqa: E402
 from harness.transfer import TransferManager  # noqa: E402
 from harness.documents import host_xml, vm_xml  # noqa: E402
+from tm_iscsi import remote  # noqa: E402
 
 MODES = ("none", "read+writeback")
 PARALLEL = 15
@@ -83,13 +84,18 @@ class Counted:
         return len(self.lines()) - before, seconds
 
 
+def _p95(seconds):
+    ordered = sorted(seconds)
+    return ordered[max(0, int(round(0.95 * len(ordered))) - 1)]
+
+
 def _percentiles(records):
     """command -> {calls, p50, p95} seconds of the node calls in `records`."""
     out = {}
     for command in sorted({r["command"] for r in records}):
-        seconds = sorted(r["seconds"] for r in records if r["command"] == command)
+        seconds = [r["seconds"] for r in records if r["command"] == command]
         out[command] = {"calls": len(seconds), "p50": round(statistics.median(seconds), 2),
-                        "p95": round(seconds[max(0, int(round(0.95 * len(seconds))) - 1)], 2)}
+                        "p95": round(_p95(seconds), 2)}
     return out
 
 
@@ -274,25 +280,21 @@ FLOOR_BASE = {
 }
 
 
-# sshd turns connections away before authentication when many open at once (MaxStartups), as
-# the driver's calls are: the floor's sessions are made again then, as the driver's are.
-_TURNED_AWAY = ("kex_exchange_identification", "banner exchange", "Connection reset by peer")
-
-
 def ssh_session(node, script):
-    """One ssh session to `node` running `script` as root (the lab's own key); its seconds."""
+    """One ssh session to `node` running `script` as root (the lab's own key); its seconds. A
+    connection sshd turns away before authentication (MaxStartups, when many open at once) is
+    made again, as the driver's are."""
     import random
     import subprocess
     argv = ["ssh", "-F", str(config.SSH_CONFIG), f"root@{node}", "bash", "-s"]
     started = time.monotonic()
-    for attempt in range(5):
+    for attempt in range(1, remote.CONNECT_ATTEMPTS + 1):
         result = subprocess.run(argv, input=script.encode(), capture_output=True, timeout=300)
-        err = result.stderr.decode().strip()
-        if result.returncode != 255 or not any(s in err for s in _TURNED_AWAY):
+        if not remote.turned_away(result):
             break
-        time.sleep(random.uniform(0.2, 0.5) * (attempt + 1))
+        time.sleep(random.uniform(0.2, 0.5) * attempt)
     if result.returncode != 0:
-        raise SystemExit(f"floor on {node}: {err}")
+        raise SystemExit(f"floor on {node}: {result.stderr.decode().strip()}")
     return time.monotonic() - started
 
 
@@ -318,16 +320,18 @@ class Floor:
                 ssh_session(host, FLOOR_BASE["host"].format(**self._fields(host)))
         return self
 
+    def _floor(self, n):
+        host = self.hosts[n % len(self.hosts)]
+        return host, self._fields(host, n=n)
+
     def deploy(self, n):
         """Floor n's deploy (its storage session, then its host's); its seconds."""
-        host = self.hosts[n % len(self.hosts)]
-        fields = self._fields(host, n=n)
+        host, fields = self._floor(n)
         return (ssh_session("storage", self.scripts["storage"].format(**fields)) +
                 ssh_session(host, self.scripts["host"].format(**fields)))
 
     def undo(self, n):
-        host = self.hosts[n % len(self.hosts)]
-        fields = self._fields(host, n=n)
+        host, fields = self._floor(n)
         ssh_session(host, self.scripts["undo_host"].format(**fields))
         ssh_session("storage", self.scripts["undo_storage"].format(**fields))
 
@@ -417,11 +421,6 @@ def burst(counted, count, first_vm, single_seconds):
             "p95_over_single": round(p95 / single_seconds, 2),
             "read_layer_missing": missing, "leftovers": leftovers,
             "clone_node_call_seconds": node_calls}
-
-
-def _p95(seconds):
-    ordered = sorted(seconds)
-    return ordered[max(0, int(round(0.95 * len(ordered))) - 1)]
 
 
 def burst_floor(count, single_seconds):

@@ -122,7 +122,7 @@ _TURNED_AWAY = ("kex_exchange_identification", "banner exchange")
 CONNECT_ATTEMPTS = 5
 
 
-def _turned_away(result):
+def turned_away(result):
     if result.returncode != 255:
         return False
     text = result.stderr.decode(errors="replace") if isinstance(result.stderr, bytes) else \
@@ -204,7 +204,7 @@ class Node:
         for attempt in range(1, CONNECT_ATTEMPTS + 1):
             result = self._execute_once(command, args, stdin, timeout, sink)
             timeout = int(ends - time.monotonic())
-            if not (again and _turned_away(result)) or attempt == CONNECT_ATTEMPTS or \
+            if not (again and turned_away(result)) or attempt == CONNECT_ATTEMPTS or \
                     timeout < 10:
                 break
             log.info(f"{self.host} turned the connection away (attempt {attempt}); again")
@@ -301,7 +301,7 @@ class Started:
             _trace(self.node.host, self.command, time.monotonic() - sent,
                    begun_before=sent - self.started)
         result = subprocess.CompletedProcess(self._proc.args, self._proc.returncode, out, err)
-        if _turned_away(result):
+        if turned_away(result):
             # Nothing ran there: the whole call, made now (and tried again as any call is).
             left = int(self.timeout - (time.monotonic() - self.started))
             result = self.node._execute(self.command, [*self.args, *args], data or None,

@@ -112,6 +112,11 @@ def fake_dm(mocker):
     return devices
 
 
+def dm_dev(name, open_count, minor):
+    """A live dm device as dmsetup.info reports it."""
+    return dmsetup.Info(name, open_count, False, True, 254, minor, "", 1)
+
+
 def recorded(name="vm-1-disk-0", mode="read+writeback"):
     st = state.StackState(name=name, mode=mode,
                           devices={"clone": CLONE, "base": "/dev/b", "map": "/dev/m"},
@@ -136,8 +141,7 @@ def test_another_mode_is_refused_before_anything_changes(mocker, fake_dm):
 
 def test_other_devices_under_a_live_stack_are_refused(mocker, fake_dm):
     recorded()
-    fake_dm["tmi-top-vm-1-disk-0"] = dmsetup.Info("tmi-top-vm-1-disk-0", 1, False, True, 254, 9,
-                                                  "", 1)
+    fake_dm["tmi-top-vm-1-disk-0"] = dm_dev("tmi-top-vm-1-disk-0", 1, 9)
     mocker.patch.object(stack, "check_request", return_value={"clone": 1 << 30})
     with pytest.raises(NodeError) as err:
         stack.assemble(stack.Request(name="vm-1-disk-0", mode="read+writeback",
@@ -148,8 +152,7 @@ def test_other_devices_under_a_live_stack_are_refused(mocker, fake_dm):
 
 
 def test_stray_devices_of_another_mode_are_refused(mocker, fake_dm):
-    fake_dm["tmi-top-vm-1-disk-0"] = dmsetup.Info("tmi-top-vm-1-disk-0", 0, False, True, 254, 9,
-                                                  "", 1)
+    fake_dm["tmi-top-vm-1-disk-0"] = dm_dev("tmi-top-vm-1-disk-0", 0, 9)
     mocker.patch.object(stack, "check_request", return_value={"clone": 1 << 30})
     with pytest.raises(NodeError) as err:
         stack.assemble(stack.Request(name="vm-1-disk-0", mode="none", clone_dev=CLONE))
@@ -164,10 +167,8 @@ def test_teardown_of_nothing_and_of_a_stack_in_use(capsys, mocker, fake_dm):
                                  "dropped_dirty_blocks": 0, "read_cache_key": None,
                                  "read_cache_released": False, "existed": False}
     recorded()
-    fake_dm["tmi-top-vm-1-disk-0"] = dmsetup.Info("tmi-top-vm-1-disk-0", 1, False, True, 254, 9,
-                                                  "", 1)
-    fake_dm["tmi-wb-vm-1-disk-0"] = dmsetup.Info("tmi-wb-vm-1-disk-0", 1, False, True, 254, 8,
-                                                 "", 1)
+    fake_dm["tmi-top-vm-1-disk-0"] = dm_dev("tmi-top-vm-1-disk-0", 1, 9)
+    fake_dm["tmi-wb-vm-1-disk-0"] = dm_dev("tmi-wb-vm-1-disk-0", 1, 8)
     flush = mocker.patch.object(writeback, "flush")
     code, out, err = main(capsys, "stack-teardown", "--name", "vm-1-disk-0", "--drop")
     assert code == 1 and err == ["stack vm-1-disk-0 is in use (tmi-top-vm-1-disk-0 open 1 "
@@ -178,10 +179,8 @@ def test_teardown_of_nothing_and_of_a_stack_in_use(capsys, mocker, fake_dm):
 
 def test_teardown_flush_failure_leaves_the_stack_whole(capsys, mocker, fake_dm):
     recorded()
-    fake_dm["tmi-wb-vm-1-disk-0"] = dmsetup.Info("tmi-wb-vm-1-disk-0", 1, False, True, 254, 8,
-                                                 "", 1)
-    fake_dm["tmi-top-vm-1-disk-0"] = dmsetup.Info("tmi-top-vm-1-disk-0", 0, False, True, 254, 9,
-                                                  "", 1)
+    fake_dm["tmi-wb-vm-1-disk-0"] = dm_dev("tmi-wb-vm-1-disk-0", 1, 8)
+    fake_dm["tmi-top-vm-1-disk-0"] = dm_dev("tmi-top-vm-1-disk-0", 0, 9)
     mocker.patch.object(writeback, "flush", side_effect=NodeError("flush of x timed out"))
     code, _, err = main(capsys, "stack-teardown", "--name", "vm-1-disk-0", "--flush")
     assert code == 1 and err == ["flush of x timed out"]
@@ -192,10 +191,8 @@ def test_teardown_waits_for_udev_on_the_top_only(capsys, mocker, fake_dm):
     """The write-back device under a top is open once, by the top: waiting for that count to
     drop (udev's grace, 5 s) before the top goes would only delay every terminate."""
     recorded()
-    fake_dm["tmi-top-vm-1-disk-0"] = dmsetup.Info("tmi-top-vm-1-disk-0", 0, False, True, 254, 9,
-                                                  "", 1)
-    fake_dm["tmi-wb-vm-1-disk-0"] = dmsetup.Info("tmi-wb-vm-1-disk-0", 1, False, True, 254, 8,
-                                                 "", 1)
+    fake_dm["tmi-top-vm-1-disk-0"] = dm_dev("tmi-top-vm-1-disk-0", 0, 9)
+    fake_dm["tmi-wb-vm-1-disk-0"] = dm_dev("tmi-wb-vm-1-disk-0", 1, 8)
     mocker.patch.object(writeback, "flush", return_value={"seconds": 0})
     mocker.patch.object(writeback, "free")
     mocker.patch.object(readcache, "release", return_value=1)
@@ -209,8 +206,7 @@ def test_teardown_waits_for_udev_on_the_top_only(capsys, mocker, fake_dm):
 
 def test_teardown_without_a_top_counts_the_write_back_devices_users(capsys, mocker, fake_dm):
     recorded(mode="writeback")
-    fake_dm["tmi-wb-vm-1-disk-0"] = dmsetup.Info("tmi-wb-vm-1-disk-0", 1, False, True, 254, 8,
-                                                 "", 1)
+    fake_dm["tmi-wb-vm-1-disk-0"] = dm_dev("tmi-wb-vm-1-disk-0", 1, 8)
     flush = mocker.patch.object(writeback, "flush")
     code, _, err = main(capsys, "stack-teardown", "--name", "vm-1-disk-0", "--flush")
     assert code == 1 and err == ["stack vm-1-disk-0 is in use (tmi-wb-vm-1-disk-0 open 1 "
